@@ -1,0 +1,58 @@
+# One-command set-up, tests, lint and the built-in demo. See README.md.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+# detectron2's Python code comes from this PyPI wheel (no official release exists); its compiled
+# ops are not used. Set SKIP_DETECTRON2=1 when detectron2 is already installed in .venv
+# (for example a source build with compiled CUDA ops, see README.md).
+DETECTRON2_WHEEL := sal-detectron2==0.7.2
+DETECTRON2_DIR := $(VENV)/detectron2
+SKIP_DETECTRON2 ?= 0
+DEMO_DATA := datasets/synthetic_dental
+DEMO_OUTPUT := output/demo
+
+.PHONY: install test lint format demo clean
+
+install: $(VENV)/.installed
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# The project and every dependency (torch pinned in setup.py) are installed first.
+$(VENV)/.project: setup.py | $(PY)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The wheel is tagged for Python 3.10 but its Python code is version-independent, so pip is
+# told to fetch it for 3.10 and unpack it into a folder of its own, put on sys.path by a .pth
+# file. Its top-level `tools` package is deleted so that it cannot shadow anyone's tools/.
+$(VENV)/.detectron2: $(VENV)/.project
+ifeq ($(SKIP_DETECTRON2),1)
+	$(PY) -c "import detectron2" || (echo "SKIP_DETECTRON2=1 but detectron2 is not importable in $(VENV)"; exit 1)
+else
+	rm -rf $(DETECTRON2_DIR)
+	$(PY) -m pip install --quiet --no-deps --only-binary=:all: --python-version 3.10 \
+		--target $(DETECTRON2_DIR) $(DETECTRON2_WHEEL)
+	rm -rf $(DETECTRON2_DIR)/tools
+	$(PY) -c "import os, sysconfig; open(os.path.join(sysconfig.get_paths()['purelib'], 'detectron2-wheel.pth'), 'w').write(os.path.abspath('$(DETECTRON2_DIR)') + '\n')"
+endif
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.detectron2
+	$(PY) -m dental_d2.collect_env
+	touch $@
+
+test: install
+	$(PY) -m pytest tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build *.egg-info

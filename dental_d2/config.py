@@ -1,0 +1,73 @@
+"""Config keys that dental_d2 adds to detectron2's defaults."""
+
+import os
+
+from detectron2.config import CfgNode as CN
+
+
+def add_dental_config(cfg):
+    """Adds the dental_d2 keys (dataset, early stopping, plateau LR, evaluation) to `cfg`."""
+    cfg.DENTAL = CN()
+    # Root of a Roboflow "COCO Segmentation" export with train/, valid/ and test/ folders.
+    cfg.DENTAL.DATA_ROOT = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "dental")
+    # Registered dataset names are <DATASET_NAME>_train, <DATASET_NAME>_valid, <DATASET_NAME>_test.
+    cfg.DENTAL.DATASET_NAME = "dental"
+    # Class names the model predicts, in contiguous-id order. Filled from the data during set-up
+    # (and saved with the config) so a trained model carries its classes with it.
+    cfg.DENTAL.CLASS_NAMES = []
+
+    cfg.DENTAL.EVAL = CN()
+    # Predictions scoring below this are ignored by precision/recall/F1 and the confusion matrix.
+    cfg.DENTAL.EVAL.SCORE_THRESHOLD = 0.5
+    # A prediction matches a ground truth of its class when their IoU reaches this.
+    cfg.DENTAL.EVAL.IOU_THRESHOLD = 0.5
+    # Validation images with drawn predictions written to TensorBoard at each evaluation.
+    cfg.DENTAL.EVAL.NUM_VIS_IMAGES = 4
+
+    cfg.DENTAL.FINDINGS = CN()
+    # A lesion is assigned to the tooth covering the largest share of its mask, if that share
+    # is at least this; otherwise it is "unassigned".
+    cfg.DENTAL.FINDINGS.MIN_OVERLAP = 0.1
+    # Class names that are teeth; every other class is a lesion placed on a tooth.
+    cfg.DENTAL.FINDINGS.TOOTH_CLASSES = ["Tooth"]
+
+    # When > 0, SOLVER.MAX_ITER is set to MAX_EPOCHS passes over the train split at
+    # SOLVER.IMS_PER_BATCH; 0 keeps SOLVER.MAX_ITER as given.
+    cfg.SOLVER.MAX_EPOCHS = 0
+    # Gradients of this many batches are summed before each optimizer step.
+    cfg.SOLVER.ACCUMULATION_STEPS = 1
+
+    cfg.SOLVER.EARLY_STOPPING = CN()
+    # Stop training when METRIC has not improved for PATIENCE evaluations.
+    cfg.SOLVER.EARLY_STOPPING.ENABLED = True
+    # A key of the trainer's storage, e.g. "validation_loss" or "segm/AP".
+    cfg.SOLVER.EARLY_STOPPING.METRIC = "validation_loss"
+    # "min" when lower is better, "max" when higher is better.
+    cfg.SOLVER.EARLY_STOPPING.MODE = "min"
+    # Evaluations without improvement before training stops.
+    cfg.SOLVER.EARLY_STOPPING.PATIENCE = 5
+    # An improvement smaller than this does not count.
+    cfg.SOLVER.EARLY_STOPPING.MIN_DELTA = 0.0
+
+    cfg.SOLVER.PLATEAU = CN()
+    # Used when SOLVER.LR_SCHEDULER_NAME is "ReduceLROnPlateau": the LR is multiplied by FACTOR
+    # when METRIC has not improved for PATIENCE evaluations.
+    cfg.SOLVER.PLATEAU.METRIC = "validation_loss"
+    # "min" when lower is better, "max" when higher is better.
+    cfg.SOLVER.PLATEAU.MODE = "min"
+    # Multiplier applied to the LR at each cut.
+    cfg.SOLVER.PLATEAU.FACTOR = 0.1
+    # Evaluations without improvement before the LR is cut.
+    cfg.SOLVER.PLATEAU.PATIENCE = 3
+    # Relative improvement (as in torch's ReduceLROnPlateau, threshold_mode "rel") that counts.
+    cfg.SOLVER.PLATEAU.THRESHOLD = 1e-4
+    # The LR is never cut below this.
+    cfg.SOLVER.PLATEAU.MIN_LR = 0.0
+
+    # Images per batch in evaluation and prediction (detectron2 itself always uses 1).
+    cfg.TEST.IMS_PER_BATCH = 1
+    # Compute the loss on DATASETS.VALIDATION at every evaluation (logged as validation_loss).
+    cfg.TEST.VALIDATION_LOSS = True
+    # Datasets the validation loss and the monitored metrics are computed on; empty means
+    # DATASETS.TEST.
+    cfg.DATASETS.VALIDATION = ()

@@ -1,0 +1,53 @@
+"""Category handling for Roboflow COCO exports: dropping the superclass, contiguous ids."""
+
+from collections.abc import Iterable
+
+# Roboflow writes this supercategory for the project-level category it adds.
+ROBOFLOW_NO_SUPERCATEGORY = "none"
+
+
+def _is_roboflow_superclass(category: dict, others: list[dict], annotated_ids: set) -> bool:
+    if category["id"] in annotated_ids or not others:
+        return False
+    parent_of_others = any(
+        c.get("supercategory") == category["name"] and c["id"] != category["id"] for c in others
+    )
+    only_root = category.get("supercategory") == ROBOFLOW_NO_SUPERCATEGORY and all(
+        c.get("supercategory") != ROBOFLOW_NO_SUPERCATEGORY for c in others
+    )
+    return parent_of_others or only_root
+
+
+def thing_categories(categories: list[dict], annotated_ids: Iterable[int]) -> list[dict]:
+    """Returns the categories that are real classes, sorted by id.
+
+    Roboflow exports add a category for the project itself (usually id 0): it has no
+    annotations and is either the `supercategory` of every other category or the only one whose
+    own supercategory is "none". Registered as a class it becomes a phantom class with a NaN AP,
+    so it is dropped here.
+
+    Args:
+        categories (list[dict]): the `categories` list of a COCO file (`id`, `name`,
+            `supercategory`).
+        annotated_ids (Iterable[int]): the category ids that at least one annotation uses.
+
+    Returns:
+        list[dict]: the kept categories in ascending id order.
+    """
+    annotated = set(annotated_ids)
+    ordered = sorted(categories, key=lambda c: c["id"])
+    kept = []
+    for category in ordered:
+        others = [c for c in ordered if c["id"] != category["id"]]
+        if not _is_roboflow_superclass(category, others, annotated):
+            kept.append(category)
+    return kept
+
+
+def contiguous_id_map(categories: list[dict]) -> dict[int, int]:
+    """Maps dataset category ids (ascending) to detectron2's contiguous ids 0..K-1.
+
+    Args:
+        categories (list[dict]): the kept categories, as returned by `thing_categories`.
+    """
+    return {c["id"]: i for i, c in enumerate(sorted(categories, key=lambda c: c["id"]))}

@@ -1,0 +1,45 @@
+"""Installs the dental_d2 package: Mask R-CNN for teeth and dental lesions on detectron2."""
+
+from setuptools import find_packages, setup
+
+# The one place where the PyTorch build is pinned: `make install` installs the project with
+# these, and users with their own build of detectron2 change them here to match it.
+TORCH_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
+
+# detectron2's Python code is installed from a wheel with --no-deps (see the Makefile), so what
+# it needs at run time is declared here, beside what this project itself uses.
+DETECTRON2_REQUIREMENTS = [
+    "fvcore>=0.1.5",
+    "iopath>=0.1.7",
+    "pycocotools>=2.0.7",
+    "omegaconf>=2.1,<2.4",
+    "hydra-core>=1.1",
+    "yacs>=0.1.8",
+    "termcolor>=1.1",
+    "tabulate",
+    "cloudpickle",
+    "packaging",
+    # detectron2.model_zoo imports pkg_resources, which setuptools 81 and later no longer ship.
+    "setuptools<81",
+]
+
+PROJECT_REQUIREMENTS = [
+    "numpy",
+    "Pillow>=9.1",
+    "matplotlib",
+    "tqdm>4.29.0",
+    "tensorboard",
+    # headless: servers have no libGL
+    "opencv-python-headless",
+]
+
+setup(
+    name="dental_d2",
+    version="0.1.0",
+    description="Mask R-CNN for teeth, caries, cavities and cracks in dental images, on detectron2",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["dental_d2", "dental_d2.*"]),
+    install_requires=TORCH_REQUIREMENTS + DETECTRON2_REQUIREMENTS + PROJECT_REQUIREMENTS,
+    extras_require={"dev": ["pytest>=7", "pytest-timeout", "ruff>=0.5"]},
+)
