@@ -41,7 +41,9 @@ def collect_env_rows() -> list[tuple[str, str]]:
     except ImportError as e:
         rows.append(("detectron2", f"not importable ({e}); run `make install`"))
         return rows
-    rows.append(("detectron2", f"{detectron2.__version__} @ {os.path.dirname(detectron2.__file__)}"))
+    rows.append(
+        ("detectron2", f"{detectron2.__version__} @ {os.path.dirname(detectron2.__file__)}")
+    )
     available, error = compiled_ops_status()
     if available:
         rows.append(("detectron2 compiled ops", "available"))

@@ -1,0 +1,155 @@
+"""Set-up and entry point of training and evaluation, called by tools/train_net.py."""
+
+import logging
+import math
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint import read_class_names
+from ..config import add_dental_config
+from ..data import check_num_classes, register_from_config
+from ..errors import DentalError
+from .hooks import EarlyStop
+from .trainer import DentalTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def _check_weights(cfg):
+    weights = cfg.MODEL.WEIGHTS
+    local = weights and "://" not in weights
+    if local and not os.path.isfile(weights):
+        raise DentalError(
+            f"MODEL.WEIGHTS {weights}: no such file; give the path of a trained model_*.pth"
+        )
+
+
+def _apply_epochs(cfg, num_train_images: int):
+    """Turns SOLVER.MAX_EPOCHS into SOLVER.MAX_ITER and a per-epoch evaluation period."""
+    images_per_iter = cfg.SOLVER.IMS_PER_BATCH * cfg.SOLVER.ACCUMULATION_STEPS
+    iters_per_epoch = max(1, math.ceil(num_train_images / images_per_iter))
+    cfg.SOLVER.MAX_ITER = cfg.SOLVER.MAX_EPOCHS * iters_per_epoch
+    if cfg.TEST.EVAL_PERIOD <= 0:
+        cfg.TEST.EVAL_PERIOD = iters_per_epoch
+    logger.info(
+        f"{cfg.SOLVER.MAX_EPOCHS} epochs of {num_train_images} images at {images_per_iter} "
+        f"images per iteration: SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}, "
+        f"TEST.EVAL_PERIOD {cfg.TEST.EVAL_PERIOD}"
+    )
+
+
+def prepare_dental_config(cfg, eval_only: bool = False):
+    """Registers the data and fills the keys that follow from it, before the config is frozen.
+
+    Sets DENTAL.CLASS_NAMES (from the checkpoint for evaluation, from the data for training),
+    checks MODEL.ROI_HEADS.NUM_CLASSES, and derives SOLVER.MAX_ITER from SOLVER.MAX_EPOCHS.
+
+    Args:
+        cfg (CfgNode): a mutable config with the dental keys.
+        eval_only (bool): the model is evaluated, not trained.
+    """
+    if cfg.SOLVER.AMP.ENABLED and not (
+        cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
+    ):
+        raise DentalError("SOLVER.AMP.ENABLED needs a CUDA GPU: set SOLVER.AMP.ENABLED False")
+    if cfg.SOLVER.ACCUMULATION_STEPS < 1:
+        raise DentalError("SOLVER.ACCUMULATION_STEPS must be at least 1")
+    data_classes = register_from_config(cfg)
+    if eval_only:
+        _check_weights(cfg)
+        model_classes = read_class_names(cfg.MODEL.WEIGHTS) or list(cfg.DENTAL.CLASS_NAMES)
+        cfg.DENTAL.CLASS_NAMES = model_classes or data_classes
+        check_num_classes(cfg, cfg.DENTAL.CLASS_NAMES)
+        return
+    check_num_classes(cfg, data_classes)
+    cfg.DENTAL.CLASS_NAMES = data_classes
+    if cfg.SOLVER.MAX_EPOCHS > 0:
+        num_train_images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
+        _apply_epochs(cfg, num_train_images)
+
+
+def setup(args):
+    """Builds the frozen config in detectron2's order, registering the data on the way."""
+    cfg = get_cfg()
+    add_dental_config(cfg)
+    if not os.path.isfile(args.config_file):
+        raise DentalError(f"--config-file {args.config_file}: no such file")
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    # The package logs under "dental_d2"; set it up first so registration messages are kept.
+    setup_logger(
+        cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dental_d2", abbrev_name="dental"
+    )
+    prepare_dental_config(cfg, eval_only=args.eval_only)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    """Trains (or with --eval-only evaluates) as the config says; returns the test results."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = DentalTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = DentalTrainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = DentalTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    try:
+        trainer.train()
+    except EarlyStop as stop:
+        logger.info(f"Training ended early at iteration {stop.args[0]}; see the log above.")
+    if comm.is_main_process():
+        logger.info(f"Checkpoints are in {cfg.OUTPUT_DIR} (model_final.pth, model_best.pth)")
+    if not cfg.DATASETS.TEST:
+        return None
+    logger.info(f"Evaluating the final model on {', '.join(cfg.DATASETS.TEST)}")
+    return DentalTrainer.test(cfg, trainer.model)
+
+
+def argument_parser():
+    """detectron2's default parser: --config-file, --resume, --eval-only, --num-gpus, ..."""
+    return default_argument_parser()
+
+
+def _worker(args):
+    try:
+        return main(args)
+    except DentalError as e:
+        if comm.get_world_size() == 1:
+            raise
+        # In a spawned process: say it once, and exit non-zero so the launcher stops everyone.
+        if comm.is_main_process():
+            logger.error(f"error: {e}")
+        raise SystemExit(1) from e
+
+
+def launch_from_args(args):
+    """Runs `main` on `args.num_gpus` processes per machine, as detectron2's `launch`.
+
+    Raises:
+        DentalError: a problem with the config or the data (single process).
+        SystemExit: with status 1 when a spawned process met such a problem.
+    """
+    launch(
+        _worker,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

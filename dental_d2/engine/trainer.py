@@ -1,0 +1,296 @@
+"""DentalTrainer: detectron2's DefaultTrainer plus validation loss, early stopping, plateau LR."""
+
+import contextlib
+import logging
+import os
+import time
+from collections import OrderedDict
+
+import torch
+from detectron2.data import (
+    DatasetCatalog,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.data import transforms as T
+from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import CLASS_NAMES_KEY, ClassNamesCheckpointable
+from ..data import DentalDatasetMapper, read_image
+from ..errors import DentalError
+from .hooks import (
+    BestCheckpointer,
+    EarlyStopping,
+    ReduceLROnPlateau,
+    ValidationLoss,
+    VisualizePredictions,
+)
+from .lr_scheduler import WarmupPlateauLR
+
+logger = logging.getLogger(__name__)
+
+PLATEAU_SCHEDULER = "ReduceLROnPlateau"
+
+
+def validation_datasets(cfg) -> tuple[str, ...]:
+    """The datasets evaluated during training: DATASETS.VALIDATION, else DATASETS.TEST."""
+    return tuple(cfg.DATASETS.VALIDATION) or tuple(cfg.DATASETS.TEST)
+
+
+class GradientAccumulationTrainer(SimpleTrainer):
+    """SimpleTrainer that sums the gradients of several batches before each optimizer step.
+
+    One iteration reads `accumulation_steps` batches, so the effective batch is
+    `SOLVER.IMS_PER_BATCH * accumulation_steps` at the memory cost of one batch.
+
+    Args:
+        model (nn.Module): the model, possibly wrapped in DistributedDataParallel.
+        data_loader (Iterable): the training data.
+        optimizer (torch.optim.Optimizer): the optimizer.
+        accumulation_steps (int): batches per optimizer step.
+        amp (bool): use CUDA automatic mixed precision with a gradient scaler.
+    """
+
+    def __init__(self, model, data_loader, optimizer, accumulation_steps: int, amp: bool = False):
+        super().__init__(model, data_loader, optimizer)
+        self.accumulation_steps = accumulation_steps
+        self.amp = amp
+        self.grad_scaler = torch.amp.GradScaler("cuda") if amp else None
+
+    def run_step(self):
+        assert self.model.training, "[GradientAccumulationTrainer] model is in eval mode"
+        self.optimizer.zero_grad()
+        summed, data_time = {}, 0.0
+        for step in range(self.accumulation_steps):
+            start = time.perf_counter()
+            data = next(self._data_loader_iter)
+            data_time += time.perf_counter() - start
+            # DDP averages gradients across processes only on the last backward of a step.
+            last = step == self.accumulation_steps - 1
+            no_sync = isinstance(self.model, DistributedDataParallel) and not last
+            with (
+                self.model.no_sync() if no_sync else contextlib.nullcontext(),
+                torch.autocast("cuda", enabled=self.amp),
+            ):
+                loss_dict = self.model(data)
+                loss = sum(loss_dict.values()) / self.accumulation_steps
+            (self.grad_scaler.scale(loss) if self.amp else loss).backward()
+            for name, value in loss_dict.items():
+                summed[name] = summed.get(name, 0.0) + value.detach() / self.accumulation_steps
+        self.after_backward()
+        self._write_metrics(summed, data_time)
+        if self.amp:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+    def state_dict(self):
+        state = super().state_dict()
+        if self.amp:
+            state["grad_scaler"] = self.grad_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.amp and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+class RemapClasses(nn.Module):
+    """Wraps a model so its predicted class ids follow a dataset whose classes are the model's
+    in another order.
+
+    Args:
+        model (nn.Module): the model, predicting ids in `model_classes` order.
+        model_classes (list[str]): the model's class names.
+        dataset_classes (list[str]): the same names in the dataset's order.
+    """
+
+    def __init__(self, model, model_classes, dataset_classes):
+        super().__init__()
+        self.model = model
+        index = [dataset_classes.index(name) for name in model_classes]
+        self.register_buffer("index", torch.tensor(index, dtype=torch.int64), persistent=False)
+
+    def forward(self, batched_inputs):
+        outputs = self.model(batched_inputs)
+        for output in outputs:
+            instances = output["instances"]
+            instances.pred_classes = self.index.to(instances.pred_classes.device)[
+                instances.pred_classes
+            ]
+        return outputs
+
+
+def model_for_dataset(model, model_classes, dataset_name):
+    """Returns `model`, wrapped to remap class ids if the dataset orders the same classes
+    differently; refuses a dataset with other classes.
+
+    Args:
+        model (nn.Module): the model.
+        model_classes (list[str]): the classes it predicts; empty means "those of the data".
+        dataset_name (str): a registered dataset.
+    """
+    dataset_classes = list(MetadataCatalog.get(dataset_name).thing_classes)
+    model_classes = list(model_classes) or dataset_classes
+    if model_classes == dataset_classes:
+        return model
+    if sorted(model_classes) == sorted(dataset_classes):
+        logger.warning(
+            f"{dataset_name} orders the model's classes differently; predictions are remapped "
+            f"by name from {model_classes} to {dataset_classes}."
+        )
+        return RemapClasses(model, model_classes, dataset_classes)
+    raise DentalError(
+        f"the model predicts {model_classes} but {dataset_name} has {dataset_classes}: evaluate "
+        "on data with the same classes, or train a model on this data"
+    )
+
+
+class DentalTrainer(DefaultTrainer):
+    """DefaultTrainer with the dental data pipeline, evaluation on the validation split,
+    validation loss, early stopping, plateau LR, the best checkpoint and TensorBoard images.
+    """
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=DentalDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg,
+            dataset_name,
+            mapper=DentalDatasetMapper(cfg, is_train=False),
+            batch_size=cfg.TEST.IMS_PER_BATCH,
+        )
+
+    @classmethod
+    def build_validation_loss_loader(cls, cfg, dataset_name):
+        """Validation data with annotations, resized as at test time, without random flips."""
+        mapper_args = DentalDatasetMapper.from_config(cfg, is_train=True)
+        mapper_args["augmentations"] = [
+            T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
+        ]
+        return build_detection_test_loader(
+            cfg,
+            dataset_name,
+            mapper=DentalDatasetMapper(**mapper_args),
+            batch_size=cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size() or 1,
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "eval", dataset_name)
+        # allow_cached_coco=False: a cached ground truth would outlive edits to the data.
+        return COCOEvaluator(dataset_name, output_dir=output_folder, allow_cached_coco=False)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        if cfg.SOLVER.LR_SCHEDULER_NAME != PLATEAU_SCHEDULER:
+            return super().build_lr_scheduler(cfg, optimizer)
+        return WarmupPlateauLR(
+            optimizer,
+            warmup_iters=cfg.SOLVER.WARMUP_ITERS,
+            warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
+            warmup_method=cfg.SOLVER.WARMUP_METHOD,
+            min_lr=cfg.SOLVER.PLATEAU.MIN_LR,
+        )
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluates each of DATASETS.TEST, remapping class ids by name where needed."""
+        results = OrderedDict()
+        for index, dataset_name in enumerate(cfg.DATASETS.TEST):
+            single = cfg.clone()
+            single.defrost()
+            single.DATASETS.TEST = (dataset_name,)
+            mapped = model_for_dataset(model, cfg.DENTAL.CLASS_NAMES, dataset_name)
+            chosen = None if evaluators is None else [evaluators[index]]
+            results[dataset_name] = super().test(single, mapped, chosen)
+        if len(results) == 1:
+            return next(iter(results.values()))
+        return results
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        accumulation = cfg.SOLVER.ACCUMULATION_STEPS
+        if accumulation > 1:
+            self._trainer = GradientAccumulationTrainer(
+                self._trainer.model,
+                self._trainer.data_loader,
+                self._trainer.optimizer,
+                accumulation,
+                amp=cfg.SOLVER.AMP.ENABLED,
+            )
+
+    def build_hooks(self):
+        cfg = self.cfg
+        period = cfg.TEST.EVAL_PERIOD
+        validation = validation_datasets(cfg)
+        # Every checkpoint carries the class names the model predicts.
+        self.checkpointer.checkpointables[CLASS_NAMES_KEY] = ClassNamesCheckpointable(
+            cfg.DENTAL.CLASS_NAMES
+        )
+
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        if cfg.TEST.VALIDATION_LOSS and validation:
+            loader = self.build_validation_loss_loader(cfg, validation[0])
+            ret.append(ValidationLoss(period, loader))
+
+        def evaluate_validation():
+            validation_cfg = cfg.clone()
+            validation_cfg.defrost()
+            validation_cfg.DATASETS.TEST = validation
+            self._last_eval_results = self.test(validation_cfg, self.model)
+            return self._last_eval_results
+
+        # Evaluate after checkpointing so a crash in evaluation keeps the checkpoint.
+        ret.append(hooks.EvalHook(period, evaluate_validation))
+        if comm.is_main_process() and validation and cfg.DENTAL.EVAL.NUM_VIS_IMAGES > 0:
+            records = DatasetCatalog.get(validation[0])[: cfg.DENTAL.EVAL.NUM_VIS_IMAGES]
+            ret.append(
+                VisualizePredictions(
+                    period,
+                    records,
+                    validation[0],
+                    lambda path: read_image(path, format="RGB"),
+                    cfg.DENTAL.EVAL.SCORE_THRESHOLD,
+                )
+            )
+
+        early = cfg.SOLVER.EARLY_STOPPING
+        if comm.is_main_process():
+            ret.append(BestCheckpointer(period, self.checkpointer, early.METRIC, early.MODE))
+        if cfg.SOLVER.LR_SCHEDULER_NAME == PLATEAU_SCHEDULER:
+            plateau = cfg.SOLVER.PLATEAU
+            ret.append(
+                ReduceLROnPlateau(
+                    period,
+                    plateau.METRIC,
+                    plateau.MODE,
+                    plateau.FACTOR,
+                    plateau.PATIENCE,
+                    plateau.THRESHOLD,
+                )
+            )
+        if comm.is_main_process():
+            # Writers run after evaluation so they log its metrics.
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        if early.ENABLED:
+            # Last, so that the iteration it stops at is logged first.
+            checkpointer = self.checkpointer if comm.is_main_process() else None
+            ret.append(
+                EarlyStopping(
+                    period, early.METRIC, early.MODE, early.PATIENCE, early.MIN_DELTA, checkpointer
+                )
+            )
+        return ret

@@ -1,0 +1,214 @@
+"""Early stopping, plateau LR and best-checkpoint hooks driven by scripted metric sequences."""
+
+import math
+
+import pytest
+import torch
+from detectron2.checkpoint import Checkpointer
+from detectron2.engine import SimpleTrainer
+from detectron2.engine.train_loop import HookBase
+from torch import nn
+
+from dental_d2.engine.hooks import BestCheckpointer, EarlyStop, EarlyStopping, ReduceLROnPlateau
+from dental_d2.engine.lr_scheduler import WarmupPlateauLR
+
+PERIOD = 2
+
+
+class _TinyModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return {"loss": self.layer(x).abs().mean()}
+
+
+def _data():
+    while True:
+        yield torch.ones(2, 3)
+
+
+class _ScriptedMetric(HookBase):
+    """Puts the next value of a sequence into storage at each evaluation iteration."""
+
+    def __init__(self, name, values):
+        self.name = name
+        self.values = list(values)
+        self.evaluations = 0
+
+    def after_step(self):
+        next_iter = self.trainer.iter + 1
+        if next_iter % PERIOD == 0 and next_iter != self.trainer.max_iter:
+            value = self.values[self.evaluations]
+            self.evaluations += 1
+            if value is not None:
+                self.trainer.storage.put_scalar(self.name, value, smoothing_hint=False)
+
+
+class _Record(HookBase):
+    def __init__(self):
+        self.after_train_iter = None
+
+    def after_train(self):
+        self.after_train_iter = self.trainer.iter
+
+
+def _trainer(*hooks, lr=0.1, scheduler=False):
+    model = _TinyModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    trainer = SimpleTrainer(model, _data(), optimizer)
+    if scheduler:
+        trainer.scheduler = WarmupPlateauLR(optimizer)
+    trainer.register_hooks(list(hooks))
+    return trainer
+
+
+def _run(trainer, max_iter):
+    try:
+        trainer.train(0, max_iter)
+    except EarlyStop:
+        return True
+    return False
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement():
+    # best 0.8 at evaluation 2; evaluations 3, 4, 5 do not improve on it -> stop at the 5th.
+    metric = _ScriptedMetric("validation_loss", [1.0, 0.8, 0.85, 0.8, 0.9, 0.1, 0.1])
+    stopper = EarlyStopping(PERIOD, "validation_loss", "min", patience=3)
+    record = _Record()
+    trainer = _trainer(metric, record, stopper)
+    assert _run(trainer, max_iter=100)
+    assert metric.evaluations == 5
+    assert stopper.stopped_iter == 5 * PERIOD
+    assert stopper.best_metric == pytest.approx(0.8)
+    assert stopper.best_iter == 2 * PERIOD
+    # after_train ran, treating the stop iteration as the last one
+    assert record.after_train_iter == 5 * PERIOD - 1
+    assert trainer.max_iter == 5 * PERIOD
+
+
+def test_early_stopping_max_mode_and_min_delta():
+    # improvements of 0.5 are below min_delta=1, so evaluations 2 and 3 count as bad.
+    metric = _ScriptedMetric("segm/AP", [10.0, 10.5, 11.0, 20.0])
+    stopper = EarlyStopping(PERIOD, "segm/AP", "max", patience=2, min_delta=1.0)
+    trainer = _trainer(metric, stopper)
+    assert _run(trainer, max_iter=100)
+    assert metric.evaluations == 3
+    assert stopper.best_metric == 10.0
+
+
+def test_early_stopping_runs_to_the_end_while_metric_improves():
+    metric = _ScriptedMetric("validation_loss", [5, 4, 3, 2, 1])
+    stopper = EarlyStopping(PERIOD, "validation_loss", "min", patience=1)
+    trainer = _trainer(metric, stopper)
+    assert not _run(trainer, max_iter=5 * PERIOD + 1)
+    assert stopper.stopped_iter is None
+    assert trainer.iter == 5 * PERIOD + 1
+
+
+def test_early_stopping_missing_metric_warns_and_never_stops(caplog):
+    metric = _ScriptedMetric("validation_loss", [None] * 10)
+    stopper = EarlyStopping(PERIOD, "validation_loss", "min", patience=1)
+    trainer = _trainer(metric, stopper)
+    assert not _run(trainer, max_iter=4 * PERIOD + 1)
+    assert "was not computed or stored" in caplog.text
+
+
+def test_early_stopping_counts_nan_as_no_improvement():
+    metric = _ScriptedMetric("validation_loss", [1.0, math.nan, math.nan, 0.1])
+    stopper = EarlyStopping(PERIOD, "validation_loss", "min", patience=2)
+    trainer = _trainer(metric, stopper)
+    assert _run(trainer, max_iter=100)
+    assert metric.evaluations == 3
+    assert stopper.best_metric == 1.0
+
+
+def test_early_stopping_saves_final_checkpoint(tmp_path):
+    metric = _ScriptedMetric("validation_loss", [1.0, 2.0])
+    trainer = _trainer(metric)
+    checkpointer = Checkpointer(trainer.model, str(tmp_path))
+    stopper = EarlyStopping(PERIOD, "validation_loss", "min", 1, checkpointer=checkpointer)
+    trainer.register_hooks([stopper])
+    assert _run(trainer, max_iter=100)
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    assert saved["iteration"] == 2 * PERIOD - 1
+
+
+def test_plateau_cuts_lr_after_patience_and_resets_count():
+    # best 1.0; 3 bad evaluations -> cut to 0.01; 3 more -> 0.001.
+    values = [1.0, 1.0, 2.0, 1.5, 0.99999, 3.0, 3.0, 3.0, 3.0]
+    metric = _ScriptedMetric("validation_loss", values)
+    plateau = ReduceLROnPlateau(PERIOD, "validation_loss", "min", factor=0.1, patience=3)
+    trainer = _trainer(metric, plateau, scheduler=True)
+
+    lrs = []
+
+    class _LRStep(HookBase):
+        def after_step(self):
+            self.trainer.scheduler.step()
+            lrs.append(self.trainer.optimizer.param_groups[0]["lr"])
+
+    trainer.register_hooks([_LRStep()])
+    trainer.train(0, len(values) * PERIOD + 1)
+    # cut at evaluation 4 (iteration 8) and evaluation 7 (iteration 14); 0.99999 is within the
+    # relative threshold 1e-4 of 1.0, so it is no improvement.
+    assert lrs[7] == pytest.approx(0.01)
+    assert lrs[6] == pytest.approx(0.1)
+    assert lrs[13] == pytest.approx(0.001)
+    assert lrs[12] == pytest.approx(0.01)
+    assert trainer.scheduler.scale == pytest.approx(0.01)
+
+
+def test_plateau_respects_min_lr():
+    model = _TinyModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = WarmupPlateauLR(optimizer, min_lr=0.02)
+    assert scheduler.reduce(0.1) == pytest.approx((0.1, 0.02))
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
+
+
+def test_warmup_then_constant():
+    model = _TinyModel()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = WarmupPlateauLR(optimizer, warmup_iters=10, warmup_factor=0.1)
+    seen = [optimizer.param_groups[0]["lr"]]
+    for _ in range(12):
+        scheduler.step()
+        seen.append(optimizer.param_groups[0]["lr"])
+    assert seen[0] == pytest.approx(0.1)
+    assert seen[5] == pytest.approx(0.55)
+    assert seen[10] == pytest.approx(1.0) and seen[12] == pytest.approx(1.0)
+
+
+def test_hook_state_survives_save_and_load(tmp_path):
+    metric = _ScriptedMetric("validation_loss", [1.0, 0.5, 0.7, 0.8])
+    stopper = EarlyStopping(PERIOD, "validation_loss", "min", patience=5)
+    plateau = ReduceLROnPlateau(PERIOD, "validation_loss", "min", factor=0.5, patience=2)
+    trainer = _trainer(metric, plateau, stopper, scheduler=True)
+    best = BestCheckpointer(
+        PERIOD, Checkpointer(trainer.model, str(tmp_path)), "validation_loss", "min"
+    )
+    trainer.register_hooks([best])
+    trainer.train(0, 4 * PERIOD + 1)
+    assert (stopper.num_bad_evals, plateau.num_bad_evals) == (2, 0)
+    assert trainer.scheduler.scale == pytest.approx(0.5)
+    state = trainer.state_dict()
+    scheduler_state = trainer.scheduler.state_dict()
+
+    fresh_stopper = EarlyStopping(PERIOD, "validation_loss", "min", patience=5)
+    fresh_plateau = ReduceLROnPlateau(PERIOD, "validation_loss", "min", factor=0.5, patience=2)
+    resumed = _trainer(fresh_plateau, fresh_stopper, scheduler=True)
+    fresh_best = BestCheckpointer(
+        PERIOD, Checkpointer(resumed.model, str(tmp_path)), "validation_loss", "min"
+    )
+    resumed.register_hooks([fresh_best])
+    resumed.load_state_dict(state)
+    resumed.scheduler.load_state_dict(scheduler_state)
+    assert fresh_stopper.best_metric == pytest.approx(0.5)
+    assert fresh_stopper.best_iter == 2 * PERIOD
+    assert fresh_stopper.num_bad_evals == 2
+    assert fresh_best.best_metric == pytest.approx(0.5)
+    assert resumed.scheduler.scale == pytest.approx(0.5)
+    assert (tmp_path / "model_best.pth").exists()

@@ -1,0 +1,30 @@
+#!/usr/bin/env python
+"""Trains Mask R-CNN on a dental dataset, or evaluates a checkpoint with --eval-only.
+
+tools/train_net.py --config-file configs/dental_r50.yaml DENTAL.DATA_ROOT /path/to/export
+tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/.../model_final.pth
+"""
+
+import sys
+
+from torch.multiprocessing import ProcessExitedException
+
+from dental_d2 import DentalError
+from dental_d2.engine.launch import argument_parser, launch_from_args
+
+
+def main(argv=None) -> int:
+    args = argument_parser().parse_args(argv)
+    try:
+        launch_from_args(args)
+    except DentalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except ProcessExitedException as e:
+        print(f"error: a training process failed ({e}); see its log above", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
