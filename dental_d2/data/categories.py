@@ -51,3 +51,43 @@ def contiguous_id_map(categories: list[dict]) -> dict[int, int]:
         categories (list[dict]): the kept categories, as returned by `thing_categories`.
     """
     return {c["id"]: i for i, c in enumerate(sorted(categories, key=lambda c: c["id"]))}
+
+
+# Colour of classes whose name mentions a tooth: a neutral light grey-ivory, so lesions stand out.
+TOOTH_COLOR = (225, 220, 205)
+# Okabe-Ito colour-blind-safe palette (RGB), given to the other classes in class order.
+LESION_COLORS = (
+    (230, 159, 0),  # orange
+    (213, 94, 0),  # vermillion
+    (0, 114, 178),  # blue
+    (0, 158, 115),  # bluish green
+    (204, 121, 167),  # reddish purple
+    (86, 180, 233),  # sky blue
+    (240, 228, 66),  # yellow
+)
+
+
+def is_tooth_class(name: str) -> bool:
+    """Whether a class name is a tooth ("Tooth", "teeth", "molar-tooth"), not a lesion."""
+    lowered = name.lower()
+    return "tooth" in lowered or "teeth" in lowered
+
+
+def thing_colors(thing_classes: list[str]) -> list[tuple[int, int, int]]:
+    """Returns an RGB 0-255 colour per class for detectron2's `Visualizer`.
+
+    Teeth get `TOOTH_COLOR`; the other classes take `LESION_COLORS` in class order (repeating
+    after seven).
+
+    Args:
+        thing_classes (list[str]): class names in contiguous-id order.
+    """
+    colors = []
+    lesion_index = 0
+    for name in thing_classes:
+        if is_tooth_class(name):
+            colors.append(TOOTH_COLOR)
+        else:
+            colors.append(LESION_COLORS[lesion_index % len(LESION_COLORS)])
+            lesion_index += 1
+    return colors

@@ -1,0 +1,159 @@
+"""Checks a Roboflow export before training: counts, sizes, repairs, ground-truth drawings."""
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import cv2
+from detectron2.data import MetadataCatalog
+from detectron2.utils.visualizer import ColorMode, Visualizer
+from tabulate import tabulate
+
+from ..errors import DentalError
+from .image_io import read_image
+from .register import register_dental_splits
+from .roboflow import load_roboflow_json, load_roboflow_split, short_name
+
+__all__ = ["SplitReport", "check_dataset", "format_report", "render_ground_truth"]
+
+logger = logging.getLogger(__name__)
+
+# More distinct image sizes than this are summarised as min..max.
+_MAX_LISTED_SIZES = 4
+
+
+@dataclass
+class SplitReport:
+    """What `check_dataset` found in one split.
+
+    Attributes:
+        split (str): "train", "valid" or "test".
+        dataset_name (str): the registered detectron2 name.
+        json_file (str): the split's annotation file.
+        num_images (int): images listed (all kept, with or without annotations).
+        num_annotations (int): annotations kept after repairs.
+        class_counts (dict[str, tuple[int, int]]): class -> (annotations, images with one).
+        num_empty_images (int): images without annotations (negatives).
+        image_sizes (Counter): (height, width) -> number of images.
+        repairs (list[str]): one line per kind of repair made.
+    """
+
+    split: str
+    dataset_name: str
+    json_file: str
+    num_images: int = 0
+    num_annotations: int = 0
+    class_counts: dict = field(default_factory=dict)
+    num_empty_images: int = 0
+    image_sizes: Counter = field(default_factory=Counter)
+    repairs: list = field(default_factory=list)
+
+
+def check_dataset(root, name: str = "dental") -> list[SplitReport]:
+    """Registers, loads and validates every split of an export (decoding every image).
+
+    Args:
+        root (str or os.PathLike): the export's folder (train/, valid/, test/).
+        name (str): prefix of the registered dataset names.
+
+    Returns:
+        list[SplitReport]: one per split found, in train, valid, test order.
+
+    Raises:
+        DentalError: the first unusable problem found; the message names the file and record.
+    """
+    reports = []
+    for split, dataset_name in register_dental_splits(root, name).items():
+        metadata = MetadataCatalog.get(dataset_name)
+        loaded = load_roboflow_split(metadata.roboflow_json, metadata.image_root)
+        annotations = Counter()
+        images_with = Counter()
+        for record in loaded.dataset_dicts:
+            ids = [a["category_id"] for a in record["annotations"]]
+            annotations.update(ids)
+            images_with.update(set(ids))
+        reports.append(
+            SplitReport(
+                split=split,
+                dataset_name=dataset_name,
+                json_file=loaded.json_file,
+                num_images=len(loaded.dataset_dicts),
+                num_annotations=sum(annotations.values()),
+                class_counts={
+                    c: (annotations[i], images_with[i])
+                    for i, c in enumerate(metadata.thing_classes)
+                },
+                num_empty_images=sum(1 for d in loaded.dataset_dicts if not d["annotations"]),
+                image_sizes=Counter((d["height"], d["width"]) for d in loaded.dataset_dicts),
+                repairs=list(loaded.repairs),
+            )
+        )
+    return reports
+
+
+def _format_sizes(sizes: Counter) -> str:
+    if len(sizes) <= _MAX_LISTED_SIZES:
+        return ", ".join(f"{h}x{w} ({n})" for (h, w), n in sorted(sizes.items()))
+    heights = [h for h, _ in sizes]
+    widths = [w for _, w in sizes]
+    return (
+        f"{len(sizes)} distinct, height {min(heights)}..{max(heights)}, "
+        f"width {min(widths)}..{max(widths)}"
+    )
+
+
+def format_report(report: SplitReport) -> str:
+    """Formats a split's report as a few lines of text with a per-class table.
+
+    Args:
+        report (SplitReport): as returned by `check_dataset`.
+    """
+    rows = [[name, n, images] for name, (n, images) in report.class_counts.items()]
+    table = tabulate(rows, headers=["class", "annotations", "images"], tablefmt="pipe")
+    problems = report.repairs or ["none"]
+    lines = [
+        f"{report.split} ({report.dataset_name}, {short_name(report.json_file)}): "
+        f"{report.num_images} images, {report.num_annotations} annotations, "
+        f"{report.num_empty_images} images without annotations",
+        f"image sizes (HxW): {_format_sizes(report.image_sizes)}",
+        table,
+        "repaired: " + "; ".join(problems),
+    ]
+    return "\n".join(lines)
+
+
+def render_ground_truth(dataset_name: str, output_dir, num_images: int = 3) -> list[str]:
+    """Draws the ground truth of a few images with detectron2's `Visualizer`.
+
+    Images with annotations are preferred; colours come from the metadata's `thing_colors`.
+
+    Args:
+        dataset_name (str): a dataset registered by `register_dental_splits`.
+        output_dir (str or os.PathLike): folder for the JPEGs (created if needed).
+        num_images (int): images to draw.
+
+    Returns:
+        list[str]: the files written.
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    records = load_roboflow_json(metadata.roboflow_json, metadata.image_root)
+    chosen = [d for d in records if d["annotations"]][:num_images]
+    chosen += [d for d in records if not d["annotations"]][: num_images - len(chosen)]
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise DentalError(f"{output_dir}: cannot create the folder ({e}); choose another") from e
+    written = []
+    for record in chosen:
+        image = read_image(record["file_name"], format="RGB")
+        visualizer = Visualizer(image, metadata, instance_mode=ColorMode.SEGMENTATION)
+        drawn = visualizer.draw_dataset_dict(record).get_image()
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        path = os.path.join(output_dir, f"{dataset_name}_{stem}.jpg")
+        if not cv2.imwrite(path, drawn[:, :, ::-1]):
+            raise DentalError(
+                f"{path}: cannot write the drawing; check that the folder is writable"
+            )
+        written.append(path)
+    return written

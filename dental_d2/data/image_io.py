@@ -1,0 +1,164 @@
+"""Reading dental images (8/16-bit, grayscale, alpha, EXIF-rotated) into HxWx3 uint8 arrays."""
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import DentalError
+
+__all__ = ["read_image", "image_size", "to_uint8"]
+
+# EXIF tag 0x0112 'Orientation'; values 5-8 swap width and height.
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+# PIL modes that hold more than 8 bits per sample and get stretched to 0..255.
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+# PIL modes with an alpha channel (P images can carry it in info["transparency"]).
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1))
+    except (OSError, ValueError, TypeError, SyntaxError):
+        # A broken EXIF block only loses the orientation, as in detectron2's read_image.
+        return 1
+
+
+def _open(path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except FileNotFoundError as e:
+        raise DentalError(
+            f"{path}: image file not found; restore it or remove it from the annotation JSON"
+        ) from e
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DentalError(
+            f"{path}: not a readable image ({_one_line(e)}); replace the file or re-export it"
+        ) from e
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scales a high-bit-depth (or float) single-channel image to uint8.
+
+    The rule is a linear stretch of the image's own range: its minimum becomes 0 and its maximum
+    255. Radiographs often store 12 significant bits in a 16-bit container, so dividing by 257
+    would leave them almost black; stretching uses the whole 8-bit range whatever the bit depth.
+    A constant image (no range to stretch) becomes all zeros. NaNs become 0.
+
+    Args:
+        array (np.ndarray): an HxW array of any numeric dtype.
+
+    Returns:
+        np.ndarray: HxW uint8.
+    """
+    values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    if values.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in _HIGH_DEPTH_MODES:
+        gray = to_uint8(np.asarray(image))
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        # Composite on black: transparent padding (common around exported radiographs) becomes
+        # black instead of whatever colour the hidden pixels happen to hold.
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        rgb = (rgba[:, :, :3] * rgba[:, :, 3:4] + 127) // 255
+        return rgb.astype(np.uint8)
+    return np.asarray(image.convert("RGB"))
+
+
+def read_image(path, format: str = "BGR") -> np.ndarray:
+    """Reads an image file as detectron2's `detection_utils.read_image` does, for more kinds.
+
+    - EXIF orientation is applied (as Roboflow's auto-orient does), so the array has the size
+      the annotations were drawn on.
+    - Grayscale (L, 1) becomes 3 identical channels.
+    - 16-bit, 32-bit and float images (I;16, I, F) are stretched linearly from the image's own
+      min..max to 0..255 (see `to_uint8`); a constant image becomes black.
+    - Alpha (RGBA, LA, PA, P with a transparent colour) is composited on black.
+
+    Args:
+        path (str or os.PathLike): the image file.
+        format (str): channel order of the result, "BGR" (detectron2's default) or "RGB".
+
+    Returns:
+        np.ndarray: HxWx3 uint8, contiguous.
+
+    Raises:
+        DentalError: the file is missing, not an image, corrupt or truncated.
+    """
+    if format not in ("BGR", "RGB"):
+        raise ValueError(f"read_image supports format 'BGR' or 'RGB', got {format!r}")
+    image = _open(path)
+    with image:
+        try:
+            image.load()
+            orientation = _exif_orientation(image)
+            if orientation != 1:
+                image = ImageOps.exif_transpose(image)
+            rgb = _to_rgb_array(image)
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DentalError(
+                f"{path}: image is corrupt or truncated ({_one_line(e)}); replace the file or "
+                "re-export it"
+            ) from e
+    if format == "BGR":
+        rgb = rgb[:, :, ::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def image_size(path) -> tuple[int, int]:
+    """Returns (height, width) of an image after EXIF orientation, reading only its header.
+
+    Args:
+        path (str or os.PathLike): the image file.
+
+    Raises:
+        DentalError: the file is missing or not an image.
+    """
+    with _open(path) as image:
+        width, height = image.size
+        if _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+    return height, width
+
+
+def decode_check(path) -> tuple[int, int]:
+    """Decodes an image fully (to catch corrupt or truncated files) and returns its size.
+
+    Cheaper than `read_image`: no colour conversion or copy.
+
+    Args:
+        path (str or os.PathLike): the image file.
+
+    Returns:
+        tuple[int, int]: (height, width) after EXIF orientation.
+
+    Raises:
+        DentalError: the file is missing, not an image, corrupt or truncated.
+    """
+    with _open(path) as image:
+        try:
+            image.load()
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DentalError(
+                f"{path}: image is corrupt or truncated ({_one_line(e)}); replace the file or "
+                "re-export it"
+            ) from e
+        width, height = image.size
+        if _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
+    return height, width

@@ -1,0 +1,93 @@
+"""detectron2's DatasetMapper, reading images with dental_d2's reader (16-bit, alpha, EXIF)."""
+
+import copy
+
+import numpy as np
+import torch
+from detectron2.data import DatasetMapper
+from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
+from PIL import Image
+
+from ..errors import DentalError
+from .image_io import read_image
+
+__all__ = ["DentalDatasetMapper"]
+
+
+class DentalDatasetMapper(DatasetMapper):
+    """A `DatasetMapper` that reads images with `dental_d2.data.read_image`.
+
+    Behaves as detectron2's mapper (same config, augmentations and outputs), but grayscale,
+    16-bit, RGBA and EXIF-rotated images load in training and evaluation, and an image whose
+    decoded size differs from its dataset dict raises `DentalError` naming the file.
+    Build it as the parent: `DentalDatasetMapper(cfg, is_train=True)`.
+    """
+
+    def load_image(self, dataset_dict: dict) -> np.ndarray:
+        """Reads the dict's image in `self.image_format` and checks its size.
+
+        Args:
+            dataset_dict (dict): one record in detectron2's dataset format; `height` and
+                `width` are filled in when absent.
+
+        Returns:
+            np.ndarray: HxWxC uint8.
+
+        Raises:
+            DentalError: the image is unreadable or its size differs from the dict.
+        """
+        file_name = dataset_dict["file_name"]
+        if self.image_format in ("BGR", "RGB"):
+            image = read_image(file_name, format=self.image_format)
+        else:
+            # Other detectron2 formats ("L", "YUV-BT.601", ...) are converted from RGB by
+            # detectron2 itself.
+            rgb = read_image(file_name, format="RGB")
+            image = utils.convert_PIL_to_numpy(Image.fromarray(rgb), self.image_format)
+        height, width = image.shape[:2]
+        expected = (dataset_dict.get("height", height), dataset_dict.get("width", width))
+        if (height, width) != expected:
+            raise DentalError(
+                f"{file_name}: image is {height}x{width} (HxW) but its dataset record (image id "
+                f"{dataset_dict.get('image_id')}) says {expected[0]}x{expected[1]}; fix "
+                "'height'/'width' in the JSON or re-export the dataset"
+            )
+        dataset_dict["height"], dataset_dict["width"] = height, width
+        return image
+
+    def __call__(self, dataset_dict: dict) -> dict:
+        """Maps one dataset dict to the model's input, as `DatasetMapper.__call__`.
+
+        Args:
+            dataset_dict (dict): metadata of one image, in detectron2's dataset format.
+
+        Returns:
+            dict: the input format of detectron2's built-in models.
+        """
+        dataset_dict = copy.deepcopy(dataset_dict)  # modified below
+        image = self.load_image(dataset_dict)
+        sem_seg_gt = None
+        if "sem_seg_file_name" in dataset_dict:
+            sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
+
+        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
+        transforms = self.augmentations(aug_input)
+        image, sem_seg_gt = aug_input.image, aug_input.sem_seg
+        image_shape = image.shape[:2]
+        # Tensors travel through the data loader's shared memory; numpy arrays would be pickled.
+        dataset_dict["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        if sem_seg_gt is not None:
+            dataset_dict["sem_seg"] = torch.as_tensor(sem_seg_gt.astype("long"))
+        if self.proposal_topk is not None:
+            utils.transform_proposals(
+                dataset_dict, image_shape, transforms, proposal_topk=self.proposal_topk
+            )
+
+        if not self.is_train:
+            dataset_dict.pop("annotations", None)
+            dataset_dict.pop("sem_seg_file_name", None)
+            return dataset_dict
+        if "annotations" in dataset_dict:
+            self._transform_annotations(dataset_dict, transforms, image_shape)
+        return dataset_dict

@@ -1,0 +1,503 @@
+"""Loading and validating Roboflow "COCO Segmentation" exports as detectron2 dataset dicts."""
+
+import copy
+import functools
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from detectron2.structures import BoxMode
+from pycocotools import mask as mask_util
+from tqdm import tqdm
+
+from ..errors import DentalError
+from .categories import contiguous_id_map, thing_categories
+from .image_io import decode_check
+
+__all__ = [
+    "ANNOTATION_FILE",
+    "RoboflowSplit",
+    "load_roboflow_json",
+    "load_roboflow_split",
+    "read_coco_json",
+    "read_thing_categories",
+]
+
+logger = logging.getLogger(__name__)
+
+# The file name Roboflow gives the annotations of each split folder.
+ANNOTATION_FILE = "_annotations.coco.json"
+
+# Loaded splits kept in-process, keyed by file identity, so repeated DatasetCatalog.get calls
+# don't decode every image again.
+_CACHE_SIZE = 16
+_CACHE: "OrderedDict[tuple, RoboflowSplit]" = OrderedDict()
+
+# Repair kinds, each logged once per file as "<file>: <text> (<ids>)".
+_DROPPED_SHORT_POLYGONS = "dropped {n} polygons with fewer than 3 points (annotation ids {ids})"
+_DROPPED_DEGENERATE = (
+    "dropped {n} annotations whose every polygon has fewer than 3 points (annotation ids {ids})"
+)
+_DROPPED_NO_SEGMENTATION = "dropped {n} annotations without a segmentation (annotation ids {ids})"
+_CLIPPED_BOXES = "clipped {n} boxes that extended outside their image (annotation ids {ids})"
+_DROPPED_EMPTY_BOXES = (
+    "dropped {n} annotations whose box is empty inside the image (annotation ids {ids})"
+)
+_COMPUTED_BOXES = "computed {n} missing boxes from the masks (annotation ids {ids})"
+_REPAIR_ORDER = (
+    _DROPPED_SHORT_POLYGONS,
+    _DROPPED_DEGENERATE,
+    _DROPPED_NO_SEGMENTATION,
+    _CLIPPED_BOXES,
+    _DROPPED_EMPTY_BOXES,
+    _COMPUTED_BOXES,
+)
+# A box may poke out of the image by this many pixels (rounding in exports) before it counts.
+_CLIP_TOLERANCE = 1e-3
+# At most this many ids are listed in one repair line.
+_MAX_LISTED_IDS = 10
+
+
+@dataclass
+class RoboflowSplit:
+    """One split of an export, loaded and validated.
+
+    Attributes:
+        json_file (str): the annotation file.
+        image_root (str): the folder the images' `file_name`s are relative to.
+        categories (list[dict]): the real classes (Roboflow's superclass dropped), by id.
+        dataset_dicts (list[dict]): detectron2 dataset dicts, one per image, in JSON order.
+        repairs (list[str]): one line per kind of repair made, e.g. "dropped 2 polygons ...".
+    """
+
+    json_file: str
+    image_root: str
+    categories: list[dict]
+    dataset_dicts: list[dict] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)
+
+    @property
+    def thing_classes(self) -> list[str]:
+        """Class names in contiguous-id order."""
+        return [c["name"] for c in self.categories]
+
+    @property
+    def id_map(self) -> dict[int, int]:
+        """Dataset category id -> contiguous id."""
+        return contiguous_id_map(self.categories)
+
+
+def short_name(json_file) -> str:
+    """Returns "<split>/<file>" for log lines, e.g. "train/_annotations.coco.json"."""
+    path = os.path.normpath(str(json_file))
+    return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_id(value) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
+def read_coco_json(json_file) -> dict:
+    """Parses a COCO file and checks its top level: `images`, `annotations`, `categories`.
+
+    Args:
+        json_file (str or os.PathLike): the annotation file.
+
+    Returns:
+        dict: the parsed file.
+
+    Raises:
+        DentalError: the file is missing, empty, not JSON, or lacks the COCO lists.
+    """
+    fix = "re-export the dataset from Roboflow in 'COCO Segmentation' format"
+    try:
+        with open(json_file, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError as e:
+        raise DentalError(f"{json_file}: annotation file not found; {fix}") from e
+    except OSError as e:
+        raise DentalError(f"{json_file}: cannot read the annotation file ({e}); {fix}") from e
+    if not raw.strip():
+        raise DentalError(f"{json_file}: annotation file is empty; {fix}")
+    try:
+        coco = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"line {e.lineno} column {e.colno}: {e.msg}" if hasattr(e, "lineno") else str(e)
+        raise DentalError(f"{json_file}: not valid JSON ({where}); {fix}") from e
+    if not isinstance(coco, dict):
+        raise DentalError(f"{json_file}: top level is not a JSON object; {fix}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(coco.get(key), list):
+            raise DentalError(f"{json_file}: has no '{key}' list; {fix}")
+    if not coco["images"]:
+        raise DentalError(f"{json_file}: lists no images; {fix}")
+    if not coco["categories"]:
+        raise DentalError(f"{json_file}: lists no categories; {fix}")
+    seen = set()
+    for index, category in enumerate(coco["categories"]):
+        if not (
+            isinstance(category, dict)
+            and _is_id(category.get("id"))
+            and isinstance(category.get("name"), str)
+        ):
+            raise DentalError(
+                f"{json_file}: category #{index} needs an 'id' and a 'name' string; fix it or "
+                "re-export"
+            )
+        if category["id"] in seen:
+            raise DentalError(
+                f"{json_file}: category id {category['id']} is listed twice; give each category "
+                "its own id or re-export"
+            )
+        seen.add(category["id"])
+    return coco
+
+
+def _annotated_category_ids(coco: dict) -> set:
+    return {
+        a.get("category_id")
+        for a in coco["annotations"]
+        if isinstance(a, dict) and _is_id(a.get("category_id"))
+    }
+
+
+def read_thing_categories(json_file) -> list[dict]:
+    """Returns the real classes of a COCO file (Roboflow's superclass dropped), by id.
+
+    Args:
+        json_file (str or os.PathLike): the annotation file.
+
+    Raises:
+        DentalError: see `read_coco_json`.
+    """
+    coco = read_coco_json(json_file)
+    return thing_categories(coco["categories"], _annotated_category_ids(coco))
+
+
+def _format_ids(ids: list) -> str:
+    listed = ", ".join(str(i) for i in ids[:_MAX_LISTED_IDS])
+    if len(ids) > _MAX_LISTED_IDS:
+        listed += f" and {len(ids) - _MAX_LISTED_IDS} more"
+    return listed
+
+
+def _index_images(coco: dict, json_file) -> dict:
+    images = {}
+    for index, image in enumerate(coco["images"]):
+        if not isinstance(image, dict) or not _is_id(image.get("id")):
+            raise DentalError(
+                f"{json_file}: image #{index} has no 'id'; fix the record or re-export"
+            )
+        image_id = image["id"]
+        if image_id in images:
+            raise DentalError(
+                f"{json_file}: image id {image_id} is listed twice; give each image its own id "
+                "or re-export"
+            )
+        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
+            raise DentalError(
+                f"{json_file}: image id {image_id} has no 'file_name'; fix the record or re-export"
+            )
+        for key in ("height", "width"):
+            value = image.get(key)
+            if not _is_number(value) or value <= 0 or int(value) != value:
+                raise DentalError(
+                    f"{json_file}: image id {image_id} has '{key}' {value!r}, not a positive "
+                    "integer; fix the record or re-export"
+                )
+        images[image_id] = image
+    return images
+
+
+def _check_polygons(segmentation: list, where: str) -> list[list[float]]:
+    # Some tools write one polygon as a flat list instead of a list of polygons.
+    if segmentation and all(not isinstance(v, list) for v in segmentation):
+        segmentation = [segmentation]
+    polygons = []
+    for polygon in segmentation:
+        if not isinstance(polygon, list):
+            raise DentalError(
+                f"{where} has a polygon that is not a list of coordinates ({polygon!r}); fix or "
+                "delete the annotation"
+            )
+        for value in polygon:
+            if not _is_number(value):
+                raise DentalError(
+                    f"{where} has a non-numeric polygon coordinate {value!r}; fix or delete the "
+                    "annotation"
+                )
+        if len(polygon) % 2:
+            raise DentalError(
+                f"{where} has a polygon with an odd number of coordinates ({len(polygon)}); fix "
+                "or delete the annotation"
+            )
+        polygons.append([float(v) for v in polygon])
+    return polygons
+
+
+def _check_rle(segmentation: dict, image: dict, where: str) -> dict:
+    size = segmentation.get("size")
+    if "counts" not in segmentation or not isinstance(size, list) or len(size) != 2:
+        raise DentalError(
+            f"{where} has an RLE segmentation without 'counts' and 'size'; fix or delete the "
+            "annotation"
+        )
+    if list(size) != [image["height"], image["width"]]:
+        raise DentalError(
+            f"{where} has an RLE mask of size {size} but its image is "
+            f"{[image['height'], image['width']]} (HxW); fix or delete the annotation"
+        )
+    if isinstance(segmentation["counts"], list):
+        # Uncompressed RLE: compress it so detectron2 can decode it like the rest.
+        segmentation = mask_util.frPyObjects(segmentation, *size)
+    return segmentation
+
+
+def _box_from_segmentation(segmentation) -> list[float]:
+    if isinstance(segmentation, dict):
+        return [float(v) for v in mask_util.toBbox(segmentation)]
+    points = np.concatenate([np.asarray(p, dtype=np.float64) for p in segmentation]).reshape(-1, 2)
+    x0, y0 = points.min(axis=0)
+    x1, y1 = points.max(axis=0)
+    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+
+
+def _clip_box(box: list[float], width: int, height: int) -> list[float]:
+    x0, y0 = max(box[0], 0.0), max(box[1], 0.0)
+    x1, y1 = min(box[0] + box[2], float(width)), min(box[1] + box[3], float(height))
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def _convert_annotations(coco: dict, images: dict, id_map: dict, json_file, repairs: dict):
+    per_image = {image_id: [] for image_id in images}
+    seen = set()
+    missing_segmentation = 0
+    for index, anno in enumerate(coco["annotations"]):
+        if not isinstance(anno, dict) or not _is_id(anno.get("id")):
+            raise DentalError(
+                f"{json_file}: annotation #{index} has no 'id'; fix the record or re-export"
+            )
+        anno_id = anno["id"]
+        if anno_id in seen:
+            raise DentalError(
+                f"{json_file}: annotation id {anno_id} is listed twice; give each annotation its "
+                "own id or re-export"
+            )
+        seen.add(anno_id)
+        image = images.get(anno.get("image_id"))
+        if image is None:
+            raise DentalError(
+                f"{json_file}: annotation id {anno_id} points at image id "
+                f"{anno.get('image_id')!r}, which is not in 'images'; delete the annotation or "
+                "re-export"
+            )
+        where = f"{json_file}: annotation id {anno_id} (image id {image['id']})"
+        category_id = anno.get("category_id")
+        if category_id not in id_map:
+            known = ", ".join(str(i) for i in id_map)
+            raise DentalError(
+                f"{where} has category_id {category_id!r}, which is not a class in 'categories' "
+                f"(ids {known}); fix the annotation or re-export"
+            )
+        iscrowd = anno.get("iscrowd", 0)
+        if iscrowd not in (0, 1):
+            raise DentalError(f"{where} has iscrowd {iscrowd!r}; use 0 or 1")
+
+        segmentation = anno.get("segmentation")
+        if isinstance(segmentation, dict):
+            segmentation = _check_rle(segmentation, image, where)
+        elif isinstance(segmentation, list) and segmentation:
+            polygons = _check_polygons(segmentation, where)
+            kept = [p for p in polygons if len(p) >= 6]
+            if len(kept) < len(polygons):
+                if kept:
+                    repairs[_DROPPED_SHORT_POLYGONS].append(anno_id)
+                else:
+                    repairs[_DROPPED_DEGENERATE].append(anno_id)
+                    continue
+            segmentation = kept
+        elif segmentation in (None, []):
+            missing_segmentation += 1
+            repairs[_DROPPED_NO_SEGMENTATION].append(anno_id)
+            continue
+        else:
+            raise DentalError(
+                f"{where} has a segmentation that is neither polygons nor RLE "
+                f"({type(segmentation).__name__}); fix or delete the annotation"
+            )
+
+        box = anno.get("bbox")
+        if box is None:
+            box = _box_from_segmentation(segmentation)
+            repairs[_COMPUTED_BOXES].append(anno_id)
+        elif not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+            raise DentalError(f"{where} has bbox {box!r}, not 4 numbers; fix or delete it")
+        box = [float(v) for v in box]
+        clipped = _clip_box(box, image["width"], image["height"])
+        if clipped[2] <= 0 or clipped[3] <= 0:
+            repairs[_DROPPED_EMPTY_BOXES].append(anno_id)
+            continue
+        if any(abs(a - b) > _CLIP_TOLERANCE for a, b in zip(box, clipped)):
+            repairs[_CLIPPED_BOXES].append(anno_id)
+        per_image[image["id"]].append(
+            {
+                "bbox": clipped,
+                "bbox_mode": BoxMode.XYWH_ABS,
+                "category_id": id_map[category_id],
+                "segmentation": segmentation,
+                "iscrowd": int(iscrowd),
+            }
+        )
+    if coco["annotations"] and missing_segmentation == len(coco["annotations"]):
+        raise DentalError(
+            f"{json_file}: none of the {missing_segmentation} annotations has a segmentation, "
+            "as in an object-detection export; export the dataset in 'COCO Segmentation' format"
+        )
+    return per_image
+
+
+def _check_image_file(image: dict, image_root: str, json_file) -> None:
+    where = f"{json_file}: image id {image['id']}"
+    path = os.path.join(image_root, image["file_name"])
+    if not os.path.isfile(path):
+        raise DentalError(
+            f"{where}: {path} not found; restore the image or remove it (and its annotations) "
+            "from the JSON"
+        )
+    try:
+        height, width = decode_check(path)
+    except DentalError as e:
+        raise DentalError(f"{where}: {e}") from e
+    expected = (int(image["height"]), int(image["width"]))
+    if (height, width) != expected:
+        hint = (
+            " (width and height swapped: often an EXIF rotation the annotation tool ignored)"
+            if (width, height) == expected
+            else ""
+        )
+        raise DentalError(
+            f"{where}: {path} is {height}x{width} (HxW) but the JSON says "
+            f"{expected[0]}x{expected[1]}{hint}; fix 'height'/'width' or re-export the dataset"
+        )
+
+
+def _check_image_files(images: list[dict], image_root: str, json_file) -> None:
+    check = functools.partial(_check_image_file, image_root=image_root, json_file=json_file)
+    # PIL releases the GIL while decoding, so threads overlap the decodes.
+    executor = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+    try:
+        results = executor.map(check, images)
+        for _ in tqdm(
+            results, total=len(images), desc=f"checking {short_name(json_file)}", disable=None
+        ):
+            pass
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _cache_key(json_file: str, image_root: str, check_images: bool) -> tuple:
+    stat = os.stat(json_file)
+    return (json_file, stat.st_mtime_ns, stat.st_size, image_root, check_images)
+
+
+def load_roboflow_split(json_file, image_root=None, check_images: bool = True) -> RoboflowSplit:
+    """Loads and validates one split, or returns it from the in-process cache.
+
+    Unusable data raises `DentalError`. Repairable problems are repaired and logged, one line per
+    kind: polygons with fewer than 3 points are dropped (and annotations left with none), boxes
+    are clipped to the image (and annotations whose box is then empty dropped), missing boxes are
+    computed from the masks, annotations without a segmentation are dropped. Images without
+    annotations are kept (as negatives).
+
+    The result is cached per (file, modification time); treat it as read-only, or use
+    `load_roboflow_json`, which returns a copy.
+
+    Args:
+        json_file (str or os.PathLike): the split's `_annotations.coco.json`.
+        image_root (str or os.PathLike): folder of the images; defaults to the JSON's folder.
+        check_images (bool): also decode every image and compare its size with the JSON.
+
+    Returns:
+        RoboflowSplit: the split.
+
+    Raises:
+        DentalError: the file or an image is unusable; the message names the file, the record
+            and the fix.
+    """
+    json_file = os.path.abspath(os.fspath(json_file))
+    image_root = os.path.abspath(
+        os.fspath(image_root) if image_root is not None else os.path.dirname(json_file)
+    )
+    if not os.path.isfile(json_file):
+        raise DentalError(
+            f"{json_file}: annotation file not found; check the data root or re-export the dataset"
+        )
+    key = _cache_key(json_file, image_root, check_images)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+
+    coco = read_coco_json(json_file)
+    categories = thing_categories(coco["categories"], _annotated_category_ids(coco))
+    id_map = contiguous_id_map(categories)
+    images = _index_images(coco, json_file)
+    repairs = {kind: [] for kind in _REPAIR_ORDER}
+    per_image = _convert_annotations(coco, images, id_map, json_file, repairs)
+    if check_images:
+        _check_image_files(list(images.values()), image_root, json_file)
+
+    dataset_dicts = [
+        {
+            "file_name": os.path.join(image_root, image["file_name"]),
+            "image_id": image_id,
+            "height": int(image["height"]),
+            "width": int(image["width"]),
+            "annotations": per_image[image_id],
+        }
+        for image_id, image in images.items()
+    ]
+    repair_lines = [
+        kind.format(n=len(ids), ids=_format_ids(ids)) for kind, ids in repairs.items() if ids
+    ]
+    name = short_name(json_file)
+    for line in repair_lines:
+        logger.warning(f"{name}: {line}")
+    num_annotations = sum(len(d["annotations"]) for d in dataset_dicts)
+    logger.info(f"Loaded {len(dataset_dicts)} images, {num_annotations} annotations from {name}")
+
+    split = RoboflowSplit(json_file, image_root, categories, dataset_dicts, repair_lines)
+    _CACHE[key] = split
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return split
+
+
+def load_roboflow_json(json_file, image_root=None, check_images: bool = True) -> list[dict]:
+    """Loads one split of a Roboflow COCO Segmentation export as detectron2 dataset dicts.
+
+    Each dict has `file_name`, `image_id` (the JSON id), `height`, `width` and `annotations`
+    (`bbox` in XYWH_ABS, `bbox_mode`, contiguous `category_id`, `segmentation` as polygons or
+    RLE, `iscrowd`). See `load_roboflow_split` for the checks and repairs.
+
+    Args:
+        json_file (str or os.PathLike): the split's `_annotations.coco.json`.
+        image_root (str or os.PathLike): folder of the images; defaults to the JSON's folder.
+        check_images (bool): also decode every image and compare its size with the JSON.
+
+    Returns:
+        list[dict]: a fresh copy, safe to modify.
+
+    Raises:
+        DentalError: the file or an image is unusable.
+    """
+    split = load_roboflow_split(json_file, image_root, check_images)
+    return copy.deepcopy(split.dataset_dicts)

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny Roboflow-style exports written to tmp_path, and the shared real export."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# A real Roboflow "COCO Segmentation" export (see ../shared/README.md).
+CALCULUS_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "calculus-segment-v10"
+ANNOTATION_FILE = "_annotations.coco.json"
+
+
+def tiny_coco(num_images: int = 3, height: int = 48, width: int = 64) -> dict:
+    """A Roboflow-like COCO dict: superclass id 0, classes 1 "Caries" and 2 "Tooth".
+
+    Image i is `img{i}.jpg`; every image but the last has a Tooth and a Caries polygon, the last
+    has no annotations.
+    """
+    categories = [
+        {"id": 0, "name": "lesions", "supercategory": "none"},
+        {"id": 1, "name": "Caries", "supercategory": "lesions"},
+        {"id": 2, "name": "Tooth", "supercategory": "lesions"},
+    ]
+    images, annotations = [], []
+    for i in range(num_images):
+        images.append({"id": i, "file_name": f"img{i}.jpg", "height": height, "width": width})
+        if i == num_images - 1:
+            continue
+        for category_id, (x0, y0, x1, y1) in ((2, (4, 4, 40, 40)), (1, (10, 10, 20, 22))):
+            annotations.append(
+                {
+                    "id": len(annotations),
+                    "image_id": i,
+                    "category_id": category_id,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": float((x1 - x0) * (y1 - y0)),
+                    "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+                    "iscrowd": 0,
+                }
+            )
+    return {"info": {}, "licenses": [], "categories": categories, "images": images,
+            "annotations": annotations}  # fmt: skip
+
+
+def write_split(root: Path, split: str, coco: dict) -> Path:
+    """Writes `coco` and a random image per image record into root/split; returns the JSON."""
+    folder = Path(root) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for image in coco["images"]:
+        pixels = rng.integers(0, 256, (image["height"], image["width"], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / image["file_name"])
+    json_file = folder / ANNOTATION_FILE
+    json_file.write_text(json.dumps(coco))
+    return json_file
+
+
+@pytest.fixture
+def make_export(tmp_path):
+    """Factory: make_export(splits=("train",), coco=None) -> root of a tiny export."""
+
+    def make(splits=("train",), coco=None, name="export") -> Path:
+        root = tmp_path / name
+        for split in splits:
+            write_split(root, split, coco if coco is not None else tiny_coco())
+        return root
+
+    return make
+
+
+@pytest.fixture
+def coco() -> dict:
+    """A fresh `tiny_coco()` for a test to break before passing it to `make_export`."""
+    return tiny_coco()
+
+
+@pytest.fixture
+def calculus_root() -> Path:
+    """The shared real Roboflow export; skips when ../shared is not checked out."""
+    if not CALCULUS_ROOT.is_dir():
+        pytest.skip(
+            f"shared dataset not found at {CALCULUS_ROOT} (needs ../shared beside the repo)"
+        )
+    return CALCULUS_ROOT

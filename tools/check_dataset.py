@@ -1,0 +1,48 @@
+"""Checks a Roboflow COCO Segmentation export before training and summarises each split.
+
+Exits 0 when every split is usable, 1 with a one-line reason otherwise. Example::
+
+    python tools/check_dataset.py datasets/dental --render output/gt_check
+"""
+
+import argparse
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from dental_d2 import DentalError
+from dental_d2.data.check import check_dataset, format_report, render_ground_truth
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="the export's folder, holding train/, valid/ and test/")
+    parser.add_argument(
+        "--render", metavar="OUT", help="draw the ground truth of 3 images per split into OUT"
+    )
+    parser.add_argument(
+        "--name", default="dental", help="prefix of the registered dataset names (default dental)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="dental_d2")
+    try:
+        reports = check_dataset(args.root, args.name)
+        for report in reports:
+            print(format_report(report) + "\n")
+        if args.render:
+            for report in reports:
+                for path in render_ground_truth(report.dataset_name, args.render):
+                    print(f"drew {path}")
+    except DentalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.root}: usable ({len(reports)} splits)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
