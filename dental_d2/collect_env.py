@@ -1,4 +1,4 @@
-"""Prints the versions and capabilities that matter for dental_d2: `python -m dental_d2.collect_env`."""
+"""Prints the versions and capabilities dental_d2 depends on: `python -m dental_d2.collect_env`."""
 
 import argparse
 import importlib
