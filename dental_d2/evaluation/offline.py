@@ -1,0 +1,277 @@
+"""Evaluation of a COCO results file against a COCO annotations file, without a model."""
+
+import contextlib
+import io
+import json
+import logging
+import numbers
+import os
+
+import pycocotools.mask as mask_util
+from pycocotools.coco import COCO
+
+from ..data.categories import thing_categories, thing_colors
+from ..errors import DentalError
+from .evaluator import evaluate_task
+from .matching import IOU_TYPES
+from .report import log_class_table, metrics_dict, write_outputs
+
+logger = logging.getLogger(__name__)
+
+
+def _read_json(path: str, what: str, flag: str):
+    if not os.path.isfile(path):
+        raise DentalError(f"{path}: no such file; pass the {what} with {flag}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise DentalError(
+            f"{path}: not valid JSON ({e.msg}, line {e.lineno}); pass the {what} with {flag}"
+        ) from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise DentalError(f"{path}: cannot be read ({e}); pass the {what} with {flag}") from e
+
+
+def _is_box(value) -> bool:
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 4
+        and all(isinstance(v, numbers.Real) for v in value)
+    )
+
+
+def _segmentation_problem(segmentation, height: int, width: int) -> str | None:
+    """Why pycocotools cannot rasterise `segmentation`, or None when it can."""
+    if isinstance(segmentation, dict):
+        if "counts" not in segmentation or "size" not in segmentation:
+            return "an RLE segmentation needs 'counts' and 'size'"
+        if list(segmentation["size"]) != [height, width]:
+            return f"its RLE size {segmentation['size']} is not the image's [{height}, {width}]"
+        return None
+    if not isinstance(segmentation, list) or not segmentation:
+        return "it has no segmentation"
+    for polygon in segmentation:
+        if (
+            not isinstance(polygon, list)
+            or len(polygon) < 6
+            or len(polygon) % 2
+            or not all(isinstance(v, numbers.Real) for v in polygon)
+        ):
+            return "a polygon is not a flat list of at least 3 x,y points"
+    return None
+
+
+def load_ground_truth(path: str) -> COCO:
+    """Loads a COCO annotations file for evaluation, checking what the evaluation relies on.
+
+    Roboflow's project-level category is dropped (`thing_categories`). Annotation ids are
+    renumbered from 1 because pycocotools' COCOeval takes id 0, which Roboflow uses, for "no
+    match". A missing `iscrowd` is 0 and a missing `area` is the box's.
+
+    Args:
+        path (str): the COCO annotations file.
+
+    Raises:
+        DentalError: the file is missing or broken, or a record is unusable.
+    """
+    data = _read_json(path, "COCO annotations file", "--gt")
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(key), list) for key in ("images", "annotations", "categories")
+    ):
+        raise DentalError(
+            f"{path}: not a COCO annotations file (needs 'images', 'annotations' and "
+            "'categories' lists); pass the annotations, e.g. valid/_annotations.coco.json"
+        )
+    images = {}
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not {"id", "height", "width"} <= image.keys():
+            raise DentalError(
+                f"{path}: images[{i}] lacks 'id', 'height' or 'width'; fix or re-export the file"
+            )
+        images[image["id"]] = image
+    if not all(isinstance(a, dict) for a in data["annotations"]):
+        raise DentalError(f"{path}: an annotation is not an object; fix or re-export the file")
+    categories = thing_categories(
+        data["categories"], {a.get("category_id") for a in data["annotations"]}
+    )
+    category_ids = {c["id"] for c in categories}
+
+    annotations = []
+    for i, source in enumerate(data["annotations"]):
+        record = f"{path}: annotation {i} (id {source.get('id')})"
+        if source.get("image_id") not in images:
+            raise DentalError(
+                f"{record} has image_id {source.get('image_id')!r}, which is not in 'images'; "
+                "fix or re-export the file"
+            )
+        if source.get("category_id") not in category_ids:
+            raise DentalError(
+                f"{record} has category_id {source.get('category_id')!r}, which is not a class "
+                f"(classes: {_class_list(categories)}); fix or re-export the file"
+            )
+        if not _is_box(source.get("bbox")):
+            raise DentalError(f"{record} has no [x, y, w, h] bbox; fix or re-export the file")
+        annotation = dict(source, id=len(annotations) + 1, iscrowd=int(source.get("iscrowd", 0)))
+        # Where the record is in the user's file, for messages.
+        annotation["source_index"], annotation["source_id"] = i, source.get("id")
+        if "area" not in annotation:
+            annotation["area"] = float(annotation["bbox"][2] * annotation["bbox"][3])
+        annotations.append(annotation)
+
+    coco = COCO()
+    coco.dataset = {**data, "categories": categories, "annotations": annotations}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def check_segmentations(coco_gt: COCO, path: str) -> None:
+    """Checks that every non-crowd annotation has a mask pycocotools can rasterise.
+
+    Args:
+        coco_gt (COCO): from `load_ground_truth`.
+        path (str): the annotations file, for messages.
+
+    Raises:
+        DentalError: naming the first annotation without a usable mask.
+    """
+    for annotation in coco_gt.dataset["annotations"]:
+        if annotation["iscrowd"]:
+            continue
+        image = coco_gt.imgs[annotation["image_id"]]
+        problem = _segmentation_problem(
+            annotation.get("segmentation"), image["height"], image["width"]
+        )
+        if problem:
+            raise DentalError(
+                f"{path}: annotation {annotation['source_index']} (id {annotation['source_id']}, "
+                f"image {image.get('file_name')}): {problem}; fix its mask, or evaluate boxes only "
+                "with --tasks bbox"
+            )
+
+
+def _class_list(categories) -> str:
+    return ", ".join(f"{c['id']} {c['name']}" for c in categories)
+
+
+def load_results(path: str, coco_gt: COCO, gt_path: str = "the annotations file") -> list[dict]:
+    """Loads and checks a COCO results file against the ground truth.
+
+    Polygon segmentations are converted to RLEs, and results with a segmentation but no bbox get
+    the mask's box, as pycocotools' `loadRes` does.
+
+    Args:
+        path (str): a JSON list of {"image_id", "category_id", "score", "bbox" and/or
+            "segmentation"}, category ids as in the annotations file.
+        coco_gt (COCO): the ground truth, from `load_ground_truth`.
+        gt_path (str): the annotations file's path, for messages.
+
+    Raises:
+        DentalError: the file is missing or broken, or a result refers to an image or class the
+            ground truth does not have.
+    """
+    data = _read_json(path, "COCO results file", "--predictions")
+    if not isinstance(data, list):
+        raise DentalError(
+            f"{path}: a COCO results file is a JSON list of detections, not a "
+            f"{type(data).__name__}; pass detectron2's coco_instances_results.json or alike"
+        )
+    results = []
+    for i, source in enumerate(data):
+        record = f"{path}: result {i}"
+        if not isinstance(source, dict):
+            raise DentalError(f"{record} is not an object; fix the file")
+        if source.get("image_id") not in coco_gt.imgs:
+            raise DentalError(
+                f"{record} has image_id {source.get('image_id')!r}, which is not an image of "
+                f"{gt_path}; use the image ids of that file's 'images' list"
+            )
+        if source.get("category_id") not in coco_gt.cats:
+            raise DentalError(
+                f"{record} has category_id {source.get('category_id')!r}, which is not a class of "
+                f"{gt_path} (classes: {_class_list(coco_gt.cats.values())}); use its category ids"
+            )
+        if not isinstance(source.get("score"), numbers.Real):
+            raise DentalError(f"{record} has no numeric 'score'; fix the file")
+        result = dict(source)
+        image = coco_gt.imgs[result["image_id"]]
+        if "segmentation" in result:
+            problem = _segmentation_problem(result["segmentation"], image["height"], image["width"])
+            if problem:
+                raise DentalError(f"{record}: {problem}; fix the file")
+            rle = coco_gt.annToRLE(result)
+            if isinstance(rle["counts"], bytes):
+                rle["counts"] = rle["counts"].decode("ascii")
+            result["segmentation"] = rle
+            if "bbox" not in result:
+                result["bbox"] = mask_util.toBbox(rle).tolist()
+        if not _is_box(result.get("bbox")):
+            raise DentalError(f"{record} has neither a [x, y, w, h] bbox nor a segmentation")
+        results.append(result)
+    return results
+
+
+def evaluate_files(
+    gt_path: str,
+    results_path: str,
+    output_dir: str,
+    image_root: str | None = None,
+    tasks: tuple[str, ...] | None = None,
+    score_threshold: float = 0.5,
+    iou_threshold: float = 0.5,
+    num_report_images: int = 4,
+) -> dict:
+    """Evaluates a COCO results file and writes metrics.json, PNG plots and report.html.
+
+    Args:
+        gt_path (str): the COCO annotations file (a Roboflow export works as is).
+        results_path (str): the COCO results file, category ids as in `gt_path`.
+        output_dir (str): where the outputs go.
+        image_root (str or None): the images' folder, for the report; None draws no images.
+        tasks (tuple[str] or None): "bbox" and/or "segm"; by default "bbox", and "segm" when
+            every result has a segmentation.
+        score_threshold (float): predictions scoring below it are not counted by P/R/F1.
+        iou_threshold (float): the least IoU of a match.
+        num_report_images (int): best and worst images drawn, each.
+
+    Returns:
+        dict: the content written to metrics.json.
+
+    Raises:
+        DentalError: a file is missing or broken, or the two files do not fit together.
+    """
+    if tasks is not None and not set(tasks) <= set(IOU_TYPES):
+        raise DentalError(f"unknown task in {list(tasks)}; use bbox and/or segm")
+    coco_gt = load_ground_truth(gt_path)
+    results = load_results(results_path, coco_gt, gt_path)
+    if tasks is None:
+        has_masks = bool(results) and all("segmentation" in r for r in results)
+        tasks = ("bbox", "segm") if has_masks else ("bbox",)
+    elif "segm" in tasks and any("segmentation" not in r for r in results):
+        raise DentalError(
+            f"{results_path}: some results have no segmentation; evaluate with --tasks bbox"
+        )
+    if "segm" in tasks:
+        check_segmentations(coco_gt, gt_path)
+    logger.info(
+        f"Evaluating {len(results)} results on {len(coco_gt.getImgIds())} images "
+        f"({', '.join(tasks)}) with classes {_class_list(coco_gt.cats.values())}"
+    )
+    evaluations = {}
+    for task in tasks:
+        evaluations[task] = evaluate_task(
+            coco_gt, results, task, score_threshold, iou_threshold, progress=True
+        )
+        log_class_table(evaluations[task])
+    write_outputs(
+        output_dir,
+        evaluations,
+        coco_gt,
+        title=f"{os.path.basename(results_path)} on {gt_path}",
+        image_root=image_root,
+        draw_images=image_root is not None,
+        thing_colors=thing_colors([coco_gt.cats[c]["name"] for c in sorted(coco_gt.cats)]),
+        num_images=num_report_images,
+    )
+    return metrics_dict(evaluations)

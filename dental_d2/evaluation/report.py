@@ -1,0 +1,423 @@
+"""Evaluation outputs: metrics.json, a per-class table, PNG plots, one self-contained HTML page."""
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from detectron2.utils.visualizer import Visualizer
+from matplotlib import colormaps
+from PIL import Image
+from pycocotools.coco import COCO
+from tabulate import tabulate
+
+from ..data.image_io import read_image
+from ..errors import DentalError
+from .metrics import DetectionMetrics
+from .plots import plot_confusion_matrix, plot_pr_curves
+
+logger = logging.getLogger(__name__)
+
+TASK_TITLES = {"segm": "Masks (segm)", "bbox": "Boxes (bbox)"}
+# Long side, in pixels, of each drawn image in the report.
+REPORT_IMAGE_SIZE = 512
+
+
+@dataclass
+class TaskEvaluation:
+    """The results of one task ("segm" or "bbox"): our P/R/F1 and COCO's AP.
+
+    Attributes:
+        metrics (DetectionMetrics): counts, P/R/F1, confusion matrix, PR curves.
+        coco (dict): COCO AP in percent as detectron2 reports it ("AP", "AP50", ..., "AP-<class>").
+        class_ap (dict[int, dict]): category id -> {"AP": .., "AP50": ..} in percent.
+    """
+
+    metrics: DetectionMetrics
+    coco: dict
+    class_ap: dict
+
+    def per_class(self) -> dict:
+        """Class name -> counts, P/R/F1, AP, AP50 and the best-F1 threshold."""
+        m = self.metrics
+        out = {}
+        for k, (cat_id, name) in enumerate(zip(m.category_ids, m.class_names)):
+            ap = self.class_ap.get(cat_id, {})
+            threshold, f1 = m.best_f1[k]
+            out[name] = {
+                **m.per_class[k].as_dict(),
+                "AP": ap.get("AP", float("nan")),
+                "AP50": ap.get("AP50", float("nan")),
+                "best_f1_threshold": threshold,
+                "best_f1": f1,
+                "num_gt": m.num_gt[k],
+                "category_id": cat_id,
+            }
+        return out
+
+    def to_dict(self) -> dict:
+        """The task's entry of metrics.json."""
+        m = self.metrics
+        return {
+            "coco": dict(self.coco),
+            "per_class": self.per_class(),
+            "pooled": m.pooled.as_dict(),
+            "score_threshold": m.score_threshold,
+            "iou_threshold": m.iou_threshold,
+            "confusion_matrix": {
+                "labels": m.confusion_labels,
+                "rows": "ground truth",
+                "columns": "prediction",
+                "counts": m.confusion.tolist(),
+            },
+        }
+
+    def flat_results(self) -> dict:
+        """detectron2's flat {metric: value} dict: COCO AP (percent) and P/R/F1 (fractions)."""
+        results = dict(self.coco)
+        pooled = self.metrics.pooled
+        results.update(precision=pooled.precision, recall=pooled.recall, f1=pooled.f1)
+        for name, values in self.per_class().items():
+            for key in ("precision", "recall", "f1"):
+                results[f"{key}-{name}"] = values[key]
+        return results
+
+
+def format_class_table(evaluation: TaskEvaluation) -> str:
+    """The per-class table detectron2-style: class, TP, FP, FN, P, R, F1, AP, AP50."""
+    rows = [
+        [name, v["tp"], v["fp"], v["fn"], v["precision"], v["recall"], v["f1"], v["AP"], v["AP50"]]
+        for name, v in evaluation.per_class().items()
+    ]
+    pooled = evaluation.metrics.pooled
+    coco = evaluation.coco
+    rows.append(
+        ["(all)", pooled.tp, pooled.fp, pooled.fn, pooled.precision, pooled.recall, pooled.f1]
+        + [coco.get("AP", float("nan")), coco.get("AP50", float("nan"))]
+    )
+    return tabulate(
+        rows,
+        headers=["category", "TP", "FP", "FN", "P", "R", "F1", "AP", "AP50"],
+        tablefmt="pipe",
+        floatfmt=".3f",
+        numalign="left",
+    )
+
+
+def log_class_table(evaluation: TaskEvaluation) -> None:
+    """Logs the per-class table of one task."""
+    m = evaluation.metrics
+    logger.info(
+        f"Per-category {m.iou_type} detection at score >= {m.score_threshold:g}, "
+        f"IoU >= {m.iou_threshold:g} (P/R/F1 fractions, AP percent):\n"
+        + format_class_table(evaluation)
+    )
+
+
+def _json_safe(value):
+    # NaN is not JSON: classes without ground truth have no AP, written as null.
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def metrics_dict(evaluations: dict[str, TaskEvaluation]) -> dict:
+    """The content of metrics.json: task -> {"coco", "per_class", "pooled", thresholds, ...}."""
+    return _json_safe({task: evaluation.to_dict() for task, evaluation in evaluations.items()})
+
+
+def ranked_images(metrics: DetectionMetrics, count: int = 4) -> tuple[list[int], list[int]]:
+    """The image ids with the best and the worst per-image F1 (pooled over classes).
+
+    Images with neither ground truth nor predictions are left out. Among equal F1s, more true
+    positives rank better and more errors (FP + FN) rank worse. The two lists do not overlap.
+
+    Args:
+        metrics (DetectionMetrics): the metrics of one task.
+        count (int): images in each list.
+    """
+    scored = [(i, c) for i, c in metrics.per_image.items() if c.tp + c.fp + c.fn > 0]
+    best = sorted(scored, key=lambda ic: (-ic[1].f1, -ic[1].tp, ic[0]))[:count]
+    chosen = {i for i, _ in best}
+    rest = [ic for ic in scored if ic[0] not in chosen]
+    worst = sorted(rest, key=lambda ic: (ic[1].f1, -(ic[1].fp + ic[1].fn), ic[0]))[:count]
+    return [i for i, _ in best], [i for i, _ in worst]
+
+
+def _class_colors(metrics: DetectionMetrics, thing_colors=None) -> dict[int, tuple]:
+    if thing_colors and len(thing_colors) == len(metrics.category_ids):
+        return {
+            c: tuple(v / 255 for v in thing_colors[k]) for k, c in enumerate(metrics.category_ids)
+        }
+    palette = colormaps["tab10"]
+    return {c: palette(k % 10)[:3] for k, c in enumerate(metrics.category_ids)}
+
+
+def _image_path(coco_gt: COCO, image_id: int, image_root: str | None) -> str:
+    file_name = coco_gt.imgs[image_id]["file_name"]
+    if image_root and not os.path.isabs(file_name):
+        return os.path.join(image_root, file_name)
+    return file_name
+
+
+def _draw(image: np.ndarray, instances: list[tuple], coco_gt: COCO, iou_type: str) -> np.ndarray:
+    scale = min(1.0, REPORT_IMAGE_SIZE / max(image.shape[:2]))
+    visualizer = Visualizer(image, scale=scale)
+    if not instances:
+        return visualizer.output.get_image()
+    annotations, labels, colors = zip(*instances)
+    boxes = np.asarray([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
+    masks = [coco_gt.annToRLE(a) for a in annotations] if iou_type == "segm" else None
+    return visualizer.overlay_instances(
+        boxes=boxes, labels=list(labels), masks=masks, assigned_colors=list(colors)
+    ).get_image()
+
+
+def draw_image_pair(
+    coco_gt: COCO,
+    metrics: DetectionMetrics,
+    image_id: int,
+    image_root: str | None = None,
+    thing_colors=None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Draws one image's ground truth and its predictions at the score threshold.
+
+    Ground truth nothing matched is labelled "missed"; predictions that matched nothing of their
+    class are labelled "FP" (with the class they overlap, for a wrong-class prediction).
+
+    Args:
+        coco_gt (COCO): the ground truth.
+        metrics (DetectionMetrics): the metrics of one task.
+        image_id (int): the image.
+        image_root (str or None): folder of the images when their file names are relative.
+        thing_colors (list or None): RGB 0-255 per class (detectron2 metadata), else a palette.
+
+    Returns:
+        tuple[np.ndarray, np.ndarray] or None: RGB drawings (ground truth, predictions), or None
+        when the image cannot be read.
+    """
+    path = _image_path(coco_gt, image_id, image_root)
+    try:
+        image = read_image(path, format="RGB")
+    except (DentalError, OSError) as e:
+        logger.warning(f"Image {image_id} is left out of the report: {e}")
+        return None
+    info = coco_gt.imgs[image_id]
+    height, width = int(info.get("height", image.shape[0])), int(info.get("width", image.shape[1]))
+    if image.shape[:2] != (height, width):
+        # Annotations are in the annotated size; draw on the image resized to it.
+        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+    matches = next(m for m in metrics.images if m.image_id == image_id)
+    colors = _class_colors(metrics, thing_colors)
+    names = dict(zip(metrics.category_ids, metrics.class_names))
+    gt_hit = matches.gt_matched(metrics.score_threshold)
+    gt_instances = [
+        (a, names[a["category_id"]] + ("" if hit else " missed"), colors[a["category_id"]])
+        for a, hit in zip(matches.gt_annotations, gt_hit)
+    ]
+    pred_instances = []
+    kept = matches.kept(metrics.score_threshold)
+    for p, pred, same, cross in zip(
+        kept, matches.predictions, matches.matched_gt, matches.cross_matched_gt
+    ):
+        if not p:
+            continue
+        label = f"{names[pred['category_id']]} {pred['score']:.0%}"
+        if same < 0:
+            label += " FP"
+            if cross >= 0:
+                label += f" (is {names[matches.gt_annotations[cross]['category_id']]})"
+        pred_instances.append((pred, label, colors[pred["category_id"]]))
+    return (
+        _draw(image, gt_instances, coco_gt, metrics.iou_type),
+        _draw(image, pred_instances, coco_gt, metrics.iou_type),
+    )
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.total td { font-weight: bold; background: #f4f4f4; }
+.plots img { max-width: 48%; vertical-align: top; }
+.pair { display: inline-block; margin: 0 1em 1.5em 0; }
+.pair img { max-width: 380px; margin-right: 4px; }
+.note { color: #555; max-width: 60em; }
+"""
+
+
+def _task_section(task: str, evaluation: TaskEvaluation, pngs: dict[str, bytes]) -> str:
+    m = evaluation.metrics
+    header = "".join(
+        f"<th>{h}</th>"
+        for h in ("class", "ground truth", "found (TP)", "false alarms (FP)", "missed (FN)")
+        + ("precision", "recall", "F1", "AP", "AP50", "best-F1 score threshold")
+    )
+    rows = []
+    for name, v in evaluation.per_class().items():
+        cells = [html.escape(name), v["num_gt"], v["tp"], v["fp"], v["fn"]]
+        cells += [v["precision"], v["recall"], v["f1"], v["AP"], v["AP50"]]
+        cells.append(v["best_f1_threshold"])
+        rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
+    p = m.pooled
+    coco = evaluation.coco
+    total = ["all classes", sum(m.num_gt), p.tp, p.fp, p.fn, p.precision, p.recall, p.f1]
+    total += [coco.get("AP"), coco.get("AP50"), None]
+    rows.append('<tr class="total">' + "".join(f"<td>{_fmt(c)}</td>" for c in total) + "</tr>")
+    coco_cells = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v, 2)}</td></tr>"
+        for k, v in coco.items()
+        if not k.startswith("AP-")
+    )
+    return f"""
+<h2>{TASK_TITLES.get(task, task)}</h2>
+<p class="note">Counted at score &ge; {m.score_threshold:g} and IoU &ge; {m.iou_threshold:g}.
+Precision, recall and F1 are fractions; AP (COCO, IoU 0.50:0.95) and AP50 are percent.</p>
+<table><tr>{header}</tr>{"".join(rows)}</table>
+<details><summary>All COCO metrics</summary><table>{coco_cells}</table></details>
+<div class="plots">
+<img alt="{task} precision-recall curves" src="{_data_uri(pngs["pr"], "image/png")}">
+<img alt="{task} confusion matrix" src="{_data_uri(pngs["confusion"], "image/png")}">
+</div>"""
+
+
+def _images_section(
+    coco_gt: COCO,
+    evaluation: TaskEvaluation,
+    image_root: str | None,
+    thing_colors,
+    count: int,
+) -> str:
+    m = evaluation.metrics
+    best, worst = ranked_images(m, count)
+    parts = [
+        f"<h2>Best and worst images ({TASK_TITLES.get(m.iou_type, m.iou_type)})</h2>",
+        '<p class="note">Ranked by the F1 of each image over all classes. Left: ground truth '
+        '("missed" = not found). Right: predictions at the score threshold ("FP" = false alarm; '
+        '"is X" = it lies on a ground truth of class X).</p>',
+    ]
+    drawn = 0
+    for title, image_ids in (("Best", best), ("Worst", worst)):
+        parts.append(f"<h3>{title}</h3>")
+        for image_id in image_ids:
+            pair = draw_image_pair(coco_gt, m, image_id, image_root, thing_colors)
+            if pair is None:
+                continue
+            drawn += 1
+            c = m.per_image[image_id]
+            name = os.path.basename(coco_gt.imgs[image_id]["file_name"])
+            parts.append(
+                f'<div class="pair"><div>{html.escape(name)}: F1 {c.f1:.2f} '
+                f"(TP {c.tp}, FP {c.fp}, FN {c.fn})</div>"
+                f'<img alt="ground truth" src="{_data_uri(_jpeg(pair[0]), "image/jpeg")}">'
+                f'<img alt="predictions" src="{_data_uri(_jpeg(pair[1]), "image/jpeg")}"></div>'
+            )
+    if not drawn:
+        parts.append('<p class="note">No image could be read, so none is shown.</p>')
+    return "\n".join(parts)
+
+
+def write_outputs(
+    output_dir: str,
+    evaluations: dict[str, TaskEvaluation],
+    coco_gt: COCO,
+    title: str,
+    image_root: str | None = None,
+    draw_images: bool = True,
+    thing_colors=None,
+    num_images: int = 4,
+) -> dict[str, str]:
+    """Writes metrics.json, `<task>_pr_curves.png`, `<task>_confusion_matrix.png`, report.html.
+
+    Args:
+        output_dir (str): the folder, created if missing.
+        evaluations (dict[str, TaskEvaluation]): task -> its results.
+        coco_gt (COCO): the ground truth the results were matched to.
+        title (str): what was evaluated, for the report's heading.
+        image_root (str or None): folder of the images when their file names are relative.
+        draw_images (bool): whether the report shows the best and worst images.
+        thing_colors (list or None): RGB 0-255 per class, else a palette.
+        num_images (int): best and worst images shown, each.
+
+    Returns:
+        dict[str, str]: output name -> path written.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    written = {"metrics": os.path.join(output_dir, "metrics.json")}
+    with open(written["metrics"], "w") as f:
+        json.dump(metrics_dict(evaluations), f, indent=2, allow_nan=False)
+
+    sections = []
+    for task, evaluation in evaluations.items():
+        pngs = {
+            "pr": plot_pr_curves(evaluation.metrics),
+            "confusion": plot_confusion_matrix(evaluation.metrics),
+        }
+        for key, suffix in (("pr", "pr_curves"), ("confusion", "confusion_matrix")):
+            path = os.path.join(output_dir, f"{task}_{suffix}.png")
+            with open(path, "wb") as f:
+                f.write(pngs[key])
+            written[f"{task}_{suffix}"] = path
+        sections.append(_task_section(task, evaluation, pngs))
+
+    if draw_images and evaluations:
+        # One set of images, for masks when evaluated: they show what boxes show and more.
+        main = evaluations.get("segm") or next(iter(evaluations.values()))
+        sections.append(_images_section(coco_gt, main, image_root, thing_colors, num_images))
+
+    # Every task matched the same ground truth and predictions: count them from the first.
+    first = next(iter(evaluations.values())).metrics if evaluations else None
+    num_predictions = sum(len(i.predictions) for i in first.images) if first else 0
+    num_gt = sum(first.num_gt) if first else 0
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_CSS}</style></head><body>
+<h1>Evaluation: {html.escape(title)}</h1>
+<p>{len(coco_gt.getImgIds())} images, {num_gt} ground-truth findings, {num_predictions}
+predictions (all scores).</p>
+<p class="note">A prediction is <b>found (TP)</b> when it overlaps a not-yet-claimed ground-truth
+finding of the same class enough (IoU at or above the threshold); predictions are taken from the
+most to the least confident. Other predictions are <b>false alarms (FP)</b>; ground truth nothing
+claimed is <b>missed (FN)</b>. Precision: share of predictions that are right. Recall: share of
+findings found. F1 balances the two. The best-F1 score threshold is the confidence cut-off that
+would have given the highest F1 on this data.</p>
+{"".join(sections)}
+</body></html>
+"""
+    written["report"] = os.path.join(output_dir, "report.html")
+    with open(written["report"], "w", encoding="utf-8") as f:
+        f.write(page)
+    logger.info(f"Wrote evaluation report to {written['report']}")
+    return written
