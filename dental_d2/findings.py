@@ -1,0 +1,310 @@
+"""Per-tooth findings: each predicted lesion placed on the tooth that covers most of it."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from detectron2.structures import Instances
+
+# Name of the group for lesions that no tooth covers enough, in findings.json and summaries.
+UNASSIGNED = "unassigned"
+
+
+@dataclass
+class Lesion:
+    """One lesion instance.
+
+    Attributes:
+        index (int): position of the instance in the image's predictions (and in the image's
+            annotations in predictions.coco.json).
+        class_name (str): the predicted class.
+        score (float | None): the confidence, None for ground truth.
+        box (list[float]): XYXY in pixels of the original image.
+        overlap (float): share of the lesion's mask covered by its tooth (by the best tooth when
+            unassigned).
+    """
+
+    index: int
+    class_name: str
+    score: float | None
+    box: list[float]
+    overlap: float
+
+
+@dataclass
+class Tooth:
+    """One tooth instance and the lesions assigned to it.
+
+    Attributes:
+        number (int): 1..N, left to right in the image by the x of the mask's centroid.
+        index (int): position of the instance in the image's predictions.
+        score (float | None): the confidence, None for ground truth.
+        box (list[float]): XYXY in pixels of the original image.
+        lesions (list[Lesion]): lesions placed on this tooth, by descending score.
+    """
+
+    number: int
+    index: int
+    score: float | None
+    box: list[float]
+    lesions: list[Lesion] = field(default_factory=list)
+
+
+@dataclass
+class Findings:
+    """The teeth of one image, their lesions and the lesions on no tooth."""
+
+    teeth: list[Tooth] = field(default_factory=list)
+    unassigned: list[Lesion] = field(default_factory=list)
+
+
+def mask_centroid_x(mask: np.ndarray) -> float:
+    """Returns the mean column of a binary mask's pixels (NaN for an empty mask).
+
+    Args:
+        mask (np.ndarray): HxW, bool or 0/1.
+    """
+    pixels_per_column = np.asarray(mask, dtype=bool).sum(axis=0)
+    total = pixels_per_column.sum()
+    if total == 0:
+        return float("nan")
+    return float(pixels_per_column @ np.arange(mask.shape[1]) / total)
+
+
+def number_teeth(tooth_masks: Sequence[np.ndarray], tooth_boxes: np.ndarray | None = None):
+    """Orders teeth left to right.
+
+    Teeth are numbered by the x of their mask's centroid, so a tilted tooth whose box reaches
+    over a neighbour still keeps its place. An empty mask falls back to its box centre.
+
+    Args:
+        tooth_masks (Sequence[np.ndarray]): N binary HxW masks.
+        tooth_boxes (np.ndarray | None): Nx4 XYXY boxes, used for empty masks.
+
+    Returns:
+        list[int]: indices into `tooth_masks`; the tooth at position k gets number k + 1.
+    """
+    centres = []
+    for i, mask in enumerate(tooth_masks):
+        x = mask_centroid_x(mask)
+        if np.isnan(x):
+            x = float((tooth_boxes[i][0] + tooth_boxes[i][2]) / 2) if tooth_boxes is not None else 0
+        centres.append(x)
+    return sorted(range(len(centres)), key=lambda i: (centres[i], i))
+
+
+def lesion_tooth_overlap(lesion_mask: np.ndarray, tooth_masks: np.ndarray) -> np.ndarray:
+    """Returns, for each tooth, the share of the lesion's pixels that the tooth covers.
+
+    Args:
+        lesion_mask (np.ndarray): HxW binary mask.
+        tooth_masks (np.ndarray): TxHxW binary masks.
+
+    Returns:
+        np.ndarray: T floats in [0, 1], |lesion ∩ tooth| / |lesion|; zeros for an empty lesion.
+    """
+    lesion = lesion_mask.astype(bool)
+    area = int(lesion.sum())
+    if area == 0 or len(tooth_masks) == 0:
+        return np.zeros(len(tooth_masks), dtype=np.float64)
+    # Count inside the lesion's bounding rectangle only: teeth are large, lesions small.
+    rows = np.nonzero(lesion.any(axis=1))[0]
+    cols = np.nonzero(lesion.any(axis=0))[0]
+    window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    lesion = lesion[window]
+    teeth = np.asarray(tooth_masks)[(slice(None), *window)].astype(bool)
+    return (teeth & lesion).sum(axis=(1, 2)) / area
+
+
+def assign_findings(
+    masks: np.ndarray,
+    classes: Sequence[int],
+    class_names: Sequence[str],
+    *,
+    scores: Sequence[float] | None = None,
+    boxes: np.ndarray | None = None,
+    tooth_classes: Sequence[str] = ("Tooth",),
+    min_overlap: float = 0.1,
+) -> Findings:
+    """Places every lesion on the tooth that covers the largest share of its mask.
+
+    A lesion is an instance of any class not in `tooth_classes`. Its share on a tooth is
+    |lesion ∩ tooth| / |lesion| (so a small caries fully inside a tooth has share 1 whatever
+    the tooth's size). It goes to the tooth with the largest share, or to "unassigned" when that
+    share is below `min_overlap` (also when there are no teeth). Teeth are numbered 1..N left to
+    right by the x of their mask's centroid.
+
+    Args:
+        masks (np.ndarray): NxHxW binary masks of all instances.
+        classes (Sequence[int]): N contiguous class ids.
+        class_names (Sequence[str]): names of the class ids.
+        scores (Sequence[float] | None): N confidences; None for ground truth.
+        boxes (np.ndarray | None): Nx4 XYXY boxes; None computes them from the masks.
+        tooth_classes (Sequence[str]): class names that are teeth (compared case-insensitively).
+        min_overlap (float): the smallest share that places a lesion on a tooth.
+
+    Returns:
+        Findings: teeth by number with their lesions, and the unassigned lesions; lesions by
+        descending score.
+    """
+    masks = np.asarray(masks).astype(bool)
+    classes = [int(c) for c in classes]
+    if boxes is None:
+        boxes = np.array([_mask_box(m) for m in masks], dtype=np.float64).reshape(-1, 4)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    tooth_names = {name.lower() for name in tooth_classes}
+    is_tooth = [class_names[c].lower() in tooth_names for c in classes]
+    tooth_ids = [i for i, t in enumerate(is_tooth) if t]
+
+    def score_of(i):
+        return None if scores is None else round(float(scores[i]), 4)
+
+    def box_of(i):
+        return [round(float(v), 1) for v in boxes[i]]
+
+    order = number_teeth([masks[i] for i in tooth_ids], boxes[tooth_ids])
+    teeth = [
+        Tooth(
+            number=k + 1, index=tooth_ids[j], score=score_of(tooth_ids[j]), box=box_of(tooth_ids[j])
+        )
+        for k, j in enumerate(order)
+    ]
+    tooth_masks = masks[[tooth_ids[j] for j in order]] if teeth else np.zeros((0, *masks.shape[1:]))
+
+    findings = Findings(teeth=teeth)
+    for i, tooth in enumerate(is_tooth):
+        if tooth:
+            continue
+        shares = lesion_tooth_overlap(masks[i], tooth_masks)
+        best = int(np.argmax(shares)) if len(shares) else -1
+        share = float(shares[best]) if best >= 0 else 0.0
+        lesion = Lesion(i, class_names[classes[i]], score_of(i), box_of(i), round(share, 4))
+        if best >= 0 and share >= min_overlap:
+            teeth[best].lesions.append(lesion)
+        else:
+            findings.unassigned.append(lesion)
+
+    def by_score(lesion):
+        return -(lesion.score if lesion.score is not None else 1.0)
+
+    for tooth in teeth:
+        tooth.lesions.sort(key=by_score)
+    findings.unassigned.sort(key=by_score)
+    return findings
+
+
+def findings_from_instances(
+    instances: Instances,
+    class_names: Sequence[str],
+    *,
+    tooth_classes: Sequence[str] = ("Tooth",),
+    min_overlap: float = 0.1,
+) -> Findings:
+    """Runs `assign_findings` on a detectron2 `Instances` of predictions or ground truth.
+
+    Reads `pred_masks`/`pred_boxes`/`pred_classes`/`scores`, or the `gt_*` fields of ground
+    truth. Without masks, boxes stand in for them.
+
+    Args:
+        instances (Instances): one image's instances, on any device.
+        class_names (Sequence[str]): names of the contiguous class ids.
+        tooth_classes (Sequence[str]): class names that are teeth.
+        min_overlap (float): the smallest share that places a lesion on a tooth.
+    """
+    instances = instances.to("cpu")
+    prefix = "pred" if instances.has("pred_classes") or not instances.has("gt_classes") else "gt"
+    height, width = instances.image_size
+    n = len(instances)
+    classes = instances.get(f"{prefix}_classes").numpy() if n else np.zeros(0, dtype=int)
+    box_field = f"{prefix}_boxes"
+    boxes = instances.get(box_field).tensor.numpy() if instances.has(box_field) else None
+    scores = instances.scores.numpy() if instances.has("scores") else None
+    mask_field = f"{prefix}_masks"
+    if instances.has(mask_field):
+        masks = instances.get(mask_field)
+        masks = masks.tensor if hasattr(masks, "tensor") else masks
+        masks = np.asarray(masks.numpy() if hasattr(masks, "numpy") else masks).astype(bool)
+    else:
+        masks = np.zeros((n, height, width), dtype=bool)
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes if boxes is not None else []):
+            mask[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
+    return assign_findings(
+        masks.reshape(n, height, width),
+        classes,
+        class_names,
+        scores=scores,
+        boxes=boxes,
+        tooth_classes=tooth_classes,
+        min_overlap=min_overlap,
+    )
+
+
+def summarize(findings: Findings) -> str:
+    """Returns a one-line summary, e.g. "5 teeth; tooth 2: caries 0.91, crack 0.55".
+
+    Lesions on no tooth follow as "unassigned: ..."; an image with neither teeth nor lesions
+    reads "no findings".
+
+    Args:
+        findings (Findings): one image's findings.
+    """
+    if not findings.teeth and not findings.unassigned:
+        return "no findings"
+
+    def lesions_text(lesions):
+        return ", ".join(
+            lesion.class_name.lower() + ("" if lesion.score is None else f" {lesion.score:.2f}")
+            for lesion in lesions
+        )
+
+    n = len(findings.teeth)
+    parts = [f"{n} tooth" if n == 1 else f"{n} teeth"]
+    parts += [f"tooth {t.number}: {lesions_text(t.lesions)}" for t in findings.teeth if t.lesions]
+    if findings.unassigned:
+        parts.append(f"{UNASSIGNED}: {lesions_text(findings.unassigned)}")
+    elif n and len(parts) == 1:
+        parts.append("no lesions")
+    return "; ".join(parts)
+
+
+def findings_to_dict(findings: Findings) -> dict:
+    """Returns the JSON form of one image's findings (`teeth`, `unassigned`, `summary`).
+
+    Lesions carry `class`, `score`, `overlap`, `box` (XYXY pixels) and `instance`, the index of
+    the instance among the image's predictions.
+
+    Args:
+        findings (Findings): one image's findings.
+    """
+
+    def lesion_dict(lesion):
+        return {
+            "class": lesion.class_name,
+            "score": lesion.score,
+            "overlap": lesion.overlap,
+            "box": lesion.box,
+            "instance": lesion.index,
+        }
+
+    return {
+        "summary": summarize(findings),
+        "teeth": [
+            {
+                "number": t.number,
+                "score": t.score,
+                "box": t.box,
+                "instance": t.index,
+                "lesions": [lesion_dict(lesion) for lesion in t.lesions],
+            }
+            for t in findings.teeth
+        ],
+        UNASSIGNED: [lesion_dict(lesion) for lesion in findings.unassigned],
+    }
+
+
+def _mask_box(mask: np.ndarray) -> list[float]:
+    rows = np.nonzero(mask.any(axis=1))[0]
+    cols = np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return [0.0, 0.0, 0.0, 0.0]
+    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]

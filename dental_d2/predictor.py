@@ -1,0 +1,272 @@
+"""A batched predictor for notebooks and tools: images in, Instances, findings and overlays out."""
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.modeling import build_model
+from detectron2.structures import Instances
+
+from .checkpoint import read_class_names
+from .config import add_dental_config
+from .data import read_image
+from .errors import DentalError
+from .findings import Findings, findings_from_instances, summarize
+from .visualize import build_metadata, draw_instances
+
+logger = logging.getLogger(__name__)
+
+
+def build_config(config_file: str | None, opts: Sequence[str] = ()):
+    """Returns an unfrozen config built in detectron2's order: defaults, dental keys, file, opts.
+
+    Args:
+        config_file (str | None): a YAML config; None keeps the defaults.
+        opts (Sequence[str]): trailing KEY VALUE overrides, as on detectron2's command lines.
+
+    Raises:
+        DentalError: when the config file does not exist or a key is unknown.
+    """
+    cfg = get_cfg()
+    add_dental_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise DentalError(f"{config_file}: config file not found; pass --config-file PATH.yaml")
+        cfg.merge_from_file(config_file)
+    opts = list(opts)
+    if len(opts) % 2:
+        raise DentalError(
+            f"config overrides must come in KEY VALUE pairs, got an odd list: {' '.join(opts)}"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        # yacs raises these for unknown keys and for values of the wrong type.
+        message = str(e).strip("'\"")
+        raise DentalError(f"bad config override in {' '.join(opts)}: {message}") from e
+    return cfg
+
+
+def _registered_class_names(cfg) -> list[str] | None:
+    """Returns the classes of an already registered dataset named in the config, if any."""
+    for name in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
+        if name in MetadataCatalog.list():
+            names = MetadataCatalog.get(name).get("thing_classes")
+            if names:
+                return list(names)
+    return None
+
+
+class Predictor:
+    """Runs a dental Mask R-CNN on images, in batches of `TEST.IMS_PER_BATCH`.
+
+    Like detectron2's `DefaultPredictor`, it loads `MODEL.WEIGHTS`, takes BGR images, resizes
+    them with `ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)` and returns
+    predictions at the original size; unlike it, it takes several images per forward pass and
+    knows the class names, so it can also place lesions on teeth and draw overlays.
+
+    The class names come from the checkpoint (written by the dental trainer), else
+    `DENTAL.CLASS_NAMES`, else the metadata of a registered dataset in `DATASETS.TEST`/`TRAIN`.
+
+    Example::
+
+        predictor = Predictor("configs/dental_r50.yaml", weights="output/model_final.pth")
+        instances = predictor.predict("xray.jpg")
+        print(predictor.findings(instances))
+        overlay_rgb = predictor.draw("xray.jpg", instances)
+
+    Args:
+        config_file (str): a dental YAML config.
+        weights (str | None): a checkpoint path or URL; None keeps `MODEL.WEIGHTS` of the config.
+            An empty `MODEL.WEIGHTS` gives a randomly initialised model (for tests).
+        opts (Sequence[str]): KEY VALUE config overrides, applied after the file.
+        confidence_threshold (float): detections scoring below this are dropped.
+        device (str | None): "cpu", "cuda", "cuda:1"...; None keeps `MODEL.DEVICE`, falling
+            back to the CPU when CUDA is not available.
+
+    Attributes:
+        cfg (CfgNode): the frozen config.
+        class_names (list[str]): the classes, in contiguous-id order.
+        metadata (Metadata): class names and colours for drawing.
+        model (nn.Module): the model, in eval mode.
+    """
+
+    def __init__(
+        self,
+        config_file: str,
+        weights: str | None = None,
+        opts: Sequence[str] = (),
+        confidence_threshold: float = 0.5,
+        device: str | None = None,
+    ):
+        cfg = build_config(config_file, opts)
+        if weights is not None:
+            cfg.MODEL.WEIGHTS = weights
+        weights = cfg.MODEL.WEIGHTS
+        if weights and "://" not in weights and not os.path.isfile(weights):
+            raise DentalError(
+                f"{weights}: weights file not found; pass the model_final.pth of a training run "
+                "as MODEL.WEIGHTS"
+            )
+        if device is not None:
+            cfg.MODEL.DEVICE = device
+        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            logger.warning("CUDA is not available: predicting on the CPU")
+            cfg.MODEL.DEVICE = "cpu"
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
+        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
+        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = confidence_threshold
+        if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
+            raise DentalError(
+                f"{config_file}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use BGR or RGB"
+            )
+
+        self.class_names = self._class_names(cfg, config_file)
+        cfg.freeze()
+        self.cfg = cfg
+        self.metadata = self._metadata(cfg)
+
+        self.model = build_model(cfg)
+        self.model.eval()
+        DetectionCheckpointer(self.model).load(weights)
+        if not weights:
+            logger.warning("MODEL.WEIGHTS is empty: the model has random weights")
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+
+    @staticmethod
+    def _class_names(cfg, config_file: str) -> list[str]:
+        from_checkpoint = read_class_names(cfg.MODEL.WEIGHTS)
+        from_config = list(cfg.DENTAL.CLASS_NAMES)
+        if from_checkpoint:
+            if from_config and from_config != from_checkpoint:
+                logger.warning(
+                    "DENTAL.CLASS_NAMES %s differ from the classes saved in %s, %s: using the "
+                    "checkpoint's",
+                    from_config,
+                    cfg.MODEL.WEIGHTS,
+                    from_checkpoint,
+                )
+            names, source = from_checkpoint, cfg.MODEL.WEIGHTS
+        elif from_config:
+            names, source = from_config, f"DENTAL.CLASS_NAMES of {config_file}"
+        else:
+            names, source = _registered_class_names(cfg), "the registered dataset"
+        if not names:
+            raise DentalError(
+                f"{cfg.MODEL.WEIGHTS or config_file}: no class names in the checkpoint, the "
+                "config or a registered dataset; pass them as DENTAL.CLASS_NAMES "
+                "\"['Caries', 'Cavity', 'Crack', 'Tooth']\" (in contiguous-id order)"
+            )
+        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+        if len(names) != num_classes:
+            raise DentalError(
+                f"{source} names {len(names)} classes {names} but MODEL.ROI_HEADS.NUM_CLASSES is "
+                f"{num_classes} in {config_file}; set MODEL.ROI_HEADS.NUM_CLASSES {len(names)}"
+            )
+        return list(names)
+
+    def _metadata(self, cfg) -> Metadata:
+        for name in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
+            if name in MetadataCatalog.list():
+                metadata = MetadataCatalog.get(name)
+                if list(metadata.get("thing_classes", [])) == self.class_names and metadata.get(
+                    "thing_colors"
+                ):
+                    return metadata
+        return build_metadata(self.class_names)
+
+    def predict(self, image) -> Instances:
+        """Predicts one image.
+
+        Args:
+            image (str | np.ndarray): a path, or an HxWx3 BGR uint8 array (HxW grayscale is
+                accepted too).
+
+        Returns:
+            Instances: `pred_boxes`, `scores`, `pred_classes`, `pred_masks` at the image's size,
+            on the CPU.
+        """
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence) -> list[Instances]:
+        """Predicts images, `TEST.IMS_PER_BATCH` per forward pass.
+
+        Args:
+            images (Sequence[str | np.ndarray]): paths or HxWx3 BGR uint8 arrays.
+
+        Returns:
+            list[Instances]: one per image, in order, on the CPU.
+        """
+        images = [self._load(image) for image in images]
+        batch_size = max(1, self.cfg.TEST.IMS_PER_BATCH)
+        results = []
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                inputs = [self._model_input(image) for image in images[start : start + batch_size]]
+                outputs = self.model(inputs)
+                results.extend(output["instances"].to("cpu") for output in outputs)
+        return results
+
+    def findings(self, instances: Instances) -> Findings:
+        """Places the lesions of one image's predictions on its teeth.
+
+        Uses `DENTAL.FINDINGS.TOOTH_CLASSES` and `DENTAL.FINDINGS.MIN_OVERLAP`; see
+        `dental_d2.findings.assign_findings`.
+
+        Args:
+            instances (Instances): the predictions of one image.
+        """
+        return findings_from_instances(
+            instances,
+            self.class_names,
+            tooth_classes=self.cfg.DENTAL.FINDINGS.TOOTH_CLASSES,
+            min_overlap=self.cfg.DENTAL.FINDINGS.MIN_OVERLAP,
+        )
+
+    def draw(self, image, instances: Instances) -> np.ndarray:
+        """Draws predictions and the one-line findings summary on an image.
+
+        Args:
+            image (str | np.ndarray): a path or an HxWx3 BGR uint8 array.
+            instances (Instances): the image's predictions.
+
+        Returns:
+            np.ndarray: the overlay, HxWx3 RGB uint8.
+        """
+        findings = self.findings(instances)
+        return draw_instances(
+            self._load(image)[:, :, ::-1],
+            instances,
+            self.metadata,
+            findings=findings,
+            summary=summarize(findings),
+        )
+
+    @staticmethod
+    def _load(image) -> np.ndarray:
+        if isinstance(image, str | os.PathLike):
+            return read_image(os.fspath(image), format="BGR")
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"expected an HxWx3 BGR uint8 image, got shape {image.shape} dtype {image.dtype}"
+            )
+        return image
+
+    def _model_input(self, image_bgr: np.ndarray) -> dict:
+        image = image_bgr[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image_bgr
+        height, width = image.shape[:2]
+        resized = self.aug.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+        return {"image": tensor.to(self.cfg.MODEL.DEVICE), "height": height, "width": width}

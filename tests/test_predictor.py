@@ -1,0 +1,132 @@
+"""The notebook Predictor: config order, class names, errors, batching, drawing."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.structures import Instances
+
+from dental_d2 import DentalError
+from dental_d2.checkpoint import CLASS_NAMES_KEY
+from dental_d2.predictor import Predictor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")
+CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
+# The demo's random-weight R18 at 128 px: fast on a CPU, and with detections at threshold 0.
+TINY = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.WEIGHTS", "",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "192",
+    "TEST.DETECTIONS_PER_IMAGE", "5",
+]  # fmt: skip
+WITH_CLASSES = [*TINY, "DENTAL.CLASS_NAMES", str(CLASSES)]
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    return Predictor(
+        CONFIG, opts=[*WITH_CLASSES, "TEST.IMS_PER_BATCH", "2"], confidence_threshold=0.0
+    )
+
+
+def random_image(height, width, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def test_predict_returns_cpu_instances_at_the_image_size(predictor):
+    instances = predictor.predict(random_image(60, 90))
+    assert isinstance(instances, Instances)
+    assert instances.image_size == (60, 90)
+    assert len(instances) > 0
+    assert instances.pred_masks.shape[1:] == (60, 90)
+    assert instances.pred_boxes.tensor.device.type == "cpu"
+    assert predictor.model.training is False
+
+
+def test_predict_batch_matches_single_predictions(predictor):
+    images = [random_image(64, 64, seed) for seed in range(3)]
+    batched = predictor.predict_batch(images)
+    assert len(batched) == 3
+    for image, result in zip(images, batched):
+        single = predictor.predict(image)
+        # Batched convolutions sum in another order: equal up to float rounding.
+        torch.testing.assert_close(
+            result.pred_boxes.tensor, single.pred_boxes.tensor, atol=0.05, rtol=1e-3
+        )
+        assert result.pred_classes.tolist() == single.pred_classes.tolist()
+
+
+def test_predict_reads_paths_and_grayscale_arrays(predictor, tmp_path):
+    import cv2
+
+    path = tmp_path / "gray.png"
+    cv2.imwrite(str(path), random_image(40, 50)[:, :, 0])
+    assert predictor.predict(str(path)).image_size == (40, 50)
+    assert predictor.predict(random_image(40, 50)[:, :, 0]).image_size == (40, 50)
+    with pytest.raises(ValueError, match="HxWx3"):
+        predictor.predict(np.zeros((4, 4, 3), dtype=np.float32))
+
+
+def test_draw_returns_an_rgb_overlay_and_findings(predictor):
+    image = random_image(64, 96)
+    instances = predictor.predict(image)
+    overlay = predictor.draw(image, instances)
+    assert overlay.shape[0] > 64 and overlay.shape[1:] == (96, 3)  # summary band on top
+    assert overlay.dtype == np.uint8
+    assert not np.array_equal(overlay[-64:], image[:, :, ::-1])
+    findings = predictor.findings(instances)
+    assert len(findings.teeth) + sum(len(t.lesions) for t in findings.teeth) + len(
+        findings.unassigned
+    ) == len(instances)
+
+
+def test_metadata_colours_teeth_neutral(predictor):
+    assert predictor.metadata.thing_classes == CLASSES
+    colors = predictor.metadata.thing_colors
+    tooth = colors[CLASSES.index("Tooth")]
+    assert max(tooth) - min(tooth) < 40  # ivory/grey: nearly equal channels
+    assert len(set(colors[:3])) == 3
+
+
+def test_missing_config_and_weights_are_named(tmp_path):
+    with pytest.raises(DentalError, match="nope.yaml"):
+        Predictor(str(tmp_path / "nope.yaml"))
+    with pytest.raises(DentalError, match="missing.pth"):
+        Predictor(CONFIG, weights=str(tmp_path / "missing.pth"), opts=WITH_CLASSES)
+
+
+def test_class_names_must_match_num_classes():
+    with pytest.raises(DentalError, match="NUM_CLASSES"):
+        Predictor(CONFIG, opts=[*TINY, "DENTAL.CLASS_NAMES", "['Caries', 'Tooth']"])
+
+
+def test_class_names_are_required():
+    with pytest.raises(DentalError, match="DENTAL.CLASS_NAMES"):
+        Predictor(CONFIG, opts=[*TINY, "DATASETS.TEST", "()", "DATASETS.TRAIN", "()"])
+
+
+def test_bad_override_is_a_dental_error():
+    with pytest.raises(DentalError, match="MODEL.NO_SUCH_KEY"):
+        Predictor(CONFIG, opts=[*WITH_CLASSES, "MODEL.NO_SUCH_KEY", "1"])
+
+
+def test_weights_and_class_names_come_from_the_checkpoint(predictor, tmp_path):
+    weights = tmp_path / "model_final.pth"
+    state = {k: v + 1 for k, v in predictor.model.state_dict().items()}
+    saved = ["Caries", "Tooth", "Cavity", "Crack"]
+    torch.save({"model": state, CLASS_NAMES_KEY: {"thing_classes": saved}}, weights)
+    loaded = Predictor(CONFIG, weights=str(weights), opts=[*TINY, "MODEL.WEIGHTS", "unused"])
+    assert loaded.class_names == saved
+    assert str(weights) == loaded.cfg.MODEL.WEIGHTS
+    name = "roi_heads.box_predictor.cls_score.weight"
+    torch.testing.assert_close(loaded.model.state_dict()[name], state[name])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the fallback without CUDA")
+def test_cuda_falls_back_to_cpu_without_a_gpu():
+    predictor = Predictor(CONFIG, opts=WITH_CLASSES, device="cuda")
+    assert predictor.cfg.MODEL.DEVICE == "cpu"

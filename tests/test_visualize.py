@@ -1,0 +1,241 @@
+"""Overlays, predictions.coco.json and findings.json, GT-vs-prediction renders, and the tool."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.structures import Boxes, Instances
+from PIL import Image
+from pycocotools.coco import COCO
+
+from dental_d2 import DentalError
+from dental_d2.predictor import Predictor, build_config
+from dental_d2.visualize import (
+    FINDINGS_FILE,
+    PREDICTIONS_FILE,
+    build_metadata,
+    coco_dataset,
+    collect_images,
+    draw_instances,
+    instances_to_coco_annotations,
+    overlay_names,
+    predict_images,
+    render_saved_predictions,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")
+CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
+TINY = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.WEIGHTS", "",
+    "INPUT.MIN_SIZE_TEST", "128",
+    "INPUT.MAX_SIZE_TEST", "192",
+    "TEST.DETECTIONS_PER_IMAGE", "5",
+    "DENTAL.CLASS_NAMES", str(CLASSES),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    torch.manual_seed(0)
+    return Predictor(CONFIG, opts=[*TINY, "TEST.IMS_PER_BATCH", "2"], confidence_threshold=0.0)
+
+
+def noise(height, width, channels=3, seed=0):
+    shape = (height, width, channels) if channels else (height, width)
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def write_image_kinds(folder):
+    """Writes a grayscale, a 16-bit, an RGBA PNG and a JPEG rotated by EXIF; returns the sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(noise(48, 64, 0), "L").save(folder / "gray.png")
+    deep = (np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) * 20).astype(np.uint16)
+    Image.fromarray(deep).save(folder / "deep16.png")
+    assert Image.open(folder / "deep16.png").mode.startswith("I")
+    Image.fromarray(noise(48, 64, 4), "RGBA").save(folder / "alpha.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display: 64x48 stored, 48x64 shown
+    Image.fromarray(noise(48, 64)).save(folder / "rotated.jpg", exif=exif.tobytes())
+    return {
+        "gray.png": (48, 64),
+        "deep16.png": (48, 64),
+        "alpha.png": (48, 64),
+        "rotated.jpg": (64, 48),
+    }
+
+
+def hand_built_instances(size=(64, 96)):
+    instances = Instances(size)
+    masks = torch.zeros((2, *size), dtype=torch.bool)
+    masks[0, :, 10:40] = True  # a tooth
+    masks[1, 20:30, 15:25] = True  # a caries on it
+    instances.pred_masks = masks
+    instances.pred_boxes = Boxes(torch.tensor([[10.0, 0.0, 40.0, 64.0], [15.0, 20.0, 25.0, 30.0]]))
+    instances.pred_classes = torch.tensor([3, 0])
+    instances.scores = torch.tensor([0.98, 0.91])
+    return instances
+
+
+def test_draw_instances_uses_class_colours_and_summary():
+    image = np.full((64, 96, 3), 60, dtype=np.uint8)
+    metadata = build_metadata(CLASSES)
+    overlay = draw_instances(image, hand_built_instances(), metadata, summary="1 tooth; caries")
+    assert overlay.shape[1:] == (96, 3) and overlay.dtype == np.uint8
+    # The summary is on a band above the image: black with white text.
+    band, drawn = overlay[: overlay.shape[0] - 64], overlay[-64:]
+    assert len(band) >= 10 and band.min() < 30 and band.max() > 200
+    # The caries is filled with its class colour (Okabe-Ito orange: red > blue).
+    red, _, blue = drawn[25, 20].astype(int)
+    assert red > blue + 40
+    # No mask at the right edge: the image shows through unchanged.
+    np.testing.assert_array_equal(drawn[60, 90], [60, 60, 60])
+    no_summary = draw_instances(image, hand_built_instances(), metadata)
+    assert no_summary.shape == image.shape
+
+
+def test_coco_annotations_round_trip_through_pycocotools(tmp_path):
+    instances = hand_built_instances()
+    annotations = instances_to_coco_annotations(instances, image_id=7, first_id=3)
+    assert [a["id"] for a in annotations] == [3, 4]
+    assert annotations[1]["category_id"] == 1 and annotations[0]["category_id"] == 4
+    assert annotations[1]["bbox"] == [15.0, 20.0, 10.0, 10.0]
+    assert isinstance(annotations[0]["segmentation"]["counts"], str)
+    images = [{"id": 7, "file_name": "a.png", "height": 64, "width": 96}]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(coco_dataset(images, annotations, CLASSES)))
+    coco = COCO(str(path))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == CLASSES
+    mask = coco.annToMask(coco.loadAnns([4])[0])
+    np.testing.assert_array_equal(mask.astype(bool), instances.pred_masks[1].numpy())
+    assert coco.loadAnns([4])[0]["area"] == 100
+
+
+def test_collect_images_from_files_dirs_and_globs(tmp_path):
+    for name in ("b.png", "a.JPG", "notes.txt", "c.tiff"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.bmp").write_bytes(b"x")
+    paths, problems = collect_images([str(tmp_path), str(tmp_path / "sub" / "*.bmp")])
+    assert [os.path.basename(p) for p in paths] == ["a.JPG", "b.png", "c.tiff", "d.bmp"]
+    assert problems == []
+    paths, problems = collect_images([str(tmp_path / "b.png"), str(tmp_path / "gone.png")])
+    assert len(paths) == 1 and "gone.png" in problems[0]
+    with pytest.raises(DentalError, match="no images found"):
+        collect_images([str(tmp_path / "*.gif")])
+
+
+def test_overlay_names_do_not_collide():
+    names = overlay_names(["x/a.png", "y/a.png", "x/b.png", "x/c.png", "x/c.jpg"])
+    assert names == ["x__a.jpg", "y__a.jpg", "b.jpg", "c_png.jpg", "c_jpg.jpg"]
+    assert overlay_names(["/data/one/p.png"]) == ["p.jpg"]
+
+
+def test_predict_images_writes_overlays_coco_and_findings(predictor, tmp_path):
+    sizes = write_image_kinds(tmp_path / "in")
+    images, _ = collect_images([str(tmp_path / "in")])
+    failures = predict_images(predictor, images, str(tmp_path / "out"))
+    assert failures == []
+    bands = set()
+    for name, (height, width) in sizes.items():
+        overlay = cv2.imread(str(tmp_path / "out" / (os.path.splitext(name)[0] + ".jpg")))
+        assert overlay.shape[1:] == (width, 3), name
+        bands.add(overlay.shape[0] - height)
+    assert len(bands) == 1 and bands.pop() > 0  # the same summary band above each image
+    coco = COCO(str(tmp_path / "out" / PREDICTIONS_FILE))
+    entries = {img["file_name"]: (img["height"], img["width"]) for img in coco.dataset["images"]}
+    assert entries == sizes
+    assert len(coco.getAnnIds()) > 0
+    for annotation in coco.dataset["annotations"]:
+        assert set(annotation) >= {"id", "image_id", "category_id", "bbox", "area", "score"}
+        assert annotation["iscrowd"] == 0 and 1 <= annotation["category_id"] <= 4
+    findings = json.loads((tmp_path / "out" / FINDINGS_FILE).read_text())
+    assert findings["min_overlap"] == 0.1 and findings["tooth_classes"] == ["Tooth"]
+    assert sorted(f["file"] for f in findings["images"]) == sorted(sizes)
+    counted = sum(
+        len(img["teeth"]) + len(img["unassigned"]) + sum(len(t["lesions"]) for t in img["teeth"])
+        for img in findings["images"]
+    )
+    assert counted == len(coco.getAnnIds())
+
+
+def test_render_saved_predictions_side_by_side(make_export, tmp_path):
+    # conftest's tiny export: dataset ids 1 Caries and 2 Tooth, a tooth at x 4..40 in img0.
+    root = make_export(splits=("test",))
+    mask = np.zeros((48, 64), dtype=np.uint8)
+    mask[5:40, 44:60] = 1
+    rle = mask_util.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode("ascii")
+    results = [
+        {"image_id": 0, "category_id": 2, "bbox": [44, 5, 16, 35], "score": 0.9,
+         "segmentation": rle},
+        {"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.2},
+    ]  # fmt: skip
+    predictions = tmp_path / "coco_instances_results.json"
+    predictions.write_text(json.dumps(results))
+    cfg = build_config(None, ["DENTAL.DATA_ROOT", str(root), "DENTAL.DATASET_NAME", "vis_t"])
+    failures = render_saved_predictions(cfg, str(predictions), "vis_t_test", str(tmp_path / "out"))
+    assert failures == []
+    assert sorted(os.listdir(tmp_path / "out")) == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    left_right = cv2.imread(str(tmp_path / "out" / "img0.jpg"))[-48:, :, ::-1].astype(int)
+    assert left_right.shape == (48, 64 + 4 + 64, 3)
+    left, right = left_right[:, :64], left_right[:, 68:]
+    # The predicted tooth (ivory) is on the right panel only, the true one on the left only.
+    assert right[30, 52].min() > left[30, 52].min() + 20
+    assert left[30, 30].min() > right[30, 30].min() + 20
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{**results[0], "category_id": 3}]))
+    with pytest.raises(DentalError, match=r"category ids \[3\]"):
+        render_saved_predictions(cfg, str(bad), "vis_t_test", str(tmp_path / "out"))
+    with pytest.raises(DentalError, match="vis_t_nope"):
+        render_saved_predictions(cfg, str(predictions), "vis_t_nope", str(tmp_path / "out"))
+
+
+def run_tool(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "visualize.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_tool_skips_a_corrupt_image_and_exits_1(tmp_path):
+    folder = tmp_path / "in"
+    write_image_kinds(folder)
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    out = tmp_path / "out"
+    result = run_tool(
+        "--config-file", CONFIG, "--input", str(folder), "--output", str(out),
+        "--confidence-threshold", "0.0", *TINY,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    naming = [line for line in result.stderr.splitlines() if "broken.png" in line]
+    assert len(naming) == 1 and naming[0].startswith("error: ")
+    written = sorted(os.listdir(out))
+    assert written == sorted(
+        ["alpha.jpg", "deep16.jpg", "gray.jpg", "rotated.jpg", PREDICTIONS_FILE, FINDINGS_FILE]
+    )
+    coco = COCO(str(out / PREDICTIONS_FILE))
+    assert len(coco.dataset["images"]) == 4
+
+
+def test_tool_reports_no_images_in_one_line(tmp_path):
+    result = run_tool(
+        "--config-file", CONFIG, "--input", str(tmp_path / "*.png"),
+        "--output", str(tmp_path / "out"), *TINY,
+    )  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "no images found" in errors[0]
+    assert "Traceback" not in result.stderr

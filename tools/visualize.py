@@ -1,0 +1,105 @@
+"""Draws dental predictions: runs a model on images, or renders saved predictions beside GT.
+
+Predict images (overlays, predictions.coco.json, findings.json)::
+
+    python tools/visualize.py --config-file configs/dental_r50.yaml --input xrays/ a.png \\
+        --output vis/ MODEL.WEIGHTS output/dental_r50/model_final.pth
+
+Render an evaluation's saved predictions beside the ground truth::
+
+    python tools/visualize.py --predictions output/inference/coco_instances_results.json \\
+        --dataset dental_test --output vis/ --config-file configs/dental_r50.yaml
+"""
+
+import argparse
+import os
+import sys
+
+from detectron2.config import get_cfg
+from detectron2.utils.logger import setup_logger
+
+from dental_d2 import DentalError, add_dental_config
+from dental_d2.predictor import Predictor, build_config
+from dental_d2.visualize import collect_images, predict_images, render_saved_predictions
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", metavar="FILE", help="a dental YAML config")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--input", nargs="+", metavar="PATH", help="image files, directories or glob patterns"
+    )
+    source.add_argument(
+        "--predictions",
+        metavar="FILE",
+        help="a coco_instances_results.json to draw beside the ground truth of --dataset",
+    )
+    parser.add_argument("--dataset", help="registered dataset of --predictions, e.g. dental_test")
+    parser.add_argument("--output", required=True, metavar="DIR", help="directory for the results")
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="predictions scoring below this are not drawn or saved (default 0.5)",
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, at the end (e.g. MODEL.DEVICE cpu)",
+    )
+    args = parser.parse_args(argv)
+    if args.input:
+        # `--input a.png MODEL.DEVICE cpu`: argparse gives the overrides to --input.
+        top_keys = set(_config_keys())
+        for i, item in enumerate(args.input):
+            if item.split(".")[0] in top_keys and not os.path.exists(item):
+                args.input, args.opts = args.input[:i], args.input[i:] + args.opts
+                break
+        if not args.input:
+            parser.error("--input needs at least one image, directory or glob pattern")
+        if not args.config_file:
+            parser.error("--input needs --config-file")
+    elif not args.dataset:
+        parser.error("--predictions needs --dataset")
+    return args
+
+
+def _config_keys():
+    cfg = get_cfg()
+    add_dental_config(cfg)
+    return cfg.keys()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="detectron2")
+    logger = setup_logger(name="dental_d2")
+    try:
+        if args.input:
+            images, failures = collect_images(args.input)
+            predictor = Predictor(
+                args.config_file, opts=args.opts, confidence_threshold=args.confidence_threshold
+            )
+            failures += predict_images(predictor, images, args.output)
+        else:
+            cfg = build_config(args.config_file, args.opts)
+            failures = render_saved_predictions(
+                cfg,
+                args.predictions,
+                args.dataset,
+                args.output,
+                confidence_threshold=args.confidence_threshold,
+            )
+    except DentalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for failure in failures:
+        print(f"error: {failure}", file=sys.stderr)
+    if failures:
+        logger.info("%d input(s) failed, see the error lines", len(failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
