@@ -1,6 +1,6 @@
 """Times training iterations and inference of a config's model on random data: s/iter on CPU.
 
-    .venv/bin/python benchmarks/bench_train_step.py --config-file CONFIG [KEY VALUE ...]
+.venv/bin/python benchmarks/bench_train_step.py --config-file CONFIG [KEY VALUE ...]
 """
 
 import argparse

@@ -1,15 +1,24 @@
 """dental_d2: Mask R-CNN for teeth, caries, cavities and cracks in dental images, on detectron2."""
 
+import warnings
+
+# fvcore calls torch.jit.script while detectron2 imports, and torch 2.14 answers each time with
+# a FutureWarning that users cannot act on; it would stand before every tool's one-line error.
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+)
+
 try:
     import detectron2  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "dental_d2 needs detectron2, which is not installed: run `make install` in the project "
-        "root (or see README.md, 'Installing detectron2')"
+        "root (see README.md, section Installing)"
     ) from e
 
-from .config import add_dental_config
-from .errors import DentalError
+from .config import add_dental_config  # noqa: E402
+from .errors import DentalError  # noqa: E402
+from .predictor import Predictor  # noqa: E402
 
-__all__ = ["DentalError", "add_dental_config"]
+__all__ = ["DentalError", "Predictor", "add_dental_config"]
 __version__ = "0.1.0"

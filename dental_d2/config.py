@@ -1,8 +1,12 @@
 """Config keys that dental_d2 adds to detectron2's defaults."""
 
 import os
+from collections.abc import Sequence
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from .errors import DentalError
 
 
 def add_dental_config(cfg):
@@ -15,6 +19,9 @@ def add_dental_config(cfg):
     # Class names the model predicts, in contiguous-id order. Filled from the data during set-up
     # (and saved with the config) so a trained model carries its classes with it.
     cfg.DENTAL.CLASS_NAMES = []
+
+    # Iterations between two lines of training log (losses, LR, ETA) and TensorBoard points.
+    cfg.DENTAL.LOG_PERIOD = 20
 
     cfg.DENTAL.EVAL = CN()
     # Predictions scoring below this are ignored by precision/recall/F1 and the confusion matrix.
@@ -71,3 +78,39 @@ def add_dental_config(cfg):
     # Datasets the validation loss and the monitored metrics are computed on; empty means
     # DATASETS.TEST.
     cfg.DATASETS.VALIDATION = ()
+
+
+def build_config(config_file: str | None, opts: Sequence[str] = ()):
+    """Returns an unfrozen config built in detectron2's order: defaults, dental keys, file, opts.
+
+    Args:
+        config_file (str | None): a YAML config; None keeps the defaults.
+        opts (Sequence[str]): trailing KEY VALUE overrides, as on detectron2's command lines.
+
+    Raises:
+        DentalError: when the config file does not exist or a key is unknown.
+    """
+    cfg = get_cfg()
+    add_dental_config(cfg)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise DentalError(f"{config_file}: config file not found; pass --config-file PATH.yaml")
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:
+            raise DentalError(
+                f"{config_file}: unknown config key {e}; see dental_d2/config.py and detectron2's "
+                "config/defaults.py for the keys"
+            ) from e
+    opts = list(opts)
+    if len(opts) % 2:
+        raise DentalError(
+            f"config overrides must come in KEY VALUE pairs, got an odd list: {' '.join(opts)}"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, AssertionError) as e:
+        # yacs raises these for unknown keys and for values of the wrong type.
+        message = str(e).strip("'\"")
+        raise DentalError(f"bad config override in {' '.join(opts)}: {message}") from e
+    return cfg

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
@@ -15,43 +14,13 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from .checkpoint import read_class_names
-from .config import add_dental_config
+from .config import build_config
 from .data import read_image
 from .errors import DentalError
 from .findings import Findings, findings_from_instances, summarize
 from .visualize import build_metadata, draw_instances
 
 logger = logging.getLogger(__name__)
-
-
-def build_config(config_file: str | None, opts: Sequence[str] = ()):
-    """Returns an unfrozen config built in detectron2's order: defaults, dental keys, file, opts.
-
-    Args:
-        config_file (str | None): a YAML config; None keeps the defaults.
-        opts (Sequence[str]): trailing KEY VALUE overrides, as on detectron2's command lines.
-
-    Raises:
-        DentalError: when the config file does not exist or a key is unknown.
-    """
-    cfg = get_cfg()
-    add_dental_config(cfg)
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise DentalError(f"{config_file}: config file not found; pass --config-file PATH.yaml")
-        cfg.merge_from_file(config_file)
-    opts = list(opts)
-    if len(opts) % 2:
-        raise DentalError(
-            f"config overrides must come in KEY VALUE pairs, got an odd list: {' '.join(opts)}"
-        )
-    try:
-        cfg.merge_from_list(opts)
-    except (KeyError, ValueError, AssertionError) as e:
-        # yacs raises these for unknown keys and for values of the wrong type.
-        message = str(e).strip("'\"")
-        raise DentalError(f"bad config override in {' '.join(opts)}: {message}") from e
-    return cfg
 
 
 def _registered_class_names(cfg) -> list[str] | None:

@@ -15,7 +15,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from dental_d2 import DentalError
-from dental_d2.predictor import Predictor, build_config
+from dental_d2.config import build_config
+from dental_d2.predictor import Predictor
 from dental_d2.visualize import (
     FINDINGS_FILE,
     PREDICTIONS_FILE,

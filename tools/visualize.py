@@ -19,7 +19,8 @@ from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 from dental_d2 import DentalError, add_dental_config
-from dental_d2.predictor import Predictor, build_config
+from dental_d2.config import build_config
+from dental_d2.predictor import Predictor
 from dental_d2.visualize import collect_images, predict_images, render_saved_predictions
 
 

@@ -6,7 +6,6 @@ import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -14,7 +13,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import read_class_names
-from ..config import add_dental_config
+from ..config import build_config
 from ..data import check_num_classes, register_from_config
 from ..errors import DentalError
 from .hooks import EarlyStop
@@ -78,12 +77,7 @@ def prepare_dental_config(cfg, eval_only: bool = False):
 
 def setup(args):
     """Builds the frozen config in detectron2's order, registering the data on the way."""
-    cfg = get_cfg()
-    add_dental_config(cfg)
-    if not os.path.isfile(args.config_file):
-        raise DentalError(f"--config-file {args.config_file}: no such file")
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = build_config(args.config_file, args.opts)
     # The package logs under "dental_d2"; set it up first so registration messages are kept.
     setup_logger(
         cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dental_d2", abbrev_name="dental"

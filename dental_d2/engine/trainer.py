@@ -2,11 +2,12 @@
 
 import contextlib
 import logging
-import os
 import time
+import weakref
 from collections import OrderedDict
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     DatasetCatalog,
     MetadataCatalog,
@@ -14,8 +15,8 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.data import transforms as T
-from detectron2.engine import DefaultTrainer, SimpleTrainer, hooks
-from detectron2.evaluation import COCOEvaluator
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -23,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import CLASS_NAMES_KEY, ClassNamesCheckpointable
 from ..data import DentalDatasetMapper, read_image
 from ..errors import DentalError
+from ..evaluation import DentalEvaluator
 from .hooks import (
     BestCheckpointer,
     EarlyStopping,
@@ -187,9 +189,7 @@ class DentalTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "eval", dataset_name)
-        # allow_cached_coco=False: a cached ground truth would outlive edits to the data.
-        return COCOEvaluator(dataset_name, output_dir=output_folder, allow_cached_coco=False)
+        return DentalEvaluator.from_config(cfg, dataset_name, output_dir=output_folder)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -219,16 +219,35 @@ class DentalTrainer(DefaultTrainer):
         return results
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        accumulation = cfg.SOLVER.ACCUMULATION_STEPS
-        if accumulation > 1:
+        # DefaultTrainer.__init__, with two changes it has no hook for: DistributedDataParallel
+        # gets device_ids=None on CPU processes (gloo), which refuse a device id, and
+        # SOLVER.ACCUMULATION_STEPS > 1 picks the accumulating trainer.
+        TrainerBase.__init__(self)
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cpu = not cfg.MODEL.DEVICE.startswith("cuda")
+        device_ids = None if on_cpu else [comm.get_local_rank()]
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        if cfg.SOLVER.ACCUMULATION_STEPS > 1:
             self._trainer = GradientAccumulationTrainer(
-                self._trainer.model,
-                self._trainer.data_loader,
-                self._trainer.optimizer,
-                accumulation,
+                model,
+                data_loader,
+                optimizer,
+                cfg.SOLVER.ACCUMULATION_STEPS,
                 amp=cfg.SOLVER.AMP.ENABLED,
             )
+        else:
+            trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+            self._trainer = trainer_class(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
         cfg = self.cfg
@@ -284,7 +303,7 @@ class DentalTrainer(DefaultTrainer):
             )
         if comm.is_main_process():
             # Writers run after evaluation so they log its metrics.
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.DENTAL.LOG_PERIOD))
         if early.ENABLED:
             # Last, so that the iteration it stops at is logged first.
             checkpointer = self.checkpointer if comm.is_main_process() else None

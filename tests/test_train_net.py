@@ -1,0 +1,223 @@
+"""tools/train_net.py end to end on a tiny synthetic export: learning, --eval-only, class names,
+--resume after SIGKILL, and 2 CPU processes over gloo."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dental_d2.checkpoint import CLASS_NAMES_KEY
+from dental_d2.data.synthetic import generate_synthetic_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_NET = str(ROOT / "tools" / "train_net.py")
+CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
+CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
+# The demo model at 128 px, 2 images per batch, no data-loader workers: seconds per run.
+FAST = [
+    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_EPOCHS", "0", "SOLVER.WARMUP_ITERS", "5",
+    "DATALOADER.NUM_WORKERS", "0", "DENTAL.EVAL.NUM_VIS_IMAGES", "1",
+    "TEST.IMS_PER_BATCH", "2", "DENTAL.LOG_PERIOD", "5",
+]  # fmt: skip
+
+
+def _train_net(*args, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    return subprocess.run(
+        [sys.executable, TRAIN_NET, "--config-file", CONFIG, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+    )
+
+
+def _metrics_rows(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_dataset(str(root), num_train=12, num_valid=4, num_test=4, size=128, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(export, tmp_path_factory):
+    output = tmp_path_factory.mktemp("train")
+    result = _train_net(
+        *FAST,
+        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
+        "SOLVER.MAX_ITER", "30", "TEST.EVAL_PERIOD", "15", "SOLVER.CHECKPOINT_PERIOD", "1000",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result
+
+
+def test_training_loss_falls_and_everything_is_written(trained):
+    output, result = trained
+    rows = [row for row in _metrics_rows(output) if "total_loss" in row]
+    assert len(rows) >= 5
+    # medians over the first 5 and the last 20 iterations
+    assert rows[-1]["total_loss"] < 0.8 * rows[0]["total_loss"], rows
+    # validation loss, COCO AP per class and P/R/F1 reach the storage (and TensorBoard)
+    evaluated = [row for row in _metrics_rows(output) if "validation_loss" in row]
+    assert evaluated and all(math_finite(row["validation_loss"]) for row in evaluated)
+    keys = set().union(*_metrics_rows(output))
+    assert {"segm/AP", "segm/AP-Caries", "segm/precision", "segm/f1-Tooth", "lr"} <= keys
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(output))
+    for name in ("model_final.pth", "model_best.pth", "config.yaml", "log.txt"):
+        assert (output / name).is_file(), name
+    # after training, the test split is evaluated with detectron2's usual tables
+    assert "copypaste: Task: segm" in result.stdout + result.stderr
+    metrics = json.loads((output / "eval" / "dental_test" / "metrics.json").read_text())
+    assert set(metrics["segm"]["per_class"]) == set(CLASSES)
+
+
+def math_finite(value):
+    return value == value and abs(value) != float("inf")
+
+
+def test_checkpoint_and_config_carry_class_names(trained):
+    output, _ = trained
+    checkpoint = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint[CLASS_NAMES_KEY]["thing_classes"] == CLASSES
+    hooks_state = checkpoint["trainer"]["hooks"]
+    assert {"EarlyStopping", "ReduceLROnPlateau"} <= set(hooks_state)
+    saved = (output / "config.yaml").read_text()
+    assert "CLASS_NAMES:\n  - Caries\n  - Cavity\n  - Crack\n  - Tooth\n" in saved
+
+
+def _reorder_categories(export, destination):
+    """A copy of the export whose category ids list the classes in another order."""
+    new_ids = {"Caries": 4, "Cavity": 3, "Crack": 2, "Tooth": 1}
+    for split in ("train", "valid", "test"):
+        (destination / split).mkdir(parents=True)
+        for image in (export / split).iterdir():
+            if image.suffix == ".jpg":
+                os.symlink(image, destination / split / image.name)
+        data = json.loads((export / split / "_annotations.coco.json").read_text())
+        old_names = {c["id"]: c["name"] for c in data["categories"]}
+        for category in data["categories"]:
+            category["id"] = new_ids.get(category["name"], 0) if category["id"] else 0
+        for annotation in data["annotations"]:
+            annotation["category_id"] = new_ids[old_names[annotation["category_id"]]]
+        (destination / split / "_annotations.coco.json").write_text(json.dumps(data))
+
+
+def test_eval_only_remaps_reordered_classes_by_name(trained, export, tmp_path):
+    output, _ = trained
+    reordered = tmp_path / "reordered"
+    _reorder_categories(export, reordered)
+    plain = _train_net(
+        "--eval-only", *FAST, "MODEL.WEIGHTS", str(output / "model_final.pth"),
+        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(tmp_path / "plain"),
+    )  # fmt: skip
+    remapped = _train_net(
+        "--eval-only", *FAST, "MODEL.WEIGHTS", str(output / "model_final.pth"),
+        "DENTAL.DATA_ROOT", str(reordered), "OUTPUT_DIR", str(tmp_path / "remapped"),
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert remapped.returncode == 0, remapped.stderr[-3000:]
+    assert "predictions are remapped by name" in remapped.stdout + remapped.stderr
+    first = json.loads((tmp_path / "plain/eval/dental_test/metrics.json").read_text())
+    second = json.loads((tmp_path / "remapped/eval/dental_test/metrics.json").read_text())
+    assert list(second["segm"]["per_class"]) == ["Tooth", "Crack", "Cavity", "Caries"]
+    for name in CLASSES:
+        assert second["segm"]["per_class"][name]["tp"] == first["segm"]["per_class"][name]["tp"]
+        assert second["segm"]["per_class"][name]["fp"] == first["segm"]["per_class"][name]["fp"]
+
+
+def test_eval_only_refuses_other_classes(trained, tmp_path):
+    output, _ = trained
+    other = tmp_path / "other"
+    generate_synthetic_dataset(str(other), num_train=2, num_valid=2, num_test=2, size=64, seed=1)
+    test_json = other / "test" / "_annotations.coco.json"
+    data = json.loads(test_json.read_text())
+    data["categories"] = [
+        c | {"name": "Plaque"} if c["name"] == "Crack" else c for c in data["categories"]
+    ]
+    for split in ("train", "valid", "test"):
+        (other / split / "_annotations.coco.json").write_text(json.dumps(
+            json.loads((other / split / "_annotations.coco.json").read_text())
+            | {"categories": data["categories"]}
+        ))  # fmt: skip
+    result = _train_net(
+        "--eval-only", "MODEL.WEIGHTS", str(output / "model_final.pth"),
+        "DENTAL.DATA_ROOT", str(other), "OUTPUT_DIR", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the model predicts") and "Plaque" in last, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_weights_is_one_line_error(tmp_path, export):
+    result = _train_net(
+        "--eval-only", "MODEL.WEIGHTS", str(tmp_path / "nope.pth"),
+        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: MODEL.WEIGHTS")
+    assert "Traceback" not in result.stderr
+
+
+def test_resume_after_sigkill_continues_from_last_checkpoint(export, tmp_path):
+    output = tmp_path / "killed"
+    command = [sys.executable, TRAIN_NET, "--config-file", CONFIG]
+    opts = [
+        *FAST,
+        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
+        "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "5", "TEST.EVAL_PERIOD", "0",
+        "TEST.VALIDATION_LOSS", "False", "DENTAL.EVAL.NUM_VIS_IMAGES", "0",
+        "DATASETS.TEST", "()",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [*command, *opts], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    # last_checkpoint is written after the checkpoint file is complete
+    tag = output / "last_checkpoint"
+    deadline = time.time() + 300
+    while not tag.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert tag.exists(), "no checkpoint was written"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (output / "model_final.pth").exists()
+    last = (output / "last_checkpoint").read_text().strip()
+    start = int(last.removeprefix("model_").removesuffix(".pth")) + 1
+
+    result = subprocess.run(
+        [*command, "--resume", *opts], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert f"Starting training from iteration {start}" in log
+    final = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 29
+
+
+def test_two_cpu_processes_over_gloo(export, tmp_path):
+    output = tmp_path / "ddp"
+    result = _train_net(
+        "--num-gpus", "2", *FAST,
+        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
+        "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "3", "DATASETS.TEST", "()",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "World size: 2" in log
+    assert (output / "model_final.pth").is_file()
+    rows = _metrics_rows(output)
+    assert any("validation_loss" in row for row in rows)
