@@ -107,6 +107,13 @@ def main(args):
         trainer.train()
     except EarlyStop as stop:
         logger.info(f"Training ended early at iteration {stop.args[0]}; see the log above.")
+    except FloatingPointError as e:
+        # detectron2's own check for NaN/Inf losses or boxes: a setting the user can change.
+        raise DentalError(
+            f"training diverged at iteration {trainer.iter} ({e}); lower SOLVER.BASE_LR, or "
+            "start from pretrained MODEL.WEIGHTS (from random init, use GroupNorm as "
+            "configs/quick_schedules/dental_demo_cpu.yaml does)"
+        ) from e
     if comm.is_main_process():
         logger.info(f"Checkpoints are in {cfg.OUTPUT_DIR} (model_final.pth, model_best.pth)")
     if not cfg.DATASETS.TEST:
