@@ -11,6 +11,7 @@ from torch import nn
 
 from dental_d2.engine.hooks import BestCheckpointer, EarlyStop, EarlyStopping, ReduceLROnPlateau
 from dental_d2.engine.lr_scheduler import WarmupPlateauLR
+from dental_d2.engine.trainer import GradientAccumulationTrainer
 
 PERIOD = 2
 
@@ -212,3 +213,31 @@ def test_hook_state_survives_save_and_load(tmp_path):
     assert fresh_best.best_metric == pytest.approx(0.5)
     assert resumed.scheduler.scale == pytest.approx(0.5)
     assert (tmp_path / "model_best.pth").exists()
+
+
+def test_gradient_accumulation_steps_once_with_the_mean_gradient():
+    # With SGD at lr 1, one iteration over batches x1, x2 moves the weight by -(g1 + g2) / 2.
+    torch.manual_seed(0)
+    batches = [torch.randn(4, 3), torch.randn(4, 3)]
+
+    class _Linear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = nn.Linear(3, 1, bias=False)
+
+        def forward(self, x):
+            return {"loss": self.layer(x).pow(2).mean()}
+
+    model = _Linear()
+    start = model.layer.weight.detach().clone()
+    expected = torch.zeros_like(start)
+    for x in batches:
+        weight = start.clone().requires_grad_(True)
+        (x @ weight.t()).pow(2).mean().backward()
+        expected += weight.grad / len(batches)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    trainer = GradientAccumulationTrainer(model, iter(batches), optimizer, accumulation_steps=2)
+    trainer.register_hooks([])
+    trainer.train(0, 1)
+    assert torch.allclose(model.layer.weight.detach(), start - expected, atol=1e-6)

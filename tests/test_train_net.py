@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dental_d2.checkpoint import CLASS_NAMES_KEY
 from dental_d2.data.synthetic import generate_synthetic_dataset
@@ -76,7 +77,12 @@ def test_training_loss_falls_and_everything_is_written(trained):
     assert evaluated and all(math_finite(row["validation_loss"]) for row in evaluated)
     keys = set().union(*_metrics_rows(output))
     assert {"segm/AP", "segm/AP-Caries", "segm/precision", "segm/f1-Tooth", "lr"} <= keys
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(output))
+    events = EventAccumulator(str(output), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert "val_predictions/0_truth_vs_predicted" in events.Tags()["images"]
+    assert {"validation_loss", "segm/AP-Crack", "segm/recall", "lr"} <= set(
+        events.Tags()["scalars"]
+    )
     for name in ("model_final.pth", "model_best.pth", "config.yaml", "log.txt"):
         assert (output / name).is_file(), name
     # after training, the test split is evaluated with detectron2's usual tables
