@@ -7,6 +7,8 @@ import warnings
 warnings.filterwarnings(
     "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
 )
+# detectron2's anchor generator calls torch.meshgrid without `indexing`: same story.
+warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release")
 
 try:
     import detectron2  # noqa: F401
