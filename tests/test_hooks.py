@@ -241,3 +241,16 @@ def test_gradient_accumulation_steps_once_with_the_mean_gradient():
     trainer.register_hooks([])
     trainer.train(0, 1)
     assert torch.allclose(model.layer.weight.detach(), start - expected, atol=1e-6)
+
+
+def test_scheduler_choice_follows_config():
+    from detectron2.solver.lr_scheduler import LRMultiplier
+
+    from dental_d2.config import build_config
+    from dental_d2.engine.trainer import DentalTrainer
+
+    optimizer = torch.optim.SGD(_TinyModel().parameters(), lr=0.1)
+    plateau = build_config(None, ["SOLVER.LR_SCHEDULER_NAME", "ReduceLROnPlateau"])
+    cosine = build_config(None, ["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"])
+    assert isinstance(DentalTrainer.build_lr_scheduler(plateau, optimizer), WarmupPlateauLR)
+    assert isinstance(DentalTrainer.build_lr_scheduler(cosine, optimizer), LRMultiplier)
