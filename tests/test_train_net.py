@@ -227,3 +227,22 @@ def test_two_cpu_processes_over_gloo(export, tmp_path):
     assert (output / "model_final.pth").is_file()
     rows = _metrics_rows(output)
     assert any("validation_loss" in row for row in rows)
+
+
+def test_early_stopping_ends_training_cleanly(export, tmp_path):
+    # No change of the validation loss beats min_delta 1000: the 2nd evaluation stops training.
+    output = tmp_path / "early"
+    result = _train_net(
+        *FAST,
+        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
+        "SOLVER.MAX_ITER", "40", "TEST.EVAL_PERIOD", "4", "DATASETS.TEST", "()",
+        "SOLVER.EARLY_STOPPING.MIN_DELTA", "1000", "SOLVER.EARLY_STOPPING.PATIENCE", "1",
+        "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "DENTAL.EVAL.NUM_VIS_IMAGES", "0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "Early stopping at iteration 8: validation_loss" in log
+    assert "Training ended early at iteration 8" in log
+    final = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
+    assert final["iteration"] == 7
+    assert not (output / "model_0000039.pth").exists()
