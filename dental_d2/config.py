@@ -112,5 +112,5 @@ def build_config(config_file: str | None, opts: Sequence[str] = ()):
     except (KeyError, ValueError, AssertionError) as e:
         # yacs raises these for unknown keys and for values of the wrong type.
         message = str(e).strip("'\"")
-        raise DentalError(f"bad config override in {' '.join(opts)}: {message}") from e
+        raise DentalError(f"bad config override: {message}") from e
     return cfg

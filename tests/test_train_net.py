@@ -236,7 +236,7 @@ def test_early_stopping_ends_training_cleanly(export, tmp_path):
         *FAST,
         "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
         "SOLVER.MAX_ITER", "40", "TEST.EVAL_PERIOD", "4", "DATASETS.TEST", "()",
-        "SOLVER.EARLY_STOPPING.MIN_DELTA", "1000", "SOLVER.EARLY_STOPPING.PATIENCE", "1",
+        "SOLVER.EARLY_STOPPING.MIN_DELTA", "1000.0", "SOLVER.EARLY_STOPPING.PATIENCE", "1",
         "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "DENTAL.EVAL.NUM_VIS_IMAGES", "0",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
