@@ -357,6 +357,11 @@ def _coco_header(seed: int) -> dict:
 def _write_split(output_dir, split, count, first_number, size, seed) -> tuple[int, int]:
     folder = os.path.join(output_dir, split)
     os.makedirs(folder, exist_ok=True)
+    json_file = os.path.join(folder, ANNOTATION_FILE)
+    # An interrupted run leaves a split without its JSON (never one naming missing images):
+    # the old JSON goes first and the new one appears whole, by rename, after the images.
+    if os.path.exists(json_file):
+        os.remove(json_file)
     for name in os.listdir(folder):
         if _GENERATED_NAME.match(name):  # images of an earlier run with other counts
             os.remove(os.path.join(folder, name))
@@ -384,8 +389,9 @@ def _write_split(output_dir, split, count, first_number, size, seed) -> tuple[in
             annotation = _coco_annotation(len(coco["annotations"]), image_id, name, mask)
             if annotation is not None:
                 coco["annotations"].append(annotation)
-    with open(os.path.join(folder, ANNOTATION_FILE), "w") as f:
+    with open(json_file + ".tmp", "w") as f:
         json.dump(coco, f)
+    os.replace(json_file + ".tmp", json_file)
     return len(coco["images"]), len(coco["annotations"])
 
 
