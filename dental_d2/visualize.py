@@ -132,7 +132,8 @@ def summary_band(text: str, width: int, font_size: float) -> np.ndarray:
     return band.get_output().get_image()
 
 
-def _side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
+def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Puts two RGB images next to each other on white, `gap` pixels apart, top-aligned."""
     height = max(left.shape[0], right.shape[0])
     canvas = np.full((height, left.shape[1] + gap + right.shape[1], 3), 255, dtype=np.uint8)
     canvas[: left.shape[0], : left.shape[1]] = left
@@ -569,6 +570,6 @@ def render_saved_predictions(
                     summary=f"{title}: {summarize(findings)}",
                 )
             )
-        _write_overlay(os.path.join(output_dir, name), _side_by_side(*panels))
+        _write_overlay(os.path.join(output_dir, name), side_by_side(*panels))
     logger.info("wrote %d images to %s", len(records) - len(failures), output_dir)
     return failures

@@ -7,12 +7,14 @@ import operator
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import annotations_to_instances
 from detectron2.engine import hooks
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
-from detectron2.utils.visualizer import Visualizer
 from torch.nn.parallel import DistributedDataParallel
+
+from ..visualize import draw_instances, side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -317,13 +319,16 @@ class VisualizePredictions(HookBase):
             with torch.no_grad():
                 instances = model([{"image": tensor, **record}])[0]["instances"].to("cpu")
             instances = instances[instances.scores >= self._score_threshold]
-            truth = Visualizer(image, self._metadata).draw_dataset_dict(record).get_image()
-            predicted = Visualizer(image, self._metadata)
-            predicted = predicted.draw_instance_predictions(instances).get_image()
-            side_by_side = np.concatenate([truth, predicted], axis=1)
+            truth = annotations_to_instances(
+                record.get("annotations", []), image.shape[:2], mask_format="bitmask"
+            )
+            # Drawn as tools/visualize.py draws: the same colour for a class in every picture.
+            pair = side_by_side(
+                draw_instances(image, truth, self._metadata),
+                draw_instances(image, instances, self._metadata),
+            )
             self.trainer.storage.put_image(
-                f"val_predictions/{index}_truth_vs_predicted",
-                side_by_side.transpose(2, 0, 1),
+                f"val_predictions/{index}_truth_vs_predicted", pair.transpose(2, 0, 1)
             )
         model.train(was_training)
 
