@@ -27,7 +27,8 @@ def _check_weights(cfg):
     local = weights and "://" not in weights
     if local and not os.path.isfile(weights):
         raise DentalError(
-            f"MODEL.WEIGHTS {weights}: no such file; give the path of a trained model_*.pth"
+            f"MODEL.WEIGHTS {weights}: no such file; give the path of a checkpoint (a model_*.pth "
+            "of tools/train_net.py, or a detectron2:// model-zoo URL)"
         )
 
 
@@ -61,9 +62,9 @@ def prepare_dental_config(cfg, eval_only: bool = False):
         raise DentalError("SOLVER.AMP.ENABLED needs a CUDA GPU: set SOLVER.AMP.ENABLED False")
     if cfg.SOLVER.ACCUMULATION_STEPS < 1:
         raise DentalError("SOLVER.ACCUMULATION_STEPS must be at least 1")
+    _check_weights(cfg)
     data_classes = register_from_config(cfg)
     if eval_only:
-        _check_weights(cfg)
         model_classes = read_class_names(cfg.MODEL.WEIGHTS) or list(cfg.DENTAL.CLASS_NAMES)
         cfg.DENTAL.CLASS_NAMES = model_classes or data_classes
         check_num_classes(cfg, cfg.DENTAL.CLASS_NAMES)
