@@ -246,3 +246,20 @@ def test_early_stopping_ends_training_cleanly(export, tmp_path):
     final = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == 7
     assert not (output / "model_0000039.pth").exists()
+
+
+def test_reference_config_derives_schedule_from_epochs(export):
+    from dental_d2.config import build_config
+    from dental_d2.engine.launch import prepare_dental_config
+
+    cfg = build_config(
+        str(ROOT / "configs" / "dental_r50.yaml"),
+        ["DENTAL.DATA_ROOT", str(export), "DENTAL.DATASET_NAME", "epochs_check",
+         "DATASETS.TRAIN", "('epochs_check_train',)", "SOLVER.ACCUMULATION_STEPS", "3"],
+    )  # fmt: skip
+    prepare_dental_config(cfg)
+    # 12 train images at 2 images x 3 accumulated batches: 2 iterations per epoch, 50 epochs
+    assert (cfg.SOLVER.MAX_ITER, cfg.TEST.EVAL_PERIOD) == (100, 2)
+    assert cfg.DENTAL.CLASS_NAMES == CLASSES
+    if not torch.cuda.is_available():
+        assert cfg.MODEL.DEVICE == "cpu"

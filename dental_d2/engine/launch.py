@@ -49,16 +49,18 @@ def _apply_epochs(cfg, num_train_images: int):
 def prepare_dental_config(cfg, eval_only: bool = False):
     """Registers the data and fills the keys that follow from it, before the config is frozen.
 
-    Sets DENTAL.CLASS_NAMES (from the checkpoint for evaluation, from the data for training),
-    checks MODEL.ROI_HEADS.NUM_CLASSES, and derives SOLVER.MAX_ITER from SOLVER.MAX_EPOCHS.
+    Falls back to MODEL.DEVICE cpu without a GPU, sets DENTAL.CLASS_NAMES (from the checkpoint
+    for evaluation, from the data for training), checks MODEL.ROI_HEADS.NUM_CLASSES, and
+    derives SOLVER.MAX_ITER and TEST.EVAL_PERIOD from SOLVER.MAX_EPOCHS.
 
     Args:
         cfg (CfgNode): a mutable config with the dental keys.
         eval_only (bool): the model is evaluated, not trained.
     """
-    if cfg.SOLVER.AMP.ENABLED and not (
-        cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available()
-    ):
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: training and evaluating on the CPU")
+        cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise DentalError("SOLVER.AMP.ENABLED needs a CUDA GPU: set SOLVER.AMP.ENABLED False")
     if cfg.SOLVER.ACCUMULATION_STEPS < 1:
         raise DentalError("SOLVER.ACCUMULATION_STEPS must be at least 1")
