@@ -263,3 +263,15 @@ def test_reference_config_derives_schedule_from_epochs(export):
     assert cfg.DENTAL.CLASS_NAMES == CLASSES
     if not torch.cuda.is_available():
         assert cfg.MODEL.DEVICE == "cpu"
+
+
+def test_undownloadable_weights_is_one_line_error(tmp_path, export):
+    # Nothing listens on port 9 of the loopback address: the download fails at once.
+    result = _train_net(
+        *FAST, "MODEL.WEIGHTS", "http://127.0.0.1:9/model_final.pkl", "SOLVER.MAX_ITER", "1",
+        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: MODEL.WEIGHTS http://127.0.0.1:9/model_final.pkl: cannot be")
+    assert "Traceback" not in result.stderr

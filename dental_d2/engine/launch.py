@@ -1,5 +1,6 @@
 """Set-up and entry point of training and evaluation, called by tools/train_net.py."""
 
+import contextlib
 import logging
 import math
 import os
@@ -30,6 +31,19 @@ def _check_weights(cfg):
             f"MODEL.WEIGHTS {weights}: no such file; give the path of a checkpoint (a model_*.pth "
             "of tools/train_net.py, or a detectron2:// model-zoo URL)"
         )
+
+
+@contextlib.contextmanager
+def _loading_weights(cfg):
+    """Turns a failed download of MODEL.WEIGHTS into one line that says what to do."""
+    try:
+        yield
+    except OSError as e:  # urllib's URLError and HTTPError are OSErrors
+        raise DentalError(
+            f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: cannot be loaded ({getattr(e, 'reason', e)}); "
+            "download it once where there is internet and pass its local path, or train from "
+            "scratch (MODEL.WEIGHTS '' with GroupNorm, as the demo config)"
+        ) from e
 
 
 def _apply_epochs(cfg, num_train_images: int):
@@ -96,16 +110,18 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = DentalTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        with _loading_weights(cfg):
+            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+                cfg.MODEL.WEIGHTS, resume=args.resume
+            )
         results = DentalTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
 
     trainer = DentalTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    with _loading_weights(cfg):
+        trainer.resume_or_load(resume=args.resume)
     try:
         trainer.train()
     except EarlyStop as stop:
