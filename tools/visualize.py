@@ -7,18 +7,17 @@ Predict images (overlays, predictions.coco.json, findings.json)::
 
 Render an evaluation's saved predictions beside the ground truth::
 
-    python tools/visualize.py --predictions output/inference/coco_instances_results.json \\
-        --dataset dental_test --output vis/ --config-file configs/dental_r50.yaml
+    python tools/visualize.py --config-file configs/dental_r50.yaml --dataset dental_test \\
+        --predictions output/dental_r50/eval/dental_test/coco_instances_results.json --output vis/
 """
 
 import argparse
 import os
 import sys
 
-from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
-from dental_d2 import DentalError, add_dental_config
+from dental_d2 import DentalError
 from dental_d2.config import build_config
 from dental_d2.predictor import Predictor
 from dental_d2.visualize import collect_images, predict_images, render_saved_predictions
@@ -52,7 +51,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.input:
         # `--input a.png MODEL.DEVICE cpu`: argparse gives the overrides to --input.
-        top_keys = set(_config_keys())
+        top_keys = set(build_config(None).keys())
         for i, item in enumerate(args.input):
             if item.split(".")[0] in top_keys and not os.path.exists(item):
                 args.input, args.opts = args.input[:i], args.input[i:] + args.opts
@@ -64,12 +63,6 @@ def parse_args(argv=None):
     elif not args.dataset:
         parser.error("--predictions needs --dataset")
     return args
-
-
-def _config_keys():
-    cfg = get_cfg()
-    add_dental_config(cfg)
-    return cfg.keys()
 
 
 def main(argv=None) -> int:
