@@ -1,5 +1,6 @@
 """Training hooks: validation loss, early stopping, plateau LR cuts, best checkpoint, TB images."""
 
+import contextlib
 import logging
 import math
 import operator
@@ -30,9 +31,17 @@ def _is_last_iteration(trainer) -> bool:
     return trainer.iter + 1 >= trainer.max_iter
 
 
-def _unwrap(model):
-    """The module inside DistributedDataParallel: these hooks need no gradient synchronisation."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+@contextlib.contextmanager
+def _model_in_mode(model, training: bool):
+    """Yields the module inside DistributedDataParallel (these hooks synchronise no gradients)
+    in train or eval mode, and puts the mode back afterwards, also after an exception."""
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    was_training = module.training
+    module.train(training)
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 class EarlyStop(BaseException):
@@ -64,18 +73,18 @@ class ValidationLoss(HookBase):
         self._data_loader = data_loader
 
     def _compute(self):
-        model = _unwrap(self.trainer.model)
-        was_training = model.training
-        model.train()
         totals, num_batches = {}, 0
         # A private storage keeps the heads' training statistics (accuracy, fg counts) of
         # validation batches out of the training curves.
-        with torch.no_grad(), EventStorage(self.trainer.iter):
+        with (
+            _model_in_mode(self.trainer.model, training=True) as model,
+            torch.no_grad(),
+            EventStorage(self.trainer.iter),
+        ):
             for batch in self._data_loader:
                 for name, value in model(batch).items():
                     totals[name] = totals.get(name, 0.0) + float(value)
                 num_batches += 1
-        model.train(was_training)
         gathered = comm.all_gather((totals, num_batches))
         count = sum(n for _, n in gathered)
         if count == 0:
@@ -310,27 +319,24 @@ class VisualizePredictions(HookBase):
         self._score_threshold = score_threshold
 
     def _draw(self):
-        model = _unwrap(self.trainer.model)
-        was_training = model.training
-        model.eval()
-        for index, record in enumerate(self._dicts):
-            image = self._read_image(record["file_name"])
-            tensor = torch.as_tensor(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)))
-            with torch.no_grad():
-                instances = model([{"image": tensor, **record}])[0]["instances"].to("cpu")
-            instances = instances[instances.scores >= self._score_threshold]
-            truth = annotations_to_instances(
-                record.get("annotations", []), image.shape[:2], mask_format="bitmask"
-            )
-            # Drawn as tools/visualize.py draws: the same colour for a class in every picture.
-            pair = side_by_side(
-                draw_instances(image, truth, self._metadata),
-                draw_instances(image, instances, self._metadata),
-            )
-            self.trainer.storage.put_image(
-                f"val_predictions/{index}_truth_vs_predicted", pair.transpose(2, 0, 1)
-            )
-        model.train(was_training)
+        with _model_in_mode(self.trainer.model, training=False) as model:
+            for index, record in enumerate(self._dicts):
+                image = self._read_image(record["file_name"])
+                tensor = torch.as_tensor(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)))
+                with torch.no_grad():
+                    instances = model([{"image": tensor, **record}])[0]["instances"].to("cpu")
+                instances = instances[instances.scores >= self._score_threshold]
+                truth = annotations_to_instances(
+                    record.get("annotations", []), image.shape[:2], mask_format="bitmask"
+                )
+                # Drawn as tools/visualize.py draws: the same colour for a class in every picture.
+                pair = side_by_side(
+                    draw_instances(image, truth, self._metadata),
+                    draw_instances(image, instances, self._metadata),
+                )
+                self.trainer.storage.put_image(
+                    f"val_predictions/{index}_truth_vs_predicted", pair.transpose(2, 0, 1)
+                )
 
     def after_step(self):
         if comm.is_main_process() and _is_eval_iteration(self.trainer, self._period):
