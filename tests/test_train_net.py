@@ -243,6 +243,9 @@ def test_early_stopping_ends_training_cleanly(export, tmp_path):
     log = result.stdout + result.stderr
     assert "Early stopping at iteration 8: validation_loss" in log
     assert "Training ended early at iteration 8" in log
+    # evaluated at iterations 4 and 8, and not once more for the stop
+    assert log.count("Validation loss at iteration") == 2
+    assert log.count("Evaluation results for dental_valid in csv format") == 2
     final = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
     assert final["iteration"] == 7
     assert not (output / "model_0000039.pth").exists()

@@ -26,9 +26,10 @@ def _is_eval_iteration(trainer, period: int) -> bool:
     return period > 0 and next_iter % period == 0 and next_iter != trainer.max_iter
 
 
-def _is_last_iteration(trainer) -> bool:
-    """Same condition as EvalHook.after_train: training reached its last iteration."""
-    return trainer.iter + 1 >= trainer.max_iter
+def _is_last_iteration(trainer, last_run_iter) -> bool:
+    """Same condition as EvalHook.after_train (training reached its last iteration), except
+    after an early stop, whose iteration the hook has just handled in `after_step`."""
+    return trainer.iter + 1 >= trainer.max_iter and trainer.iter != last_run_iter
 
 
 @contextlib.contextmanager
@@ -71,8 +72,10 @@ class ValidationLoss(HookBase):
     def __init__(self, period: int, data_loader):
         self._period = period
         self._data_loader = data_loader
+        self._last_run_iter = None
 
     def _compute(self):
+        self._last_run_iter = self.trainer.iter
         totals, num_batches = {}, 0
         # A private storage keeps the heads' training statistics (accuracy, fg counts) of
         # validation batches out of the training curves.
@@ -109,7 +112,7 @@ class ValidationLoss(HookBase):
             self._compute()
 
     def after_train(self):
-        if _is_last_iteration(self.trainer):
+        if _is_last_iteration(self.trainer, self._last_run_iter):
             self._compute()
 
 
@@ -317,8 +320,10 @@ class VisualizePredictions(HookBase):
         self._metadata = MetadataCatalog.get(dataset_name)
         self._read_image = read_image
         self._score_threshold = score_threshold
+        self._last_run_iter = None
 
     def _draw(self):
+        self._last_run_iter = self.trainer.iter
         with _model_in_mode(self.trainer.model, training=False) as model:
             for index, record in enumerate(self._dicts):
                 image = self._read_image(record["file_name"])
@@ -343,5 +348,5 @@ class VisualizePredictions(HookBase):
             self._draw()
 
     def after_train(self):
-        if comm.is_main_process() and _is_last_iteration(self.trainer):
+        if comm.is_main_process() and _is_last_iteration(self.trainer, self._last_run_iter):
             self._draw()

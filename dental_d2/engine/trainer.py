@@ -265,7 +265,14 @@ class DentalTrainer(DefaultTrainer):
             loader = self.build_validation_loss_loader(cfg, validation[0])
             ret.append(ValidationLoss(period, loader))
 
+        self._last_eval_iter = None
+
         def evaluate_validation():
+            # After an early stop, EvalHook.after_train asks again for the iteration it has
+            # just evaluated: answer from the last results instead of a second pass.
+            if self._last_eval_iter == self.iter:
+                return self._last_eval_results
+            self._last_eval_iter = self.iter
             validation_cfg = cfg.clone()
             validation_cfg.defrost()
             validation_cfg.DATASETS.TEST = validation
