@@ -47,7 +47,8 @@ def add_dental_config(cfg):
     cfg.SOLVER.EARLY_STOPPING = CN()
     # Stop training when METRIC has not improved for PATIENCE evaluations.
     cfg.SOLVER.EARLY_STOPPING.ENABLED = True
-    # A key of the trainer's storage, e.g. "validation_loss" or "segm/AP".
+    # A key of the trainer's storage, e.g. "validation_loss" or "segm/AP". model_best.pth is
+    # chosen by this metric and MODE too, also when early stopping is disabled.
     cfg.SOLVER.EARLY_STOPPING.METRIC = "validation_loss"
     # "min" when lower is better, "max" when higher is better.
     cfg.SOLVER.EARLY_STOPPING.MODE = "min"
