@@ -8,7 +8,6 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
-import cv2
 import matplotlib
 import numpy as np
 import pycocotools.mask as mask_util
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from .data import read_image, register_from_config
 from .data.categories import thing_colors
 from .errors import DentalError
+from .file_io import write_image, write_json
 from .findings import Findings, findings_from_instances, findings_to_dict, summarize
 
 logger = logging.getLogger(__name__)
@@ -325,13 +325,12 @@ def _make_output_dir(path: str):
 
 
 def _write_overlay(path: str, image_rgb: np.ndarray):
-    if not cv2.imwrite(path, np.ascontiguousarray(image_rgb[:, :, ::-1])):
+    if not write_image(path, image_rgb[:, :, ::-1]):
         raise DentalError(f"{path}: cannot write the overlay; check that --output is writable")
 
 
 def _write_json(path: str, data: dict, indent: int | None = None):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=indent)
+    write_json(path, data, indent=indent)
 
 
 def predict_images(predictor, image_paths: Sequence[str], output_dir: str) -> list[str]:

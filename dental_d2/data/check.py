@@ -5,12 +5,12 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 
-import cv2
 from detectron2.data import MetadataCatalog
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tabulate import tabulate
 
 from ..errors import DentalError
+from ..file_io import write_image
 from .image_io import read_image
 from .register import register_dental_splits
 from .roboflow import load_roboflow_json, load_roboflow_split, short_name
@@ -151,7 +151,7 @@ def render_ground_truth(dataset_name: str, output_dir, num_images: int = 3) -> l
         drawn = visualizer.draw_dataset_dict(record).get_image()
         stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
         path = os.path.join(output_dir, f"{dataset_name}_{stem}.jpg")
-        if not cv2.imwrite(path, drawn[:, :, ::-1]):
+        if not write_image(path, drawn[:, :, ::-1]):
             raise DentalError(
                 f"{path}: cannot write the drawing; check that the folder is writable"
             )

@@ -1,7 +1,6 @@
 """A synthetic intraoral-photo dataset (teeth, caries, cavities, cracks) in Roboflow's layout."""
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -11,6 +10,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from ..file_io import write_image, write_json
 from .roboflow import ANNOTATION_FILE
 
 __all__ = ["CLASS_NAMES", "generate_synthetic_dataset", "make_synthetic_image"]
@@ -373,7 +373,7 @@ def _write_split(output_dir, split, count, first_number, size, seed) -> tuple[in
         digest = hashlib.md5(f"{seed}:{split}:{number}".encode()).hexdigest()
         file_name = f"synthetic_{number:04d}_png.rf.{digest}.jpg"
         bgr = np.ascontiguousarray(image[:, :, ::-1])
-        cv2.imwrite(os.path.join(folder, file_name), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        write_image(os.path.join(folder, file_name), bgr, (cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY))
         coco["images"].append(
             {
                 "id": image_id,
@@ -389,9 +389,7 @@ def _write_split(output_dir, split, count, first_number, size, seed) -> tuple[in
             annotation = _coco_annotation(len(coco["annotations"]), image_id, name, mask)
             if annotation is not None:
                 coco["annotations"].append(annotation)
-    with open(json_file + ".tmp", "w") as f:
-        json.dump(coco, f)
-    os.replace(json_file + ".tmp", json_file)
+    write_json(json_file, coco)
     return len(coco["images"]), len(coco["annotations"])
 
 

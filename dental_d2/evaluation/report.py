@@ -3,7 +3,6 @@
 import base64
 import html
 import io
-import json
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ from tabulate import tabulate
 
 from ..data.image_io import read_image
 from ..errors import DentalError
+from ..file_io import atomic_write, write_bytes, write_json
 from .metrics import DetectionMetrics
 from .plots import plot_confusion_matrix, plot_pr_curves
 
@@ -376,8 +376,7 @@ def write_outputs(
     """
     os.makedirs(output_dir, exist_ok=True)
     written = {"metrics": os.path.join(output_dir, "metrics.json")}
-    with open(written["metrics"], "w") as f:
-        json.dump(metrics_dict(evaluations), f, indent=2, allow_nan=False)
+    write_json(written["metrics"], metrics_dict(evaluations), indent=2, allow_nan=False)
 
     sections = []
     for task, evaluation in evaluations.items():
@@ -387,8 +386,7 @@ def write_outputs(
         }
         for key, suffix in (("pr", "pr_curves"), ("confusion", "confusion_matrix")):
             path = os.path.join(output_dir, f"{task}_{suffix}.png")
-            with open(path, "wb") as f:
-                f.write(pngs[key])
+            write_bytes(path, pngs[key])
             written[f"{task}_{suffix}"] = path
         sections.append(_task_section(task, evaluation, pngs))
 
@@ -417,7 +415,7 @@ would have given the highest F1 on this data.</p>
 </body></html>
 """
     written["report"] = os.path.join(output_dir, "report.html")
-    with open(written["report"], "w", encoding="utf-8") as f:
+    with atomic_write(written["report"], "w") as f:
         f.write(page)
     logger.info(f"Wrote evaluation report to {written['report']}")
     return written

@@ -1,0 +1,95 @@
+"""Atomic file writes: every file a run writes appears whole or not at all.
+
+A file is written to a temporary name in its own folder, flushed to disk, then renamed over the
+target with `os.replace`, which is atomic on POSIX and Windows within one file system. A kill,
+OOM or full disk at any moment leaves the old file or the new one, never half of one.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+
+import cv2
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w", encoding: str | None = None):
+    """Opens a temporary file beside `path`; on a clean exit it replaces `path`.
+
+    On an exception the temporary file is removed and `path` is left as it was.
+
+    Args:
+        path (str | os.PathLike): the file to write.
+        mode (str): "w" for text or "wb" for bytes.
+        encoding (str | None): text encoding; UTF-8 when None and `mode` is text.
+
+    Yields:
+        file: the open temporary file.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    # Same folder, so the rename never crosses file systems; a dot name keeps globs off it.
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder
+    )
+    if mode == "w":
+        encoding = encoding or "utf-8"
+    try:
+        with os.fdopen(descriptor, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates 0600; give the file the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+
+
+def write_json(path, data, indent: int | None = None, **kwargs):
+    """Writes `data` as JSON to `path` atomically.
+
+    Args:
+        path (str | os.PathLike): the file to write.
+        data: a JSON-serialisable object.
+        indent (int | None): as `json.dump`.
+        **kwargs: passed to `json.dump` (e.g. `allow_nan=False`).
+    """
+    with atomic_write(path, "w") as f:
+        json.dump(data, f, indent=indent, **kwargs)
+
+
+def write_bytes(path, data: bytes):
+    """Writes `data` to `path` atomically."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_image(path, image_bgr: np.ndarray, params: tuple[int, ...] = ()) -> bool:
+    """Encodes an image with OpenCV (format from the extension) and writes it atomically.
+
+    Args:
+        path (str | os.PathLike): the file to write; its extension picks the format.
+        image_bgr (np.ndarray): HxWx3 BGR (or HxW) uint8.
+        params (tuple[int, ...]): OpenCV encoder parameters, e.g. JPEG quality.
+
+    Returns:
+        bool: False when OpenCV cannot encode the image (e.g. an unknown extension).
+    """
+    extension = os.path.splitext(os.fspath(path))[1] or ".png"
+    try:
+        ok, encoded = cv2.imencode(extension, np.ascontiguousarray(image_bgr), list(params))
+    except cv2.error:  # no encoder for this extension
+        ok = False
+    if not ok:
+        return False
+    write_bytes(path, encoded.tobytes())
+    return True
