@@ -1,16 +1,36 @@
-"""Class names saved inside checkpoints, so a trained model carries the classes it predicts."""
+"""Checkpoints a user can trust: no code runs from weight files, every write is atomic,
+`last_checkpoint` names only periodic or final checkpoints, and `--resume` skips torn files.
+
+A pickle runs code when it is loaded. detectron2 unpickles `.pkl` files and fvcore's loader
+would take any `.pth`; here a `.pth` is read with `torch.load(weights_only=True)` (tensors and
+plain containers only) and a pickle is loaded only from detectron2's model zoo
+(`detectron2://` URLs) or when the user sets `DENTAL.ALLOW_PICKLE True`.
+"""
 
 import logging
 import os
+import pickle
+import re
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 
 from .errors import DentalError
+from .file_io import atomic_write
 
 logger = logging.getLogger(__name__)
 
 # Key of the class names in checkpoints written by DentalTrainer.
 CLASS_NAMES_KEY = "dental_classes"
+# The file naming the checkpoint `--resume` starts from (fvcore's name).
+LAST_CHECKPOINT = "last_checkpoint"
+# Checkpoints `last_checkpoint` may name: periodic (model_0001999) and final ones. model_best
+# never is: resuming from it would go back in time and could let a worse model overwrite it.
+_RESUMABLE = re.compile(r"model_(\d{7}|final)\.pth")
+# Temporary files of atomic_write for checkpoints and last_checkpoint.
+_TEMPORARY = re.compile(r"\.(model_\w+\.pth|last_checkpoint)\.\w+\.tmp")
+# URL schemes of detectron2's model zoo, whose pickles are trusted without opt-in.
+TRUSTED_SCHEMES = ("detectron2",)
 
 
 class ClassNamesCheckpointable:
@@ -38,26 +58,173 @@ class ClassNamesCheckpointable:
             )
 
 
-def read_class_names(weights_path: str) -> list[str] | None:
+def _refuse_pickle(path: str, what: str):
+    raise DentalError(
+        f"{path}: {what}, and loading a pickle can run any code it contains; set "
+        "DENTAL.ALLOW_PICKLE True only if you trust where this file came from"
+    )
+
+
+def load_weights_file(path: str, allow_pickle: bool = False) -> dict:
+    """Reads a local `.pth` checkpoint without running code from it.
+
+    Args:
+        path (str): a local file written by `torch.save`.
+        allow_pickle (bool): when the file holds more than tensors and plain containers, load
+            it with full unpickling instead of refusing it.
+
+    Raises:
+        DentalError: the file is torn or not a checkpoint, or needs unpickling not allowed.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not allow_pickle:
+            _refuse_pickle(path, "this checkpoint holds Python objects besides tensors")
+        logger.warning(f"{path}: loading Python objects from it (DENTAL.ALLOW_PICKLE True)")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as inner:
+            raise _unreadable(path, inner) from e
+    except Exception as e:  # a truncated or foreign file: name it instead of a traceback
+        raise _unreadable(path, e) from e
+
+
+class UnreadableCheckpoint(DentalError):
+    """A checkpoint file that is torn (e.g. a kill during a save by another tool) or foreign."""
+
+
+def _unreadable(path: str, error: Exception) -> DentalError:
+    return UnreadableCheckpoint(
+        f"{path}: cannot be read as a PyTorch checkpoint ({error}); the file may be truncated; "
+        "point MODEL.WEIGHTS at a model_*.pth written by tools/train_net.py"
+    )
+
+
+def read_class_names(weights_path: str, allow_pickle: bool = False) -> list[str] | None:
     """Returns the class names stored in a checkpoint written by DentalTrainer.
 
     Args:
         weights_path (str): a `.pth` checkpoint. Other files (detectron2's model-zoo `.pkl`,
             checkpoints from other trainers) hold no class names.
+        allow_pickle (bool): as `load_weights_file`.
 
     Returns:
         list[str] | None: the class names in contiguous-id order, or None when the file has none.
     """
     if not weights_path or not weights_path.endswith(".pth") or not os.path.isfile(weights_path):
         return None
-    try:
-        checkpoint = torch.load(weights_path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file: name it instead of a pickle traceback
-        raise DentalError(
-            f"{weights_path}: cannot be read as a PyTorch checkpoint ({e}); "
-            "point MODEL.WEIGHTS at a model_*.pth written by tools/train_net.py"
-        ) from e
+    checkpoint = load_weights_file(weights_path, allow_pickle)
     if not isinstance(checkpoint, dict):
         return None
     names = checkpoint.get(CLASS_NAMES_KEY, {}).get("thing_classes")
     return list(names) if names else None
+
+
+def check_finite(state_dict: dict, name: str):
+    """Refuses to save weights with NaN or Inf: such a checkpoint would poison every resume.
+
+    Raises:
+        FloatingPointError: naming the first non-finite tensor (the trainer reports it as a
+            divergence).
+    """
+    for key, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
+            raise FloatingPointError(f"{key} is not finite; {name}.pth was not saved")
+
+
+class DentalCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer that loads no code, writes atomically and resumes past torn files.
+
+    - A `.pth` is read with `weights_only=True`; a pickle (`.pkl`, or a `.pth` needing more than
+      tensors) only from a `detectron2://` URL or with `allow_pickle`.
+    - `save` writes to a temporary file in `save_dir`, fsyncs and renames it; weights with NaN
+      or Inf are refused. Only periodic and final checkpoints move `last_checkpoint`.
+    - `resume_or_load(resume=True)` falls back from a checkpoint that does not load to the
+      newest one that does.
+
+    Args:
+        model (nn.Module): the model.
+        save_dir (str): where checkpoints are written and resumed from.
+        allow_pickle (bool): DENTAL.ALLOW_PICKLE, the user's trust in pickled weight files.
+        **kwargs: as DetectionCheckpointer (save_to_disk, checkpointables).
+    """
+
+    def __init__(self, model, save_dir: str = "", *, allow_pickle: bool = False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.allow_pickle = allow_pickle
+
+    def _load_file(self, filename):
+        if filename.endswith(".pkl"):
+            scheme = self._parsed_url_during_load.scheme if self._parsed_url_during_load else ""
+            if scheme not in TRUSTED_SCHEMES and not self.allow_pickle:
+                source = self._parsed_url_during_load.geturl() or filename
+                _refuse_pickle(source, "a .pkl file is a Python pickle from outside the model zoo")
+        elif filename.endswith(".pyth"):
+            _refuse_pickle(filename, "pycls .pyth files are not supported")
+        return super()._load_file(filename)
+
+    def _torch_load(self, f):
+        return load_weights_file(f, self.allow_pickle)
+
+    def save(self, name: str, **kwargs):
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        check_finite(data["model"], name)
+        for key, checkpointable in self.checkpointables.items():
+            data[key] = checkpointable.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        with atomic_write(path, "wb") as f:
+            torch.save(data, f)
+        if _RESUMABLE.fullmatch(basename):
+            self.tag_last_checkpoint(basename)
+
+    def remove_stale_temporaries(self):
+        """Deletes what saves killed part-way left (temporary files, never a checkpoint)."""
+        if not self.save_dir or not self.save_to_disk or not os.path.isdir(self.save_dir):
+            return
+        for name in os.listdir(self.save_dir):
+            if _TEMPORARY.fullmatch(name):
+                os.remove(os.path.join(self.save_dir, name))
+                logger.info(f"Removed {name}, left by a save that was interrupted")
+
+    def tag_last_checkpoint(self, last_filename_basename: str):
+        with atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT), "w") as f:
+            f.write(last_filename_basename)
+
+    def resumable_checkpoints(self) -> list[str]:
+        """Periodic and final checkpoints in `save_dir`: the tagged one first, then newest first."""
+        tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        found = [
+            os.path.join(self.save_dir, name)
+            for name in os.listdir(self.save_dir)
+            if _RESUMABLE.fullmatch(name)
+        ]
+        found.sort(key=os.path.getmtime, reverse=True)
+        return ([tagged] if tagged else []) + [path for path in found if path != tagged]
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        candidates, failure = self.resumable_checkpoints(), None
+        for index, candidate in enumerate(candidates):
+            try:
+                return self.load(candidate)
+            except (UnreadableCheckpoint, FileNotFoundError, AssertionError) as e:
+                # fvcore asserts that the file exists; the load failed before changing anything.
+                self._parsed_url_during_load = None
+                failure = e
+                if index + 1 < len(candidates):
+                    logger.warning(
+                        f"Cannot resume from {candidate} ({e}); resuming from "
+                        f"{candidates[index + 1]} instead"
+                    )
+        raise DentalError(
+            f"{self.save_dir}: no checkpoint there can be loaded to resume from "
+            f"({', '.join(os.path.basename(p) for p in candidates)}; last error: {failure}); "
+            "start without --resume or in a new OUTPUT_DIR"
+        )

@@ -20,6 +20,11 @@ def add_dental_config(cfg):
     # (and saved with the config) so a trained model carries its classes with it.
     cfg.DENTAL.CLASS_NAMES = []
 
+    # Load pickled weight files (.pkl, or a .pth holding Python objects besides tensors) from
+    # anywhere. A pickle runs code when loaded: only detectron2's model zoo (detectron2:// URLs)
+    # is trusted without this.
+    cfg.DENTAL.ALLOW_PICKLE = False
+
     # Iterations between two lines of training log (losses, LR, ETA) and TensorBoard points.
     cfg.DENTAL.LOG_PERIOD = 20
 

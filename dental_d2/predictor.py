@@ -6,14 +6,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from .checkpoint import read_class_names
+from .checkpoint import DentalCheckpointer, read_class_names
 from .config import build_config
 from .data import read_image
 from .errors import DentalError
@@ -104,7 +103,7 @@ class Predictor:
 
         self.model = build_model(cfg)
         self.model.eval()
-        DetectionCheckpointer(self.model).load(weights)
+        DentalCheckpointer(self.model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE).load(weights)
         if not weights:
             logger.warning("MODEL.WEIGHTS is empty: the model has random weights")
         self.aug = T.ResizeShortestEdge(
@@ -113,7 +112,7 @@ class Predictor:
 
     @staticmethod
     def _class_names(cfg, config_file: str) -> list[str]:
-        from_checkpoint = read_class_names(cfg.MODEL.WEIGHTS)
+        from_checkpoint = read_class_names(cfg.MODEL.WEIGHTS, cfg.DENTAL.ALLOW_PICKLE)
         from_config = list(cfg.DENTAL.CLASS_NAMES)
         if from_checkpoint:
             if from_config and from_config != from_checkpoint:

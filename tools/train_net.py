@@ -12,6 +12,9 @@ from torch.multiprocessing import ProcessExitedException
 from dental_d2 import DentalError
 from dental_d2.engine.launch import argument_parser, launch_from_args
 
+# A process that exits with 128 + N was stopped by signal N (a shell's convention).
+_SIGNALLED = 128
+
 
 def main(argv=None) -> int:
     args = argument_parser().parse_args(argv)
@@ -19,8 +22,15 @@ def main(argv=None) -> int:
         launch_from_args(args)
     except DentalError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
     except ProcessExitedException as e:
+        if e.exit_code > _SIGNALLED:
+            print(
+                "error: training stopped by a signal after saving a checkpoint; continue with "
+                "the same command and --resume",
+                file=sys.stderr,
+            )
+            return e.exit_code
         print(f"error: a training process failed ({e}); see its log above", file=sys.stderr)
         return 1
     return 0

@@ -1,9 +1,13 @@
-"""Training hooks: validation loss, early stopping, plateau LR cuts, best checkpoint, TB images."""
+"""Training hooks: validation loss, early stopping, plateau LR cuts, best checkpoint, TB images,
+and a clean stop on SIGTERM/SIGINT."""
 
 import contextlib
 import logging
 import math
 import operator
+import os
+import signal
+import threading
 
 import numpy as np
 import torch
@@ -26,12 +30,6 @@ def _is_eval_iteration(trainer, period: int) -> bool:
     return period > 0 and next_iter % period == 0 and next_iter != trainer.max_iter
 
 
-def _is_last_iteration(trainer, last_run_iter) -> bool:
-    """Same condition as EvalHook.after_train (training reached its last iteration), except
-    after an early stop, whose iteration the hook has just handled in `after_step`."""
-    return trainer.iter + 1 >= trainer.max_iter and trainer.iter != last_run_iter
-
-
 @contextlib.contextmanager
 def _model_in_mode(model, training: bool):
     """Yields the module inside DistributedDataParallel (these hooks synchronise no gradients)
@@ -50,11 +48,52 @@ class EarlyStop(BaseException):
 
     It derives from BaseException so that the loop's `except Exception` does not log it as a
     crash; the loop's `finally` still runs every hook's `after_train` (final checkpoint, final
-    evaluation). `dental_d2.engine.launch.main` catches it.
+    evaluation). `DentalTrainer.train` catches it.
     """
 
 
-class ValidationLoss(HookBase):
+class Interrupted(BaseException):
+    """Raised by `StopOnSignal` once the checkpoint of the interrupted iteration is saved.
+
+    Args:
+        signal_number (int): the signal that asked training to stop.
+        checkpoint (str): the checkpoint that `--resume` continues from.
+    """
+
+    def __init__(self, signal_number: int, checkpoint: str):
+        super().__init__(signal_number, checkpoint)
+        self.signal_number = signal_number
+        self.checkpoint = checkpoint
+
+
+class EvalOnceHook(hooks.EvalHook):
+    """detectron2's EvalHook that never runs twice for one iteration.
+
+    After an early stop, the iteration just evaluated in `after_step` becomes the last one and
+    `after_train` would evaluate it again; this hook skips that second pass (its results are
+    already in the storage). Subclasses compute in `_evaluate` instead of passing a function.
+
+    Args:
+        eval_period (int): run every `eval_period` iterations and after training.
+        eval_function (Callable | None): returns a nested dict of metrics; None means
+            `self._evaluate`.
+    """
+
+    def __init__(self, eval_period: int, eval_function=None):
+        super().__init__(eval_period, eval_function or self._evaluate)
+        self._last_eval_iter = None
+
+    def _evaluate(self):
+        raise NotImplementedError
+
+    def _do_eval(self):
+        if self._last_eval_iter == self.trainer.iter:
+            return
+        self._last_eval_iter = self.trainer.iter
+        super()._do_eval()
+
+
+class ValidationLoss(EvalOnceHook):
     """Computes the training losses on validation data, without gradients, at each evaluation.
 
     The model runs in training mode (so it returns losses) under `torch.no_grad()`; the losses
@@ -70,12 +109,10 @@ class ValidationLoss(HookBase):
     """
 
     def __init__(self, period: int, data_loader):
-        self._period = period
+        super().__init__(period)
         self._data_loader = data_loader
-        self._last_run_iter = None
 
-    def _compute(self):
-        self._last_run_iter = self.trainer.iter
+    def _evaluate(self):
         totals, num_batches = {}, 0
         # A private storage keeps the heads' training statistics (accuracy, fg counts) of
         # validation batches out of the training curves.
@@ -92,28 +129,16 @@ class ValidationLoss(HookBase):
         count = sum(n for _, n in gathered)
         if count == 0:
             logger.warning("ValidationLoss: the validation data is empty; nothing computed.")
-            return
+            return None
         names = sorted({name for part, _ in gathered for name in part})
         means = {name: sum(part.get(name, 0.0) for part, _ in gathered) / count for name in names}
         total = sum(means.values())
-        self.trainer.storage.put_scalars(
-            validation_loss=total,
-            **{f"validation/{name}": value for name, value in means.items()},
-            smoothing_hint=False,
-        )
         logger.info(
             f"Validation loss at iteration {self.trainer.iter + 1}: {total:.4f} ("
             + ", ".join(f"{name}: {value:.4f}" for name, value in means.items())
             + ")"
         )
-
-    def after_step(self):
-        if _is_eval_iteration(self.trainer, self._period):
-            self._compute()
-
-    def after_train(self):
-        if _is_last_iteration(self.trainer, self._last_run_iter):
-            self._compute()
+        return {"validation_loss": total, "validation": means}
 
 
 class _MetricPatienceHook(HookBase):
@@ -285,7 +310,9 @@ class ReduceLROnPlateau(_MetricPatienceHook):
 
 
 class BestCheckpointer(hooks.BestCheckpointer):
-    """detectron2's BestCheckpointer whose best value survives `--resume`.
+    """detectron2's BestCheckpointer that records a new best before saving it, so
+    `model_best.pth` holds the state after counting its own evaluation, and whose best value
+    survives `--resume`. Put it after every hook that counts evaluations (plateau, early stop).
 
     Args:
         eval_period (int): the period of the evaluation that produces the metric.
@@ -295,6 +322,30 @@ class BestCheckpointer(hooks.BestCheckpointer):
         file_prefix (str): name of the checkpoint file, without extension.
     """
 
+    def _best_checking(self):
+        latest = self.trainer.storage.latest().get(self._val_metric)
+        if latest is None:
+            logger.warning(
+                f"BestCheckpointer: metric {self._val_metric!r} was not computed or stored; "
+                "no best checkpoint at this evaluation. Check its name in metrics.json."
+            )
+            return
+        value, metric_iter = latest
+        previous, previous_iter = self.best_metric, self.best_iter
+        if previous is not None and not self._compare(value, previous):
+            logger.info(
+                f"Not saving {self._file_prefix}: {self._val_metric} = {value:.5f} is not better "
+                f"than {previous:.5f} (iteration {previous_iter})."
+            )
+            return
+        if not self._update_best(value, metric_iter):  # NaN or Inf is never a best
+            return
+        self._checkpointer.save(self._file_prefix, iteration=metric_iter)
+        logger.info(
+            f"Saved {self._file_prefix}: {self._val_metric} = {value:.5f} at iteration "
+            f"{metric_iter}" + ("" if previous is None else f" (was {previous:.5f})")
+        )
+
     def state_dict(self):
         return {"best_metric": self.best_metric, "best_iter": self.best_iter}
 
@@ -303,8 +354,10 @@ class BestCheckpointer(hooks.BestCheckpointer):
         self.best_iter = state["best_iter"]
 
 
-class VisualizePredictions(HookBase):
+class VisualizePredictions(EvalOnceHook):
     """Writes a few validation images with predictions next to ground truth to TensorBoard.
+
+    Register it in every process (EvalOnceHook synchronises them); only the main one draws.
 
     Args:
         period (int): run every `period` iterations (the evaluation period) and after training.
@@ -315,15 +368,17 @@ class VisualizePredictions(HookBase):
     """
 
     def __init__(self, period, dataset_dicts, dataset_name, read_image, score_threshold=0.5):
-        self._period = period
+        super().__init__(period)
         self._dicts = dataset_dicts
         self._metadata = MetadataCatalog.get(dataset_name)
         self._read_image = read_image
         self._score_threshold = score_threshold
-        self._last_run_iter = None
+
+    def _evaluate(self):
+        if comm.is_main_process():
+            self._draw()
 
     def _draw(self):
-        self._last_run_iter = self.trainer.iter
         with _model_in_mode(self.trainer.model, training=False) as model:
             for index, record in enumerate(self._dicts):
                 image = self._read_image(record["file_name"])
@@ -343,10 +398,55 @@ class VisualizePredictions(HookBase):
                     f"val_predictions/{index}_truth_vs_predicted", pair.transpose(2, 0, 1)
                 )
 
-    def after_step(self):
-        if comm.is_main_process() and _is_eval_iteration(self.trainer, self._period):
-            self._draw()
+
+class StopOnSignal(HookBase):
+    """Ends training cleanly on SIGTERM (cloud preemption, cluster schedulers) or SIGINT (Ctrl-C).
+
+    The signal only sets a flag; the current iteration finishes, every other hook runs its
+    `after_step` (evaluation included), then `model_<iteration>.pth` is saved atomically,
+    `last_checkpoint` names it and `Interrupted` ends the loop. A second signal during the save
+    changes nothing (the file is written to a temporary name and renamed). Under DDP the
+    processes agree at every iteration, so all stop at the same one. Register it last.
+
+    Args:
+        checkpointer (Checkpointer | None): saves the checkpoint (main process); None elsewhere.
+        signals (tuple[int, ...]): the signals that stop training.
+    """
+
+    def __init__(self, checkpointer, signals=(signal.SIGTERM, signal.SIGINT)):
+        self._checkpointer = checkpointer
+        self._signals = signals
+        self._previous_handlers = {}
+        self.received = 0
+
+    def _handle(self, signal_number, frame):
+        if not self.received:
+            logger.warning(
+                f"Received {signal.Signals(signal_number).name}: training stops after this "
+                "iteration, once its checkpoint is saved."
+            )
+        self.received = self.received or signal_number
+
+    def before_train(self):
+        # Python lets only the main thread install handlers (a trainer in a thread keeps them).
+        if threading.current_thread() is threading.main_thread():
+            for signal_number in self._signals:
+                self._previous_handlers[signal_number] = signal.signal(signal_number, self._handle)
 
     def after_train(self):
-        if comm.is_main_process() and _is_last_iteration(self.trainer, self._last_run_iter):
-            self._draw()
+        for signal_number, handler in self._previous_handlers.items():
+            signal.signal(signal_number, handler)
+        self._previous_handlers = {}
+
+    def after_step(self):
+        received = self.received
+        if comm.get_world_size() > 1:
+            received = max(comm.all_gather(received))
+        if not received:
+            return
+        name = f"model_{self.trainer.iter:07d}"
+        if self._checkpointer is not None:
+            self._checkpointer.save(name, iteration=self.trainer.iter)
+        comm.synchronize()
+        save_dir = self._checkpointer.save_dir if self._checkpointer is not None else ""
+        raise Interrupted(received, os.path.join(save_dir, f"{name}.pth"))

@@ -3,21 +3,22 @@
 import contextlib
 import logging
 import math
+import multiprocessing
 import os
+import signal
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import read_class_names
+from ..checkpoint import DentalCheckpointer, read_class_names
 from ..config import build_config
 from ..data import check_num_classes, register_from_config
 from ..errors import DentalError
-from .hooks import EarlyStop
+from .hooks import BestCheckpointer
 from .trainer import DentalTrainer
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,9 @@ def prepare_dental_config(cfg, eval_only: bool = False):
     _check_weights(cfg)
     data_classes = register_from_config(cfg)
     if eval_only:
-        model_classes = read_class_names(cfg.MODEL.WEIGHTS) or list(cfg.DENTAL.CLASS_NAMES)
+        model_classes = read_class_names(cfg.MODEL.WEIGHTS, cfg.DENTAL.ALLOW_PICKLE) or list(
+            cfg.DENTAL.CLASS_NAMES
+        )
         cfg.DENTAL.CLASS_NAMES = model_classes or data_classes
         check_num_classes(cfg, cfg.DENTAL.CLASS_NAMES)
         return
@@ -105,15 +108,53 @@ def setup(args):
     return cfg
 
 
+def _load_weights(cfg, model, path: str, resume: bool = False):
+    with _loading_weights(cfg):
+        DentalCheckpointer(
+            model, save_dir=cfg.OUTPUT_DIR, allow_pickle=cfg.DENTAL.ALLOW_PICKLE
+        ).resume_or_load(path, resume=resume)
+
+
+def test_chosen_model(cfg, trainer):
+    """Scores DATASETS.TEST with the weights validation chose, as the reference notebooks
+    restored their best weights: `model_best.pth` when it exists, else the final model.
+
+    The final model is scored too (in `eval/final/<dataset>/`) when it is not the best one;
+    the chosen model's results go to `eval/<dataset>/` and are returned.
+    """
+    best_path = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
+    # The best checkpointer runs in the main process only.
+    best = [hook for hook in trainer._hooks if isinstance(hook, BestCheckpointer)]
+    best_iter = comm.all_gather(best[0].best_iter if best else None)[0]
+    # After a normal end trainer.iter is max_iter; after an early stop, the last iteration run.
+    final_iter = min(trainer.iter, trainer.max_iter - 1)
+    # The evaluation after the last iteration is stored at max_iter: the final weights.
+    if best_iter is None or best_iter >= final_iter:
+        logger.info(f"Evaluating the final model on {', '.join(cfg.DATASETS.TEST)}")
+        return DentalTrainer.test(cfg, trainer.model)
+    final_dir = os.path.join(cfg.OUTPUT_DIR, "eval", "final")
+    final_evaluators = [
+        DentalTrainer.build_evaluator(cfg, name, os.path.join(final_dir, name))
+        for name in cfg.DATASETS.TEST
+    ]
+    logger.info(f"Evaluating the final model (iteration {final_iter + 1}) into eval/final/")
+    DentalTrainer.test(cfg, trainer.model, final_evaluators)
+    logger.info(
+        f"Evaluating model_best.pth (iteration {best_iter + 1}, chosen by "
+        f"{cfg.SOLVER.EARLY_STOPPING.METRIC}) on {', '.join(cfg.DATASETS.TEST)}: these are the "
+        "reported test results"
+    )
+    model = DentalTrainer.build_model(cfg)
+    _load_weights(cfg, model, best_path)
+    return DentalTrainer.test(cfg, model)
+
+
 def main(args):
     """Trains (or with --eval-only evaluates) as the config says; returns the test results."""
     cfg = setup(args)
     if args.eval_only:
         model = DentalTrainer.build_model(cfg)
-        with _loading_weights(cfg):
-            DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-                cfg.MODEL.WEIGHTS, resume=args.resume
-            )
+        _load_weights(cfg, model, cfg.MODEL.WEIGHTS, resume=args.resume)
         results = DentalTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
@@ -124,8 +165,6 @@ def main(args):
         trainer.resume_or_load(resume=args.resume)
     try:
         trainer.train()
-    except EarlyStop as stop:
-        logger.info(f"Training ended early at iteration {stop.args[0]}; see the log above.")
     except FloatingPointError as e:
         # detectron2's own check for NaN/Inf losses or boxes: a setting the user can change.
         raise DentalError(
@@ -137,8 +176,7 @@ def main(args):
         logger.info(f"Checkpoints are in {cfg.OUTPUT_DIR} (model_final.pth, model_best.pth)")
     if not cfg.DATASETS.TEST:
         return None
-    logger.info(f"Evaluating the final model on {', '.join(cfg.DATASETS.TEST)}")
-    return DentalTrainer.test(cfg, trainer.model)
+    return test_chosen_model(cfg, trainer)
 
 
 def argument_parser():
@@ -155,7 +193,25 @@ def _worker(args):
         # In a spawned process: say it once, and exit non-zero so the launcher stops everyone.
         if comm.is_main_process():
             logger.error(f"error: {e}")
-        raise SystemExit(1) from e
+        raise SystemExit(getattr(e, "exit_code", 1)) from e
+
+
+@contextlib.contextmanager
+def _forwarding_signals_to_workers():
+    """In the launching process of several workers, passes SIGTERM and SIGINT on to them (a
+    scheduler may signal only this process) and waits for them to save and exit."""
+
+    def forward(signal_number, frame):
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal_number)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)
 
 
 def launch_from_args(args):
@@ -163,13 +219,18 @@ def launch_from_args(args):
 
     Raises:
         DentalError: a problem with the config or the data (single process).
-        SystemExit: with status 1 when a spawned process met such a problem.
+        TrainingInterrupted: SIGTERM or SIGINT stopped training after a checkpoint (single
+            process).
+        ProcessExitedException: a spawned process exited non-zero (128 + signal number after
+            such a stop).
     """
-    launch(
-        _worker,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    spawns = args.num_gpus > 1 or args.num_machines > 1
+    with _forwarding_signals_to_workers() if spawns else contextlib.nullcontext():
+        launch(
+            _worker,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )

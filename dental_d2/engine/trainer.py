@@ -2,12 +2,12 @@
 
 import contextlib
 import logging
+import signal
 import time
 import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import (
     DatasetCatalog,
     MetadataCatalog,
@@ -21,14 +21,18 @@ from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import CLASS_NAMES_KEY, ClassNamesCheckpointable
+from ..checkpoint import CLASS_NAMES_KEY, ClassNamesCheckpointable, DentalCheckpointer
 from ..data import DentalDatasetMapper, read_image
-from ..errors import DentalError
+from ..errors import DentalError, TrainingInterrupted
 from ..evaluation import DentalEvaluator
 from .hooks import (
     BestCheckpointer,
+    EarlyStop,
     EarlyStopping,
+    EvalOnceHook,
+    Interrupted,
     ReduceLROnPlateau,
+    StopOnSignal,
     ValidationLoss,
     VisualizePredictions,
 )
@@ -223,6 +227,7 @@ class DentalTrainer(DefaultTrainer):
         # gets device_ids=None on CPU processes (gloo), which refuse a device id, and
         # SOLVER.ACCUMULATION_STEPS > 1 picks the accumulating trainer.
         TrainerBase.__init__(self)
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -241,47 +246,69 @@ class DentalTrainer(DefaultTrainer):
             trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
             self._trainer = trainer_class(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        self.checkpointer = DentalCheckpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            allow_pickle=cfg.DENTAL.ALLOW_PICKLE,
+            trainer=weakref.proxy(self),
+            # Every checkpoint carries the class names the model predicts.
+            **{CLASS_NAMES_KEY: ClassNamesCheckpointable(cfg.DENTAL.CLASS_NAMES)},
         )
+        self.checkpointer.remove_stale_temporaries()
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def train(self):
+        """Trains to SOLVER.MAX_ITER or an early stop; returns the last test results.
+
+        Raises:
+            TrainingInterrupted: SIGTERM or SIGINT stopped training after saving a checkpoint.
+        """
+        try:
+            return super().train()
+        except EarlyStop as stop:
+            logger.info(f"Training ended early at iteration {stop.args[0]}; see the log above.")
+            return None
+        except Interrupted as stop:
+            raise TrainingInterrupted(
+                f"training stopped by {signal_name(stop.signal_number)} after iteration "
+                f"{self.iter + 1}; {stop.checkpoint} is saved; continue with the same command "
+                "and --resume",
+                stop.signal_number,
+            ) from None
+
     def build_hooks(self):
+        """Timing and LR, then evaluation, then the hooks that count evaluations, then the
+        checkpoints (so each holds the counts of the evaluation it follows), then the writers.
+        """
+        cfg = self.cfg
+        is_main = comm.is_main_process()
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        ret += self._evaluation_hooks()
+        ret += self._metric_hooks()
+        if is_main:
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.DENTAL.LOG_PERIOD))
+        # Last: it saves the state every other hook has reached at the interrupted iteration.
+        ret.append(StopOnSignal(self.checkpointer if is_main else None))
+        return ret
+
+    def _evaluation_hooks(self):
+        """Validation loss, COCO evaluation of the validation split, TensorBoard pictures."""
         cfg = self.cfg
         period = cfg.TEST.EVAL_PERIOD
         validation = validation_datasets(cfg)
-        # Every checkpoint carries the class names the model predicts.
-        self.checkpointer.checkpointables[CLASS_NAMES_KEY] = ClassNamesCheckpointable(
-            cfg.DENTAL.CLASS_NAMES
-        )
-
-        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
-        if comm.is_main_process():
-            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret = []
         if cfg.TEST.VALIDATION_LOSS and validation:
             loader = self.build_validation_loss_loader(cfg, validation[0])
             ret.append(ValidationLoss(period, loader))
-
-        self._last_eval_iter = None
-
-        def evaluate_validation():
-            # After an early stop, EvalHook.after_train asks again for the iteration it has
-            # just evaluated: answer from the last results instead of a second pass.
-            if self._last_eval_iter == self.iter:
-                return self._last_eval_results
-            self._last_eval_iter = self.iter
-            validation_cfg = cfg.clone()
-            validation_cfg.defrost()
-            validation_cfg.DATASETS.TEST = validation
-            self._last_eval_results = self.test(validation_cfg, self.model)
-            return self._last_eval_results
-
-        # Evaluate after checkpointing so a crash in evaluation keeps the checkpoint.
-        ret.append(hooks.EvalHook(period, evaluate_validation))
-        if comm.is_main_process() and validation and cfg.DENTAL.EVAL.NUM_VIS_IMAGES > 0:
+        validation_cfg = cfg.clone()
+        validation_cfg.defrost()
+        validation_cfg.DATASETS.TEST = validation
+        ret.append(EvalOnceHook(period, lambda: self.test(validation_cfg, self.model)))
+        if validation and cfg.DENTAL.EVAL.NUM_VIS_IMAGES > 0:
             records = DatasetCatalog.get(validation[0])[: cfg.DENTAL.EVAL.NUM_VIS_IMAGES]
             ret.append(
                 VisualizePredictions(
@@ -292,10 +319,15 @@ class DentalTrainer(DefaultTrainer):
                     cfg.DENTAL.EVAL.SCORE_THRESHOLD,
                 )
             )
+        return ret
 
+    def _metric_hooks(self):
+        """Plateau LR cuts, early stopping and the best checkpoint, in the order that lets the
+        best checkpoint hold the other two's state after counting its evaluation."""
+        cfg = self.cfg
+        period = cfg.TEST.EVAL_PERIOD
         early = cfg.SOLVER.EARLY_STOPPING
-        if comm.is_main_process():
-            ret.append(BestCheckpointer(period, self.checkpointer, early.METRIC, early.MODE))
+        ret = []
         if cfg.SOLVER.LR_SCHEDULER_NAME == PLATEAU_SCHEDULER:
             plateau = cfg.SOLVER.PLATEAU
             ret.append(
@@ -308,15 +340,18 @@ class DentalTrainer(DefaultTrainer):
                     plateau.THRESHOLD,
                 )
             )
-        if comm.is_main_process():
-            # Writers run after evaluation so they log its metrics.
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=cfg.DENTAL.LOG_PERIOD))
         if early.ENABLED:
-            # Last, so that the iteration it stops at is logged first.
             checkpointer = self.checkpointer if comm.is_main_process() else None
             ret.append(
                 EarlyStopping(
                     period, early.METRIC, early.MODE, early.PATIENCE, early.MIN_DELTA, checkpointer
                 )
             )
+        if comm.is_main_process():
+            ret.append(BestCheckpointer(period, self.checkpointer, early.METRIC, early.MODE))
         return ret
+
+
+def signal_name(signal_number: int) -> str:
+    """ "SIGTERM" for 15, and so on."""
+    return signal.Signals(signal_number).name
