@@ -3,11 +3,12 @@
 import itertools
 import logging
 import os
+import shutil
+import tempfile
 from collections import OrderedDict
 
 import detectron2.utils.comm as comm
-from detectron2.data import MetadataCatalog
-from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
+from detectron2.evaluation import COCOEvaluator
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -65,20 +66,8 @@ def evaluate_task(
     return TaskEvaluation(metrics, coco, per_class_ap(coco_eval, category_ids))
 
 
-class _COCOEvaluatorKeepingEval(COCOEvaluator):
-    """COCOEvaluator that keeps each task's COCOeval: per-class AP50 is read from it."""
-
-    def reset(self):
-        super().reset()
-        self.coco_evals = {}
-
-    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
-        self.coco_evals[iou_type] = coco_eval
-        return super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)
-
-
-class DentalEvaluator(DatasetEvaluator):
-    """COCO AP from detectron2's COCOEvaluator, plus per-class TP/FP/FN, precision, recall, F1.
+class DentalEvaluator(COCOEvaluator):
+    """detectron2's COCOEvaluator plus per-class TP/FP/FN, precision, recall and F1.
 
     P/R/F1 count predictions scoring at least `score_threshold`, matched greedily by descending
     score to the still-unmatched ground truth of their class with the highest IoU, if at least
@@ -86,7 +75,19 @@ class DentalEvaluator(DatasetEvaluator):
     detectron2's {task: {metric: value}} with COCO AP in percent ("AP", "AP50", "AP-<class>", ...)
     and "precision", "recall", "f1", "precision-<class>", ... as fractions. The main process
     writes to `output_dir`: metrics.json, `<task>_pr_curves.png`, `<task>_confusion_matrix.png`,
-    report.html, and COCOEvaluator's own files.
+    report.html, and COCOEvaluator's own files, each one whole (see `evaluate`).
+
+    Args:
+        dataset_name (str): a registered dataset with `thing_classes` (and
+            `thing_dataset_id_to_contiguous_id`) in its metadata.
+        output_dir (str): where the metrics, plots and report go.
+        tasks (tuple[str] or None): "bbox" and/or "segm"; None infers them from the
+            predictions as COCOEvaluator does.
+        score_threshold (float): predictions scoring below it are not counted by P/R/F1.
+        iou_threshold (float): the least IoU of a match for P/R/F1.
+        distributed (bool): gather predictions from all processes and evaluate in the main.
+        draw_images (bool): draw the best and worst images in the report.
+        num_report_images (int): best and worst images drawn, each.
     """
 
     def __init__(
@@ -100,42 +101,27 @@ class DentalEvaluator(DatasetEvaluator):
         draw_images: bool = True,
         num_report_images: int = 4,
     ):
-        """
-        Args:
-            dataset_name (str): a registered dataset with `thing_classes` (and
-                `thing_dataset_id_to_contiguous_id`) in its metadata.
-            output_dir (str): where the metrics, plots and report go.
-            tasks (tuple[str] or None): "bbox" and/or "segm"; None infers them from the
-                predictions as COCOEvaluator does.
-            score_threshold (float): predictions scoring below it are not counted by P/R/F1.
-            iou_threshold (float): the least IoU of a match for P/R/F1.
-            distributed (bool): gather predictions from all processes and evaluate in the main.
-            draw_images (bool): draw the best and worst images in the report.
-            num_report_images (int): best and worst images drawn, each.
-        """
-        self._dataset_name = dataset_name
-        self._output_dir = output_dir
-        self._score_threshold = score_threshold
-        self._iou_threshold = iou_threshold
-        self._distributed = distributed
-        self._draw_images = draw_images
-        self._num_report_images = num_report_images
-        self._metadata = MetadataCatalog.get(dataset_name)
         # Not cached: the cleaned dataset may change between runs with the same output_dir.
-        self._coco = _COCOEvaluatorKeepingEval(
+        super().__init__(
             dataset_name,
             tasks=tasks,
             distributed=distributed,
             output_dir=output_dir,
             allow_cached_coco=False,
         )
+        self._dataset_name = dataset_name
+        self._score_threshold = score_threshold
+        self._iou_threshold = iou_threshold
+        self._draw_images = draw_images
+        self._num_report_images = num_report_images
         id_map = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
         num_classes = len(self._metadata.thing_classes)
-        self._contiguous_to_dataset = (
-            {v: k for k, v in id_map.items()} if id_map else {k: k for k in range(num_classes)}
-        )
         # Report order is the model's class order.
-        self._category_ids = [self._contiguous_to_dataset[k] for k in range(num_classes)]
+        self._category_ids = (
+            [{v: k for k, v in id_map.items()}[k] for k in range(num_classes)]
+            if id_map
+            else list(range(num_classes))
+        )
 
     @classmethod
     def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None):
@@ -155,62 +141,70 @@ class DentalEvaluator(DatasetEvaluator):
         )
 
     def reset(self):
-        self._coco.reset()
+        super().reset()
+        self._coco_evals = {}
 
-    def process(self, inputs, outputs):
-        self._coco.process(inputs, outputs)
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        # Kept for the per-class AP50 of the report.
+        self._coco_evals[iou_type] = coco_eval
+        return super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)
 
-    def _gathered_results(self) -> list[dict]:
-        predictions = self._coco._predictions
-        if self._distributed:
-            comm.synchronize()
-            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
-        # Copies: COCOEvaluator maps the category ids of its own dicts in place.
-        results = []
-        for prediction in predictions:
-            for result in prediction.get("instances", []):
-                result = dict(result)
-                result["category_id"] = self._contiguous_to_dataset[result["category_id"]]
-                results.append(result)
-        return results
+    def evaluate(self, img_ids=None):
+        # COCOEvaluator writes its files in place; let it write into a hidden folder beside
+        # them and rename each finished file over the old one, so a kill tears none.
+        final_dir = self._output_dir
+        if not final_dir or not comm.is_main_process():
+            return super().evaluate(img_ids)
+        os.makedirs(final_dir, exist_ok=True)
+        self._output_dir = tempfile.mkdtemp(prefix=".coco-", dir=final_dir)
+        try:
+            results = super().evaluate(img_ids)
+            for name in os.listdir(self._output_dir):
+                os.replace(os.path.join(self._output_dir, name), os.path.join(final_dir, name))
+            if results:
+                self._write_outputs(final_dir)
+            return results
+        finally:
+            shutil.rmtree(self._output_dir, ignore_errors=True)
+            self._output_dir = final_dir
 
-    def evaluate(self):
-        # Both gathers are collective: every process takes part before the main one goes on.
-        results = self._gathered_results()
-        coco_results = self._coco.evaluate()
-        if not coco_results or (self._distributed and not comm.is_main_process()):
-            return coco_results
-
-        coco_gt = self._coco._coco_api
-        evaluations = OrderedDict()
-        for task, coco in coco_results.items():
-            if task not in ("bbox", "segm"):
+    def _eval_predictions(self, predictions, img_ids=None):
+        # Runs in the main process only, on the gathered predictions. COCOEvaluator maps their
+        # category ids to the dataset's in place: what it evaluated, P/R/F1 count too.
+        super()._eval_predictions(predictions, img_ids=img_ids)
+        results = list(itertools.chain(*[p["instances"] for p in predictions]))
+        self._evaluations = OrderedDict()
+        for task in ("bbox", "segm"):
+            if task not in self._results:
                 continue
-            if task in self._coco.coco_evals:
-                coco_eval = self._coco.coco_evals[task]
-            else:  # detectron2 changed its internals: compute AP50 per class ourselves
-                coco_eval = run_coco_eval(coco_gt, results, task)
-            evaluations[task] = evaluate_task(
-                coco_gt,
+            # None when there were no results; missing only if detectron2 changed its internals.
+            if task in self._coco_evals:
+                coco_eval = self._coco_evals[task]
+            else:
+                coco_eval = run_coco_eval(self._coco_api, results, task)
+            evaluation = evaluate_task(
+                self._coco_api,
                 results,
                 task,
                 self._score_threshold,
                 self._iou_threshold,
                 category_ids=self._category_ids,
-                coco=coco,
+                coco=self._results[task],
                 coco_eval=coco_eval,
             )
-            log_class_table(evaluations[task])
-            coco_results[task] = evaluations[task].flat_results()
+            log_class_table(evaluation)
+            self._results[task] = evaluation.flat_results()
+            self._evaluations[task] = evaluation
 
-        if comm.is_main_process() and self._output_dir:
-            write_outputs(
-                self._output_dir,
-                evaluations,
-                coco_gt,
-                title=self._dataset_name,
-                draw_images=self._draw_images,
-                thing_colors=self._metadata.get("thing_colors", None),
-                num_images=self._num_report_images,
-            )
-        return coco_results
+    def _write_outputs(self, output_dir: str):
+        if not getattr(self, "_evaluations", None):
+            return
+        write_outputs(
+            output_dir,
+            self._evaluations,
+            self._coco_api,
+            title=self._dataset_name,
+            draw_images=self._draw_images,
+            thing_colors=self._metadata.get("thing_colors", None),
+            num_images=self._num_report_images,
+        )
