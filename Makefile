@@ -12,7 +12,7 @@ SKIP_DETECTRON2 ?= 0
 DEMO_DATA := datasets/synthetic_dental
 DEMO_OUTPUT := output/demo
 
-.PHONY: install test lint format demo clean
+.PHONY: install test test-fast lint format demo clean
 
 install: $(VENV)/.installed
 
@@ -43,8 +43,13 @@ $(VENV)/.installed: $(VENV)/.detectron2
 	$(PY) -m dental_d2.collect_env
 	touch $@
 
+# Everything (what CI runs).
 test: install
 	$(PY) -m pytest tests
+
+# The fast tier: everything but the end-to-end runs marked `slow`, in about a minute.
+test-fast: install
+	$(PY) -m pytest tests -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check .

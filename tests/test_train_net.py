@@ -16,18 +16,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from dental_d2.checkpoint import CLASS_NAMES_KEY
 from dental_d2.data.synthetic import generate_synthetic_dataset
 
+# Every test here runs tools/train_net.py in a subprocess.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
-CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
+CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
-# The demo model at 128 px, 2 images per batch, no data-loader workers: seconds per run.
-FAST = [
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_EPOCHS", "0", "SOLVER.WARMUP_ITERS", "5",
-    "DATALOADER.NUM_WORKERS", "0", "DENTAL.EVAL.NUM_VIS_IMAGES", "1",
-    "TEST.IMS_PER_BATCH", "2", "DENTAL.LOG_PERIOD", "5",
-]  # fmt: skip
 
 
 def _train_net(*args, timeout=600):
@@ -58,7 +53,6 @@ def export(tmp_path_factory):
 def trained(export, tmp_path_factory):
     output = tmp_path_factory.mktemp("train")
     result = _train_net(
-        *FAST,
         "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
         "SOLVER.MAX_ITER", "30", "TEST.EVAL_PERIOD", "15", "SOLVER.CHECKPOINT_PERIOD", "1000",
     )  # fmt: skip
@@ -127,11 +121,11 @@ def test_eval_only_remaps_reordered_classes_by_name(trained, export, tmp_path):
     reordered = tmp_path / "reordered"
     _reorder_categories(export, reordered)
     plain = _train_net(
-        "--eval-only", *FAST, "MODEL.WEIGHTS", str(output / "model_final.pth"),
+        "--eval-only", "MODEL.WEIGHTS", str(output / "model_final.pth"),
         "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(tmp_path / "plain"),
     )  # fmt: skip
     remapped = _train_net(
-        "--eval-only", *FAST, "MODEL.WEIGHTS", str(output / "model_final.pth"),
+        "--eval-only", "MODEL.WEIGHTS", str(output / "model_final.pth"),
         "DENTAL.DATA_ROOT", str(reordered), "OUTPUT_DIR", str(tmp_path / "remapped"),
     )  # fmt: skip
     assert plain.returncode == 0, plain.stderr[-3000:]
@@ -183,7 +177,6 @@ def test_resume_after_sigkill_continues_from_last_checkpoint(export, tmp_path):
     output = tmp_path / "killed"
     command = [sys.executable, TRAIN_NET, "--config-file", CONFIG]
     opts = [
-        *FAST,
         "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
         "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "5", "TEST.EVAL_PERIOD", "0",
         "TEST.VALIDATION_LOSS", "False", "DENTAL.EVAL.NUM_VIS_IMAGES", "0",
@@ -217,8 +210,7 @@ def test_resume_after_sigkill_continues_from_last_checkpoint(export, tmp_path):
 def test_two_cpu_processes_over_gloo(export, tmp_path):
     output = tmp_path / "ddp"
     result = _train_net(
-        "--num-gpus", "2", *FAST,
-        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
+        "--num-gpus", "2", "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
         "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "3", "DATASETS.TEST", "()",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -233,7 +225,6 @@ def test_early_stopping_ends_training_cleanly(export, tmp_path):
     # No change of the validation loss beats min_delta 1000: the 2nd evaluation stops training.
     output = tmp_path / "early"
     result = _train_net(
-        *FAST,
         "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
         "SOLVER.MAX_ITER", "40", "TEST.EVAL_PERIOD", "4", "DATASETS.TEST", "()",
         "SOLVER.EARLY_STOPPING.MIN_DELTA", "1000.0", "SOLVER.EARLY_STOPPING.PATIENCE", "1",
@@ -271,10 +262,35 @@ def test_reference_config_derives_schedule_from_epochs(export):
 def test_undownloadable_weights_is_one_line_error(tmp_path, export):
     # Nothing listens on port 9 of the loopback address: the download fails at once.
     result = _train_net(
-        *FAST, "MODEL.WEIGHTS", "http://127.0.0.1:9/model_final.pkl", "SOLVER.MAX_ITER", "1",
+        "MODEL.WEIGHTS", "http://127.0.0.1:9/model_final.pkl", "SOLVER.MAX_ITER", "1",
         "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(tmp_path / "out"),
     )  # fmt: skip
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: MODEL.WEIGHTS http://127.0.0.1:9/model_final.pkl: cannot be")
     assert "Traceback" not in result.stderr
+
+
+def test_test_split_is_scored_with_the_best_model(export, tmp_path):
+    # The learning rate rises through warm-up, so "lowest lr" makes the first evaluation the
+    # best one and the second one ends training (patience 1): best and final differ.
+    output = tmp_path / "best"
+    result = _train_net(
+        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
+        "SOLVER.MAX_ITER", "40", "TEST.EVAL_PERIOD", "4", "SOLVER.WARMUP_ITERS", "100",
+        "SOLVER.EARLY_STOPPING.METRIC", "lr", "SOLVER.EARLY_STOPPING.PATIENCE", "1",
+        "SOLVER.LR_SCHEDULER_NAME", "WarmupMultiStepLR", "DENTAL.EVAL.NUM_VIS_IMAGES", "0",
+        "TEST.VALIDATION_LOSS", "False",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "Early stopping at iteration 8: lr" in log
+    assert "Evaluating model_best.pth (iteration 4, chosen by lr)" in log
+    best = torch.load(output / "model_best.pth", map_location="cpu", weights_only=True)
+    assert best["iteration"] == 3
+    # the best checkpoint holds the early-stopping state after counting its own evaluation
+    assert best["trainer"]["hooks"]["EarlyStopping"]["best_iter"] == 4
+    assert best["trainer"]["hooks"]["EarlyStopping"]["num_bad_evals"] == 0
+    chosen = json.loads((output / "eval" / "dental_test" / "metrics.json").read_text())
+    final = json.loads((output / "eval" / "final" / "dental_test" / "metrics.json").read_text())
+    assert set(chosen["segm"]["per_class"]) == set(final["segm"]["per_class"]) == set(CLASSES)
