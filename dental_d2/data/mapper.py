@@ -1,4 +1,5 @@
-"""detectron2's DatasetMapper, reading images with dental_d2's reader (16-bit, alpha, EXIF)."""
+"""detectron2's DatasetMapper, reading images with dental_d2's reader (16-bit, alpha, EXIF) and
+taking RLE masks in a polygon-format config."""
 
 import copy
 
@@ -21,7 +22,9 @@ class DentalDatasetMapper(DatasetMapper):
     Behaves as detectron2's mapper (same config, augmentations and outputs), but grayscale,
     16-bit, RGBA and EXIF-rotated images load in training and evaluation, and an image whose
     decoded size differs from its dataset dict raises `DentalError` naming the file.
-    Build it as the parent: `DentalDatasetMapper(cfg, is_train=True)`.
+    With `INPUT.MASK_FORMAT polygon`, an image whose annotations include an RLE mask (as CVAT
+    and other tools export) gets bitmasks instead; detectron2's mask loss takes both, image by
+    image. Build it as the parent: `DentalDatasetMapper(cfg, is_train=True)`.
     """
 
     def load_image(self, dataset_dict: dict) -> np.ndarray:
@@ -91,3 +94,37 @@ class DentalDatasetMapper(DatasetMapper):
         if "annotations" in dataset_dict:
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+    def _transform_annotations(self, dataset_dict: dict, transforms, image_shape) -> None:
+        """Turns the dict's annotations into `instances`, as detectron2's mapper does.
+
+        Args:
+            dataset_dict (dict): the record; its `annotations` are replaced by `instances`.
+            transforms (TransformList): the augmentations applied to the image.
+            image_shape (tuple[int, int]): (height, width) of the augmented image.
+        """
+        annotations = [a for a in dataset_dict.pop("annotations") if a.get("iscrowd", 0) == 0]
+        for annotation in annotations:
+            if not self.use_instance_mask:
+                annotation.pop("segmentation", None)
+            if not self.use_keypoint:
+                annotation.pop("keypoints", None)
+        mask_format = self.instance_mask_format
+        # PolygonMasks cannot hold an RLE mask; BitMasks hold both polygons and RLE.
+        if mask_format == "polygon" and any(
+            isinstance(a.get("segmentation"), dict) for a in annotations
+        ):
+            mask_format = "bitmask"
+        annotations = [
+            utils.transform_instance_annotations(
+                a, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
+            )
+            for a in annotations
+        ]
+        instances = utils.annotations_to_instances(
+            annotations, image_shape, mask_format=mask_format
+        )
+        # Cropping can leave a box larger than its mask: recompute it, as detectron2 does.
+        if self.recompute_boxes:
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)
