@@ -13,6 +13,8 @@ import tempfile
 import cv2
 import numpy as np
 
+from .errors import DentalError
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", encoding: str | None = None):
@@ -93,3 +95,25 @@ def write_image(path, image_bgr: np.ndarray, params: tuple[int, ...] = ()) -> bo
         return False
     write_bytes(path, encoded.tobytes())
     return True
+
+
+def check_output_outside(output_dir, input_folders) -> None:
+    """Refuses an output folder that is one of the input folders or inside one.
+
+    Outputs named after their inputs (`photo.jpg` -> `photo.jpg`) would replace the originals
+    there, and outputs below an input folder would be read back as inputs by the next run.
+
+    Args:
+        output_dir (str | os.PathLike): where results are to be written.
+        input_folders (Iterable[str | os.PathLike]): the folders the inputs come from.
+
+    Raises:
+        DentalError: naming both folders.
+    """
+    output = os.path.realpath(output_dir)
+    for folder in sorted({os.path.realpath(f) for f in input_folders}):
+        if output == folder or output.startswith(folder.rstrip(os.sep) + os.sep):
+            raise DentalError(
+                f"--output {output_dir} is the input folder {folder} or inside it: results "
+                "would overwrite or mix with the photos; choose an output folder outside it"
+            )
