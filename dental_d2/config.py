@@ -1,6 +1,7 @@
 """Config keys that dental_d2 adds to detectron2's defaults."""
 
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 
@@ -83,8 +84,23 @@ def add_dental_config(cfg):
     cfg.DATASETS.VALIDATION = ()
 
 
+# yacs: "Type mismatch (<class 'float'> vs. <class 'str'>) with values (0.001 vs. fast) for
+# config key: SOLVER.BASE_LR"; a whole sub-config can stand for a value.
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(?:[\w.]*\.)?(\w+)'> vs\. <class '(?:[\w.]*\.)?(\w+)'>\) "
+    r"with values \((.*) vs\. (.*)\) for config key: (\S+)$",
+    re.DOTALL,
+)
+
+
 def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split()).strip("'\"")
+    message = " ".join(str(error).split()).strip("'\"")
+    mismatch = _TYPE_MISMATCH.match(message)
+    if mismatch:
+        expected, given, _, value, key = mismatch.groups()
+        value = value if len(value) <= 60 else value[:57] + "..."
+        return f"{key} must be of type {expected}, not {given} ({value})"
+    return message
 
 
 def _merge_file(cfg, config_file: str) -> None:
@@ -101,9 +117,17 @@ def _merge_file(cfg, config_file: str) -> None:
     except yaml.YAMLError as e:
         raise DentalError(f"{config_file}: not valid YAML ({_one_line(e)}); fix the file") from e
     except OSError as e:  # a missing or unreadable _BASE_
-        raise DentalError(f"{config_file}: cannot read a config it needs ({_one_line(e)})") from e
-    except (ValueError, TypeError, AssertionError) as e:
-        # yacs: a value of the wrong type ("Type mismatch ..."), or a file that is not a mapping.
+        raise DentalError(
+            f"{config_file}: cannot read {e.filename or 'a config it needs'} ({e.strerror or e}); "
+            "fix the path in _BASE_"
+        ) from e
+    except (TypeError, AttributeError) as e:
+        # fvcore looks for _BASE_ in, and merges, what the YAML holds: nothing, or a list.
+        raise DentalError(
+            f"{config_file}: holds no mapping of config keys (KEY: value lines); fix the file"
+        ) from e
+    except (ValueError, AssertionError) as e:
+        # yacs: a value of the wrong type ("Type mismatch ...").
         raise DentalError(f"{config_file}: {_one_line(e)}; fix the value in the file") from e
 
 
@@ -177,7 +201,6 @@ def build_config(config_file: str | None, opts: Sequence[str] = ()):
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError) as e:
         # yacs raises these for unknown keys and for values of the wrong type.
-        message = str(e).strip("'\"")
-        raise DentalError(f"bad config override: {message}") from e
+        raise DentalError(f"bad config override: {_one_line(e)}") from e
     check_config(cfg)
     return cfg

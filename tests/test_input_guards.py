@@ -137,7 +137,7 @@ def _write_config(path: Path, text: str) -> str:
     "body, opts, expected",
     [
         ("SOLVER:\n  BASE_LR: [0.1\n", [], "not valid YAML"),
-        ('SOLVER:\n  BASE_LR: "fast"\n', [], "Type mismatch"),
+        ('SOLVER:\n  BASE_LR: "fast"\n', [], "SOLVER.BASE_LR must be of type float, not str"),
         ("SOLVER: !!python/object/apply:os.getcwd []\n", [], "not valid YAML"),
         ("", ["SOLVER.CHECKPOINT_PERIOD", "0"], "SOLVER.CHECKPOINT_PERIOD is 0"),
         ("", ["SOLVER.CHECKPOINT_PERIOD", "-5"], "SOLVER.CHECKPOINT_PERIOD is -5"),
