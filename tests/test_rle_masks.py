@@ -10,11 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_tool
+from detectron2.config import get_cfg
+from detectron2.structures import BitMasks, PolygonMasks
 from pycocotools import mask as mask_util
 
 # The tiny training set-up of tests/test_train_net.py: the demo model at 128 px, no workers.
 from test_train_net import CONFIG, FAST, ROOT, TRAIN_NET
 
+from dental_d2 import add_dental_config
+from dental_d2.data import DentalDatasetMapper, load_roboflow_json
 from dental_d2.data.rle import rle_string_counts
 from dental_d2.data.synthetic import generate_synthetic_dataset
 
@@ -134,3 +138,19 @@ def test_rle_export_trains_and_evaluates(rle_export, tmp_path):
     # the valid split's RLE ground truth reached COCO evaluation
     metrics = json.loads((output / "eval" / "dental_valid" / "metrics.json").read_text())
     assert sum(v["num_gt"] for v in metrics["segm"]["per_class"].values()) > 0
+
+
+def test_mapper_gives_bitmasks_to_images_with_rle(make_export, coco):
+    # image 0: its Tooth as RLE, its Caries as a polygon; image 1: polygons only
+    coco["annotations"][0]["segmentation"] = to_rle(coco["annotations"][0], 48, 64, True)
+    root = make_export(coco=coco)
+    records = load_roboflow_json(root / "train" / "_annotations.coco.json")
+    cfg = get_cfg()
+    add_dental_config(cfg)
+    cfg.merge_from_list(["MODEL.MASK_ON", "True", "INPUT.MASK_FORMAT", "polygon"])
+    cfg.merge_from_list(["INPUT.MIN_SIZE_TRAIN", "(48,)", "INPUT.RANDOM_FLIP", "none"])
+    mapper = DentalDatasetMapper(cfg, is_train=True)
+    mixed, plain = mapper(records[0])["instances"], mapper(records[1])["instances"]
+    assert isinstance(mixed.gt_masks, BitMasks) and isinstance(plain.gt_masks, PolygonMasks)
+    # the RLE square (36x36) and the polygon square (10x12), at the image's own size
+    assert mixed.gt_masks.tensor.sum(dim=(1, 2)).tolist() == [36 * 36, 10 * 12]
