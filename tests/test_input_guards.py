@@ -14,8 +14,10 @@ from conftest import load_tool, write_split
 from matplotlib.text import Text
 from PIL import Image
 
+from dental_d2 import DentalError
 from dental_d2.data.image_io import MAX_IMAGE_PIXELS
 from dental_d2.evaluation.plots import plain_text
+from dental_d2.file_io import check_output_outside
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml"
@@ -41,20 +43,31 @@ def train_net(monkeypatch):
 # tools/visualize.py
 
 
-@pytest.mark.parametrize("inside", [False, True], ids=["same-folder", "subfolder"])
-def test_visualize_refuses_output_among_the_photos(monkeypatch, tmp_path, capsys, inside):
+@pytest.mark.parametrize(
+    "given, output",
+    [("a.jpg", "."), ("", "."), ("", "vis")],
+    ids=["photo-folder", "input-folder", "inside-input-folder"],
+)
+def test_visualize_refuses_output_among_the_photos(monkeypatch, tmp_path, capsys, given, output):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(photos / "a.jpg")
     original = (photos / "a.jpg").read_bytes()
-    output = photos / "vis" if inside else photos
+    output = photos / output
     visualize = load_tool("visualize", monkeypatch)
-    argv = ["--config-file", str(CONFIG), "--input", str(photos / "a.jpg"), "--output"]
-    assert visualize.main([*argv, str(output), "MODEL.WEIGHTS", ""]) == 1
+    argv = ["--config-file", str(CONFIG), "--input", str(photos / given), "--output", str(output)]
+    assert visualize.main([*argv, "MODEL.WEIGHTS", ""]) == 1
     line = one_error_line(capsys)
-    assert f"--output {output} is the input folder" in line, line
+    assert f"--output {output} is the input folder {photos}" in line, line
     assert (photos / "a.jpg").read_bytes() == original
     assert sorted(p.name for p in photos.iterdir()) == ["a.jpg"]
+
+
+def test_output_below_a_single_photos_folder_is_allowed(tmp_path):
+    # `--input a.jpg --output vis` run beside the photo: nothing is overwritten or read back.
+    check_output_outside(tmp_path / "vis", [], [tmp_path / "a.jpg"])
+    with pytest.raises(DentalError, match="is the input folder"):
+        check_output_outside(tmp_path / "vis", [tmp_path], [tmp_path / "a.jpg"])
 
 
 # tools/check_dataset.py on broken exports

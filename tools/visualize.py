@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         if args.input:
             images, failures = collect_images(args.input)
             folders = [p for p in args.input if os.path.isdir(p)]
-            check_output_outside(args.output, folders + [os.path.dirname(p) for p in images])
+            check_output_outside(args.output, folders, images)
             predictor = Predictor(
                 args.config_file, opts=args.opts, confidence_threshold=args.confidence_threshold
             )
