@@ -29,6 +29,7 @@ PROJECT_REQUIREMENTS = [
     "matplotlib",
     "tqdm>4.29.0",
     "tensorboard",
+    "PyYAML",
     # headless: servers have no libGL
     "opencv-python-headless",
 ]

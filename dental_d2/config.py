@@ -1,8 +1,11 @@
 """Config keys that dental_d2 adds to detectron2's defaults."""
 
 import os
+import re
+import tempfile
 from collections.abc import Sequence
 
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -86,6 +89,99 @@ def add_dental_config(cfg):
     cfg.DATASETS.VALIDATION = ()
 
 
+# yacs: "Type mismatch (<class 'float'> vs. <class 'str'>) with values (0.001 vs. fast) for
+# config key: SOLVER.BASE_LR"; a whole sub-config can stand for a value.
+_TYPE_MISMATCH = re.compile(
+    r"Type mismatch \(<class '(?:[\w.]*\.)?(\w+)'> vs\. <class '(?:[\w.]*\.)?(\w+)'>\) "
+    r"with values \((.*) vs\. (.*)\) for config key: (\S+)$",
+    re.DOTALL,
+)
+
+
+def _one_line(error: Exception) -> str:
+    message = " ".join(str(error).split()).strip("'\"")
+    mismatch = _TYPE_MISMATCH.match(message)
+    if mismatch:
+        expected, given, _, value, key = mismatch.groups()
+        value = value if len(value) <= 60 else value[:57] + "..."
+        return f"{key} must be of type {expected}, not {given} ({value})"
+    return message
+
+
+def _merge_file(cfg, config_file: str) -> None:
+    if not os.path.isfile(config_file):
+        raise DentalError(f"{config_file}: config file not found; pass --config-file PATH.yaml")
+    try:
+        # Plain YAML only: a config file never gets to build Python objects (run code).
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except KeyError as e:
+        raise DentalError(
+            f"{config_file}: unknown config key {e}; see dental_d2/config.py and detectron2's "
+            "config/defaults.py for the keys"
+        ) from e
+    except yaml.YAMLError as e:
+        raise DentalError(f"{config_file}: not valid YAML ({_one_line(e)}); fix the file") from e
+    except OSError as e:  # a missing or unreadable _BASE_
+        raise DentalError(
+            f"{config_file}: cannot read {e.filename or 'a config it needs'} ({e.strerror or e}); "
+            "fix the path in _BASE_"
+        ) from e
+    except (TypeError, AttributeError) as e:
+        # fvcore looks for _BASE_ in, and merges, what the YAML holds: nothing, or a list.
+        raise DentalError(
+            f"{config_file}: holds no mapping of config keys (KEY: value lines); fix the file"
+        ) from e
+    except (ValueError, AssertionError) as e:
+        # yacs: a value of the wrong type ("Type mismatch ...").
+        raise DentalError(f"{config_file}: {_one_line(e)}; fix the value in the file") from e
+
+
+def check_config(cfg) -> None:
+    """Refuses values that would only fail later, mid-run.
+
+    Args:
+        cfg (CfgNode): a config with the dental keys.
+
+    Raises:
+        DentalError: the key at fault, its value and what it may be.
+    """
+    if cfg.SOLVER.CHECKPOINT_PERIOD <= 0:
+        raise DentalError(
+            f"SOLVER.CHECKPOINT_PERIOD is {cfg.SOLVER.CHECKPOINT_PERIOD}; it must be a positive "
+            "number of iterations (set it above SOLVER.MAX_ITER for no periodic checkpoints)"
+        )
+    for key, node in (
+        ("SOLVER.EARLY_STOPPING.MODE", cfg.SOLVER.EARLY_STOPPING),
+        ("SOLVER.PLATEAU.MODE", cfg.SOLVER.PLATEAU),
+    ):
+        if node.MODE not in ("min", "max"):
+            raise DentalError(
+                f"{key} is {node.MODE!r}; use 'min' (lower is better, as a loss) or 'max' "
+                "(higher is better, as an AP)"
+            )
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Creates `output_dir` if needed and checks that a file can be written in it.
+
+    Args:
+        output_dir (str): the run's OUTPUT_DIR.
+
+    Raises:
+        DentalError: it cannot be created or written to.
+    """
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise DentalError(
+            f"OUTPUT_DIR {output_dir}: cannot write there ({reason}); set OUTPUT_DIR to a "
+            "writable folder"
+        ) from e
+
+
 def build_config(config_file: str | None, opts: Sequence[str] = ()):
     """Returns an unfrozen config built in detectron2's order: defaults, dental keys, file, opts.
 
@@ -94,20 +190,13 @@ def build_config(config_file: str | None, opts: Sequence[str] = ()):
         opts (Sequence[str]): trailing KEY VALUE overrides, as on detectron2's command lines.
 
     Raises:
-        DentalError: when the config file does not exist or a key is unknown.
+        DentalError: when the config file does not exist, is not valid YAML, has a key that is
+            unknown or a value of the wrong type, or `check_config` refuses a value.
     """
     cfg = get_cfg()
     add_dental_config(cfg)
     if config_file:
-        if not os.path.isfile(config_file):
-            raise DentalError(f"{config_file}: config file not found; pass --config-file PATH.yaml")
-        try:
-            cfg.merge_from_file(config_file)
-        except KeyError as e:
-            raise DentalError(
-                f"{config_file}: unknown config key {e}; see dental_d2/config.py and detectron2's "
-                "config/defaults.py for the keys"
-            ) from e
+        _merge_file(cfg, config_file)
     opts = list(opts)
     if len(opts) % 2:
         raise DentalError(
@@ -117,6 +206,6 @@ def build_config(config_file: str | None, opts: Sequence[str] = ()):
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError) as e:
         # yacs raises these for unknown keys and for values of the wrong type.
-        message = str(e).strip("'\"")
-        raise DentalError(f"bad config override: {message}") from e
+        raise DentalError(f"bad config override: {_one_line(e)}") from e
+    check_config(cfg)
     return cfg

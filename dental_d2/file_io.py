@@ -13,6 +13,8 @@ import tempfile
 import cv2
 import numpy as np
 
+from .errors import DentalError
+
 
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", encoding: str | None = None):
@@ -93,3 +95,29 @@ def write_image(path, image_bgr: np.ndarray, params: tuple[int, ...] = ()) -> bo
         return False
     write_bytes(path, encoded.tobytes())
     return True
+
+
+def check_output_outside(output_dir, input_folders, image_files=()) -> None:
+    """Refuses an output folder that is an input folder, inside one, or an image's own folder.
+
+    Outputs named after their inputs (`photo.jpg` -> `photo.jpg`) would replace the originals
+    there, and outputs below an input folder would mix with the photos.
+
+    Args:
+        output_dir (str | os.PathLike): where results are to be written.
+        input_folders (Iterable[str | os.PathLike]): folders given as inputs.
+        image_files (Iterable[str | os.PathLike]): images given one by one (or by a pattern).
+
+    Raises:
+        DentalError: naming both folders.
+    """
+    output = os.path.realpath(output_dir)
+    folders = {os.path.realpath(f) for f in input_folders}
+    own_folders = {os.path.dirname(os.path.realpath(f)) for f in image_files}
+    for folder in sorted(folders | own_folders):
+        inside = folder in folders and output.startswith(folder.rstrip(os.sep) + os.sep)
+        if output == folder or inside:
+            raise DentalError(
+                f"--output {output_dir} is the input folder {folder} or inside it: results "
+                "would overwrite or mix with the photos; choose an output folder outside it"
+            )

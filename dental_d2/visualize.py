@@ -22,6 +22,7 @@ from tqdm import tqdm
 from .data import read_image, register_from_config
 from .data.categories import thing_colors
 from .errors import DentalError
+from .evaluation.plots import plain_text
 from .file_io import write_image, write_json
 from .findings import Findings, findings_from_instances, findings_to_dict, summarize
 
@@ -82,7 +83,7 @@ def draw_instances(
     if len(instances):
         classes = instances.get(f"{prefix}_classes").tolist()
         names = metadata.thing_classes
-        labels = [names[c] for c in classes]
+        labels = [plain_text(names[c]) for c in classes]
         if findings is not None:
             for tooth in findings.teeth:
                 labels[tooth.index] += f" {tooth.number}"
@@ -123,7 +124,9 @@ def summary_band(text: str, width: int, font_size: float) -> np.ndarray:
     line_height = font_size * matplotlib.rcParams["figure.dpi"] / 72
     height = int(np.ceil(line_height * 1.5)) + 4
     band = Visualizer(np.zeros((height, width, 3), dtype=np.uint8))
-    band.draw_text(text, (4, 2), font_size=font_size, color="white", horizontal_alignment="left")
+    band.draw_text(
+        plain_text(text), (4, 2), font_size=font_size, color="white", horizontal_alignment="left"
+    )
     artist = band.output.ax.texts[-1]
     artist.set_bbox(None)  # the band itself is the background
     text_width = artist.get_window_extent(renderer=band.output.canvas.get_renderer()).width

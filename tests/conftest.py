@@ -1,5 +1,6 @@
 """Shared fixtures: tiny Roboflow-style exports written to tmp_path, and the shared real export."""
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TOOLS = REPO_ROOT / "tools"
 # A real Roboflow "COCO Segmentation" export (see ../shared/README.md).
 CALCULUS_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "calculus-segment-v10"
 ANNOTATION_FILE = "_annotations.coco.json"
@@ -88,3 +90,17 @@ def calculus_root() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return CALCULUS_ROOT
+
+
+def load_tool(name: str, monkeypatch):
+    """tools/<name>.py as a fresh module, for calling its `main(argv)` in-process.
+
+    Its `setup_logger` is made a no-op: a handler bound to one test's captured stderr would be
+    closed in later tests.
+    """
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if hasattr(module, "setup_logger"):
+        monkeypatch.setattr(module, "setup_logger", lambda **kwargs: None)
+    return module

@@ -1,11 +1,11 @@
 """Tests of tools/check_dataset.py and dental_d2.data.check on good and broken exports."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_tool
 
 from dental_d2.data.check import check_dataset, format_report
 
@@ -16,12 +16,7 @@ TOOL = REPO_ROOT / "tools" / "check_dataset.py"
 @pytest.fixture
 def tool(monkeypatch):
     """The tool's module, run in-process by calling `main(argv)`."""
-    spec = importlib.util.spec_from_file_location("check_dataset_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    # setup_logger would bind a handler to this test's captured stderr, closed in later tests.
-    monkeypatch.setattr(module, "setup_logger", lambda **kwargs: None)
-    return module
+    return load_tool("check_dataset", monkeypatch)
 
 
 def test_report_counts(make_export, coco):

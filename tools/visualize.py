@@ -19,6 +19,7 @@ from detectron2.utils.logger import setup_logger
 
 from dental_d2 import DentalError
 from dental_d2.config import build_config
+from dental_d2.file_io import check_output_outside
 from dental_d2.predictor import Predictor
 from dental_d2.visualize import collect_images, predict_images, render_saved_predictions
 
@@ -72,6 +73,8 @@ def main(argv=None) -> int:
     try:
         if args.input:
             images, failures = collect_images(args.input)
+            folders = [p for p in args.input if os.path.isdir(p)]
+            check_output_outside(args.output, folders, images)
             predictor = Predictor(
                 args.config_file, opts=args.opts, confidence_threshold=args.confidence_threshold
             )

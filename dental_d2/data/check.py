@@ -36,6 +36,7 @@ class SplitReport:
         class_counts (dict[str, tuple[int, int]]): class -> (annotations, images with one).
         num_empty_images (int): images without annotations (negatives).
         image_sizes (Counter): (height, width) -> number of images.
+        mask_kinds (Counter): "polygon" and "RLE" -> number of annotations with such a mask.
         repairs (list[str]): one line per kind of repair made.
     """
 
@@ -47,6 +48,7 @@ class SplitReport:
     class_counts: dict = field(default_factory=dict)
     num_empty_images: int = 0
     image_sizes: Counter = field(default_factory=Counter)
+    mask_kinds: Counter = field(default_factory=Counter)
     repairs: list = field(default_factory=list)
 
 
@@ -67,12 +69,15 @@ def check_dataset(root, name: str = "dental") -> list[SplitReport]:
     for split, dataset_name in register_dental_splits(root, name).items():
         metadata = MetadataCatalog.get(dataset_name)
         loaded = load_roboflow_split(metadata.roboflow_json, metadata.image_root)
-        annotations = Counter()
-        images_with = Counter()
+        annotations, images_with, mask_kinds = Counter(), Counter(), Counter()
         for record in loaded.dataset_dicts:
             ids = [a["category_id"] for a in record["annotations"]]
             annotations.update(ids)
             images_with.update(set(ids))
+            mask_kinds.update(
+                "RLE" if isinstance(a["segmentation"], dict) else "polygon"
+                for a in record["annotations"]
+            )
         reports.append(
             SplitReport(
                 split=split,
@@ -86,6 +91,7 @@ def check_dataset(root, name: str = "dental") -> list[SplitReport]:
                 },
                 num_empty_images=sum(1 for d in loaded.dataset_dicts if not d["annotations"]),
                 image_sizes=Counter((d["height"], d["width"]) for d in loaded.dataset_dicts),
+                mask_kinds=mask_kinds,
                 repairs=list(loaded.repairs),
             )
         )
@@ -112,11 +118,16 @@ def format_report(report: SplitReport) -> str:
     rows = [[name, n, images] for name, (n, images) in report.class_counts.items()]
     table = tabulate(rows, headers=["class", "annotations", "images"], tablefmt="pipe")
     problems = report.repairs or ["none"]
+    masks = f"masks: {report.mask_kinds['polygon']} polygon, {report.mask_kinds['RLE']} RLE"
+    if report.mask_kinds["RLE"]:
+        # DentalDatasetMapper gives such images bitmasks (PolygonMasks cannot hold RLE).
+        masks += " (trained as bitmasks)"
     lines = [
         f"{report.split} ({report.dataset_name}, {short_name(report.json_file)}): "
         f"{report.num_images} images, {report.num_annotations} annotations, "
         f"{report.num_empty_images} images without annotations",
         f"image sizes (HxW): {_format_sizes(report.image_sizes)}",
+        masks,
         table,
         "repaired: " + "; ".join(problems),
     ]

@@ -5,7 +5,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DentalError
 
-__all__ = ["read_image", "image_size", "to_uint8"]
+__all__ = ["MAX_IMAGE_PIXELS", "read_image", "image_size", "to_uint8"]
+
+# Larger images are refused before they are decoded: a 45-megapixel camera photo or a full
+# panoramic radiograph is far below, while a "decompression bomb" (a small file that decodes to
+# gigabytes) is above. Below PIL's own limit, so PIL's warning never fires first.
+MAX_IMAGE_PIXELS = 64_000_000
 
 # EXIF tag 0x0112 'Orientation'; values 5-8 swap width and height.
 _EXIF_ORIENTATION = 0x0112
@@ -25,17 +30,31 @@ def _exif_orientation(image: Image.Image) -> int:
         return 1
 
 
+def _too_large(path, pixels: str) -> DentalError:
+    return DentalError(
+        f"{path}: image has {pixels} pixels, more than {MAX_IMAGE_PIXELS:,} (a decompression bomb "
+        "or a needlessly large scan); downscale it or remove it"
+    )
+
+
 def _open(path) -> Image.Image:
     try:
-        return Image.open(path)
+        image = Image.open(path)
     except FileNotFoundError as e:
         raise DentalError(
             f"{path}: image file not found; restore it or remove it from the annotation JSON"
         ) from e
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, "too many") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DentalError(
             f"{path}: not a readable image ({_one_line(e)}); replace the file or re-export it"
         ) from e
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise _too_large(path, f"{width}x{height} (WxH)")
+    return image
 
 
 def _one_line(error: Exception) -> str:

@@ -1,6 +1,8 @@
-"""detectron2's DatasetMapper, reading images with dental_d2's reader (16-bit, alpha, EXIF)."""
+"""detectron2's DatasetMapper, reading images with dental_d2's reader (16-bit, alpha, EXIF) and
+taking RLE masks in a polygon-format config."""
 
 import copy
+import signal
 
 import numpy as np
 import torch
@@ -14,6 +16,24 @@ from .image_io import read_image
 
 __all__ = ["DentalDatasetMapper"]
 
+# Set in a data-loader worker once it ignores the stop signals.
+_worker_ignores_stop_signals = False
+
+
+def _ignore_stop_signals_in_worker():
+    """In a DataLoader worker, ignores SIGTERM and SIGINT.
+
+    A scheduler signals every process of a job and Ctrl-C the whole terminal group; torch's
+    workers would die of it, and the main process's loader would fail before the trainer could
+    save its checkpoint. The main process decides when to stop, then shuts its workers down.
+    """
+    global _worker_ignores_stop_signals
+    if _worker_ignores_stop_signals or torch.utils.data.get_worker_info() is None:
+        return
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signal_number, signal.SIG_IGN)
+    _worker_ignores_stop_signals = True
+
 
 class DentalDatasetMapper(DatasetMapper):
     """A `DatasetMapper` that reads images with `dental_d2.data.read_image`.
@@ -21,7 +41,9 @@ class DentalDatasetMapper(DatasetMapper):
     Behaves as detectron2's mapper (same config, augmentations and outputs), but grayscale,
     16-bit, RGBA and EXIF-rotated images load in training and evaluation, and an image whose
     decoded size differs from its dataset dict raises `DentalError` naming the file.
-    Build it as the parent: `DentalDatasetMapper(cfg, is_train=True)`.
+    With `INPUT.MASK_FORMAT polygon`, an image whose annotations include an RLE mask (as CVAT
+    and other tools export) gets bitmasks instead; detectron2's mask loss takes both, image by
+    image. Build it as the parent: `DentalDatasetMapper(cfg, is_train=True)`.
     """
 
     def load_image(self, dataset_dict: dict) -> np.ndarray:
@@ -65,6 +87,7 @@ class DentalDatasetMapper(DatasetMapper):
         Returns:
             dict: the input format of detectron2's built-in models.
         """
+        _ignore_stop_signals_in_worker()
         dataset_dict = copy.deepcopy(dataset_dict)  # modified below
         image = self.load_image(dataset_dict)
         sem_seg_gt = None
@@ -91,3 +114,37 @@ class DentalDatasetMapper(DatasetMapper):
         if "annotations" in dataset_dict:
             self._transform_annotations(dataset_dict, transforms, image_shape)
         return dataset_dict
+
+    def _transform_annotations(self, dataset_dict: dict, transforms, image_shape) -> None:
+        """Turns the dict's annotations into `instances`, as detectron2's mapper does.
+
+        Args:
+            dataset_dict (dict): the record; its `annotations` are replaced by `instances`.
+            transforms (TransformList): the augmentations applied to the image.
+            image_shape (tuple[int, int]): (height, width) of the augmented image.
+        """
+        annotations = [a for a in dataset_dict.pop("annotations") if a.get("iscrowd", 0) == 0]
+        for annotation in annotations:
+            if not self.use_instance_mask:
+                annotation.pop("segmentation", None)
+            if not self.use_keypoint:
+                annotation.pop("keypoints", None)
+        mask_format = self.instance_mask_format
+        # PolygonMasks cannot hold an RLE mask; BitMasks hold both polygons and RLE.
+        if mask_format == "polygon" and any(
+            isinstance(a.get("segmentation"), dict) for a in annotations
+        ):
+            mask_format = "bitmask"
+        annotations = [
+            utils.transform_instance_annotations(
+                a, transforms, image_shape, keypoint_hflip_indices=self.keypoint_hflip_indices
+            )
+            for a in annotations
+        ]
+        instances = utils.annotations_to_instances(
+            annotations, image_shape, mask_format=mask_format
+        )
+        # Cropping can leave a box larger than its mask: recompute it, as detectron2 does.
+        if self.recompute_boxes:
+            instances.gt_boxes = instances.gt_masks.get_bounding_boxes()
+        dataset_dict["instances"] = utils.filter_empty_instances(instances)

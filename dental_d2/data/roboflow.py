@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..errors import DentalError
 from .categories import contiguous_id_map, thing_categories
 from .image_io import decode_check
+from .rle import check_rle
 
 __all__ = [
     "ANNOTATION_FILE",
@@ -61,6 +62,9 @@ _REPAIR_ORDER = (
 _CLIP_TOLERANCE = 1e-3
 # At most this many ids are listed in one repair line.
 _MAX_LISTED_IDS = 10
+# A polygon point farther outside its image than this share of the image's width or height is
+# not a rounding slip (those boxes are clipped) but coordinates meant for another image.
+_FAR_OUTSIDE = 0.1
 
 
 @dataclass
@@ -170,6 +174,20 @@ def _annotated_category_ids(coco: dict) -> set:
     }
 
 
+def _thing_categories(coco: dict, json_file) -> list[dict]:
+    categories = thing_categories(coco["categories"], _annotated_category_ids(coco))
+    ids_by_name = {}
+    for category in categories:
+        ids_by_name.setdefault(category["name"], []).append(category["id"])
+    for name, ids in ids_by_name.items():
+        if len(ids) > 1:
+            raise DentalError(
+                f"{json_file}: class name {name!r} is used by category ids "
+                f"{', '.join(str(i) for i in ids)}; merge or rename them in Roboflow and re-export"
+            )
+    return categories
+
+
 def read_thing_categories(json_file) -> list[dict]:
     """Returns the real classes of a COCO file (Roboflow's superclass dropped), by id.
 
@@ -177,10 +195,9 @@ def read_thing_categories(json_file) -> list[dict]:
         json_file (str or os.PathLike): the annotation file.
 
     Raises:
-        DentalError: see `read_coco_json`.
+        DentalError: see `read_coco_json`; also two classes with the same name.
     """
-    coco = read_coco_json(json_file)
-    return thing_categories(coco["categories"], _annotated_category_ids(coco))
+    return _thing_categories(read_coco_json(json_file), json_file)
 
 
 def _format_ids(ids: list) -> str:
@@ -188,6 +205,17 @@ def _format_ids(ids: list) -> str:
     if len(ids) > _MAX_LISTED_IDS:
         listed += f" and {len(ids) - _MAX_LISTED_IDS} more"
     return listed
+
+
+def _check_file_name(file_name: str, where: str) -> None:
+    # An annotation file must not make the tools read (or overwrite beside) files outside the
+    # export: only relative paths that stay inside the split's folder are accepted.
+    normalized = os.path.normpath(file_name.replace("\\", "/"))
+    if os.path.isabs(normalized) or normalized == ".." or normalized.startswith("../"):
+        raise DentalError(
+            f"{where} has file_name {file_name!r}, which leaves the split's folder; file names "
+            "must be relative paths inside it: fix the record or re-export"
+        )
 
 
 def _index_images(coco: dict, json_file) -> dict:
@@ -207,6 +235,7 @@ def _index_images(coco: dict, json_file) -> dict:
             raise DentalError(
                 f"{json_file}: image id {image_id} has no 'file_name'; fix the record or re-export"
             )
+        _check_file_name(image["file_name"], f"{json_file}: image id {image_id}")
         for key in ("height", "width"):
             value = image.get(key)
             if not _is_number(value) or value <= 0 or int(value) != value:
@@ -218,7 +247,7 @@ def _index_images(coco: dict, json_file) -> dict:
     return images
 
 
-def _check_polygons(segmentation: list, where: str) -> list[list[float]]:
+def _check_polygons(segmentation: list, image: dict, where: str) -> list[list[float]]:
     # Some tools write one polygon as a flat list instead of a list of polygons.
     if segmentation and all(not isinstance(v, list) for v in segmentation):
         segmentation = [segmentation]
@@ -241,25 +270,22 @@ def _check_polygons(segmentation: list, where: str) -> list[list[float]]:
                 "or delete the annotation"
             )
         polygons.append([float(v) for v in polygon])
+    _check_inside(polygons, image, where)
     return polygons
 
 
-def _check_rle(segmentation: dict, image: dict, where: str) -> dict:
-    size = segmentation.get("size")
-    if "counts" not in segmentation or not isinstance(size, list) or len(size) != 2:
-        raise DentalError(
-            f"{where} has an RLE segmentation without 'counts' and 'size'; fix or delete the "
-            "annotation"
-        )
-    if list(size) != [image["height"], image["width"]]:
-        raise DentalError(
-            f"{where} has an RLE mask of size {size} but its image is "
-            f"{[image['height'], image['width']]} (HxW); fix or delete the annotation"
-        )
-    if isinstance(segmentation["counts"], list):
-        # Uncompressed RLE: compress it so detectron2 can decode it like the rest.
-        segmentation = mask_util.frPyObjects(segmentation, *size)
-    return segmentation
+def _check_inside(polygons: list[list[float]], image: dict, where: str) -> None:
+    width, height = image["width"], image["height"]
+    margin_x, margin_y = _FAR_OUTSIDE * width, _FAR_OUTSIDE * height
+    for polygon in polygons:
+        for x, y in zip(polygon[0::2], polygon[1::2]):
+            if -margin_x <= x <= width + margin_x and -margin_y <= y <= height + margin_y:
+                continue
+            raise DentalError(
+                f"{where} has the polygon point ({x:g}, {y:g}) far outside its {width}x{height} "
+                f"(WxH) image; were the coordinates drawn on another image size? Fix or delete "
+                "the annotation"
+            )
 
 
 def _box_from_segmentation(segmentation) -> list[float]:
@@ -314,9 +340,9 @@ def _convert_annotations(coco: dict, images: dict, id_map: dict, json_file, repa
 
         segmentation = anno.get("segmentation")
         if isinstance(segmentation, dict):
-            segmentation = _check_rle(segmentation, image, where)
+            segmentation = check_rle(segmentation, image["height"], image["width"], where)
         elif isinstance(segmentation, list) and segmentation:
-            polygons = _check_polygons(segmentation, where)
+            polygons = _check_polygons(segmentation, image, where)
             kept = [p for p in polygons if len(p) >= 6]
             if len(kept) < len(polygons):
                 if kept:
@@ -447,7 +473,7 @@ def load_roboflow_split(json_file, image_root=None, check_images: bool = True) -
         return _CACHE[key]
 
     coco = read_coco_json(json_file)
-    categories = thing_categories(coco["categories"], _annotated_category_ids(coco))
+    categories = _thing_categories(coco, json_file)
     id_map = contiguous_id_map(categories)
     images = _index_images(coco, json_file)
     repairs = {kind: [] for kind in _REPAIR_ORDER}

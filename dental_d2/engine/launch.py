@@ -15,7 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import DentalCheckpointer, read_class_names
-from ..config import build_config
+from ..config import build_config, check_output_dir
 from ..data import check_num_classes, register_from_config
 from ..errors import DentalError
 from .hooks import BestCheckpointer
@@ -98,6 +98,7 @@ def prepare_dental_config(cfg, eval_only: bool = False):
 def setup(args):
     """Builds the frozen config in detectron2's order, registering the data on the way."""
     cfg = build_config(args.config_file, args.opts)
+    check_output_dir(cfg.OUTPUT_DIR)
     # The package logs under "dental_d2"; set it up first so registration messages are kept.
     setup_logger(
         cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dental_d2", abbrev_name="dental"

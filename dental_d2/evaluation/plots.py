@@ -8,6 +8,20 @@ from matplotlib.figure import Figure
 
 from .metrics import DetectionMetrics
 
+__all__ = ["plain_text", "plot_confusion_matrix", "plot_pr_curves"]
+
+
+def plain_text(text: str) -> str:
+    """Escapes `$` so matplotlib draws a class name as written, not as mathtext.
+
+    Between two `$` matplotlib renders TeX-like math: "$5 fee$" loses its space and "x^$" fails
+    to draw at all.
+
+    Args:
+        text (str): a label, e.g. a class name.
+    """
+    return text.replace("$", r"\$")
+
 
 def _png_bytes(figure: Figure) -> bytes:
     # An explicit Agg canvas instead of pyplot: no global backend switch, no figure left open.
@@ -28,7 +42,7 @@ def plot_pr_curves(metrics: DetectionMetrics) -> bytes:
     """
     figure = Figure(figsize=(6.4, 5.2))
     axes = figure.add_subplot()
-    for k, name in enumerate(metrics.class_names):
+    for k, name in enumerate(map(plain_text, metrics.class_names)):
         thresholds, precision, recall = metrics.pr_curves[k]
         if not len(thresholds):
             axes.plot([], [], label=f"{name} (no predictions)")
@@ -74,7 +88,7 @@ def plot_confusion_matrix(metrics: DetectionMetrics) -> bytes:
         metrics (DetectionMetrics): the metrics of one task.
     """
     counts = metrics.confusion
-    labels = metrics.confusion_labels
+    labels = [plain_text(label) for label in metrics.confusion_labels]
     totals = counts.sum(axis=1, keepdims=True)
     shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
     size = 2.2 + 0.75 * len(labels)

@@ -19,7 +19,7 @@ from ..data.image_io import read_image
 from ..errors import DentalError
 from ..file_io import atomic_write, write_bytes, write_json
 from .metrics import DetectionMetrics
-from .plots import plot_confusion_matrix, plot_pr_curves
+from .plots import plain_text, plot_confusion_matrix, plot_pr_curves
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,10 @@ def _draw(image: np.ndarray, instances: list[tuple], coco_gt: COCO, iou_type: st
     boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
     masks = [coco_gt.annToRLE(a) for a in annotations] if iou_type == "segm" else None
     return visualizer.overlay_instances(
-        boxes=boxes, labels=list(labels), masks=masks, assigned_colors=list(colors)
+        boxes=boxes,
+        labels=[plain_text(label) for label in labels],
+        masks=masks,
+        assigned_colors=list(colors),
     ).get_image()
 
 
@@ -287,7 +290,7 @@ def _task_section(task: str, evaluation: TaskEvaluation, pngs: dict[str, bytes])
     )
     rows = []
     for name, v in evaluation.per_class().items():
-        cells = [html.escape(name), v["num_gt"], v["tp"], v["fp"], v["fn"]]
+        cells = [name, v["num_gt"], v["tp"], v["fp"], v["fn"]]
         cells += [v["precision"], v["recall"], v["f1"], v["AP"], v["AP50"]]
         cells.append(v["best_f1_threshold"])
         rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
@@ -297,7 +300,7 @@ def _task_section(task: str, evaluation: TaskEvaluation, pngs: dict[str, bytes])
     total += [coco.get("AP"), coco.get("AP50"), None]
     rows.append('<tr class="total">' + "".join(f"<td>{_fmt(c)}</td>" for c in total) + "</tr>")
     coco_cells = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{_fmt(v, 2)}</td></tr>"
+        f"<tr><td>{_fmt(k)}</td><td>{_fmt(v, 2)}</td></tr>"
         for k, v in coco.items()
         if not k.startswith("AP-")
     )
