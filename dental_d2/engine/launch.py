@@ -116,7 +116,7 @@ def _load_weights(cfg, model, path: str, resume: bool = False):
         ).resume_or_load(path, resume=resume)
 
 
-def test_chosen_model(cfg, trainer):
+def score_chosen_model(cfg, trainer):
     """Scores DATASETS.TEST with the weights validation chose, as the reference notebooks
     restored their best weights: `model_best.pth` when it exists, else the final model.
 
@@ -177,7 +177,7 @@ def main(args):
         logger.info(f"Checkpoints are in {cfg.OUTPUT_DIR} (model_final.pth, model_best.pth)")
     if not cfg.DATASETS.TEST:
         return None
-    return test_chosen_model(cfg, trainer)
+    return score_chosen_model(cfg, trainer)
 
 
 def argument_parser():
