@@ -177,7 +177,7 @@ def test_sigkill_at_random_moments_always_resumes(export, tmp_path):
     output = tmp_path / "killed"
     opts = [
         *FAST, "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output),
-        "SOLVER.MAX_ITER", "30", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "4",
+        "SOLVER.MAX_ITER", "24", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "6",
         # Plateau cuts and the best checkpoint still count evaluations across the kills, but
         # no early stop: the run must reach its last iteration.
         "SOLVER.EARLY_STOPPING.ENABLED", "False",
@@ -187,18 +187,23 @@ def test_sigkill_at_random_moments_always_resumes(export, tmp_path):
     for attempt in range(3):
         command = _command(INSTANT, *(["--resume"] if attempt else []), *opts)
         before = tag.read_text() if tag.exists() else None
-        process = _start(command, tmp_path / f"run{attempt}.log")
+        log_path = tmp_path / f"run{attempt}.log"
+        process = _start(command, log_path)
         _wait_for(lambda before=before: tag.exists() and tag.read_text() != before, process)
         time.sleep(rng.uniform(0.0, 2.0))  # somewhere in a step, an evaluation or a save
         process.kill()
         process.wait()
         assert not (output / "model_final.pth").exists(), "the run ended before the kill"
         _checkpoints_all_load(output)
+        # each run went on from the checkpoint the one before it had named
+        start = int(before.removeprefix("model_").removesuffix(".pth")) + 1 if before else 0
+        assert f"Starting training from iteration {start}\n" in log_path.read_text()
+    start = int(tag.read_text().removeprefix("model_").removesuffix(".pth")) + 1
     result = _run(_command(INSTANT, "--resume", *opts))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Starting training from iteration {start}\n" in result.stdout + result.stderr
     final = torch.load(output / "model_final.pth", map_location="cpu", weights_only=True)
-    assert final["iteration"] == 29
-    assert "Starting training from iteration" in result.stdout + result.stderr
+    assert final["iteration"] == 23
     assert not list(output.glob(".*.tmp")), "temporary files of killed saves are cleaned up"
 
 
