@@ -185,6 +185,7 @@ def strict_client(predictor):
         ("truncated", 400, "photo.jpg: image is corrupt or truncated"),
         ("empty", 400, "photo.jpg: the file is empty"),
         ("too large", 413, "over the limit of 0.1 MB"),
+        ("too large for its header", 413, "over the limit of 0.1 MB"),
         ("bomb", 413, "photo.jpg: 2000x2000 is 4.0 megapixels, over the limit of 1.0"),
         ("huge bomb", 413, "photo.jpg: refused as a decompression bomb"),
         ("wrong field", 422, "no image in multipart field 'file' (fields received: 'image')"),
@@ -202,6 +203,8 @@ def test_bad_input_is_a_one_line_4xx_and_the_server_stays_up(strict_client, case
         "truncated": lambda: post(strict_client, jpeg.getvalue()[: len(jpeg.getvalue()) // 2]),
         "empty": lambda: post(strict_client, b""),
         "too large": lambda: post(strict_client, b"\xff" * (200 << 10)),
+        # Within the allowance for multipart overhead: refused when the file is read.
+        "too large for its header": lambda: post(strict_client, b"\xff" * ((64 << 10) + 100)),
         "bomb": lambda: post(strict_client, png_bytes(np.zeros((2000, 2000), np.uint8))),
         "huge bomb": lambda: post(strict_client, png_header_only(30000, 30000)),
         "wrong field": lambda: post(strict_client, small, field="image"),

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 from PIL import Image
 from pycocotools.coco import COCO
-from serve_support import CLASSES, CONFIG, build_predictor, calculus_photos
+from serve_support import CLASSES, CONFIG, ROOT, build_predictor, calculus_photos
 
 from dental_d2.file_io import write_bytes
 from dental_d2.serving import PredictionService, create_app
@@ -33,6 +33,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT_ENV = "DENTAL_D2_SCREENSHOT"
+# The config as a user types it (the page shows it).
+SHOWN_CONFIG = os.path.relpath(CONFIG, ROOT)
 
 
 def _require(condition: bool, message: str):
@@ -45,7 +47,7 @@ def _require(condition: bool, message: str):
 
 @pytest.fixture(scope="module")
 def server_url():
-    service = PredictionService(build_predictor(), config_file=CONFIG, score_threshold=0.5)
+    service = PredictionService(build_predictor(), config_file=SHOWN_CONFIG, score_threshold=0.5)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -104,7 +106,7 @@ def test_page_predicts_refilters_and_downloads(server_url, browser, calculus_roo
     page.goto(server_url)
     page.wait_for_selector("#model-info[data-loaded]")
     info = page.inner_text("#model-info")
-    assert ", ".join(CLASSES) in info and CONFIG in info and "random weights" in info
+    assert ", ".join(CLASSES) in info and SHOWN_CONFIG in info and "random weights" in info
 
     page.set_input_files("#file", photo)
     page.wait_for_selector('body[data-state="ready"][data-threshold="0.50"]', timeout=60_000)
