@@ -72,7 +72,7 @@ def test_model_and_health_describe_the_service(client):
     assert (model["min_score"], model["score_threshold"]) == (MIN_SCORE, 0.5)
     assert model["batch_size"] == 2
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["queue"]["capacity"] == 16
+    assert health["status"] == "ok" and health["queue"]["capacity"] == 8
     assert health["peak_rss_mb"] > 0
 
 

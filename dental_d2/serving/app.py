@@ -5,6 +5,7 @@ Every error is a 4xx/5xx with a one-line JSON body `{"error": "..."}`; the serve
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import resource
@@ -111,10 +112,17 @@ def create_app(service: PredictionService) -> FastAPI:
     Args:
         service (PredictionService): the model behind its queue; closed when the app shuts down.
     """
-    app = FastAPI(title="dental_d2", description="Mask R-CNN for teeth and dental lesions")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        service.close()  # after the requests in flight, when uvicorn shuts down
+
+    app = FastAPI(
+        title="dental_d2", description="Mask R-CNN for teeth and dental lesions", lifespan=lifespan
+    )
     app.state.service = service
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
-    app.router.add_event_handler("shutdown", service.close)
     _add_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -132,6 +140,21 @@ def create_app(service: PredictionService) -> FastAPI:
         """The model's classes, config, weights (with a SHA-256 prefix) and device."""
         return service.model_info
 
+    _add_predict_route(app, service)
+    _add_result_routes(app, service)
+    return app
+
+
+async def _answer(service, stored, threshold: float, overlay: bool, image=None) -> dict:
+    # Both are CPU work (masks, findings, drawing): off the event loop.
+    answer = await run_in_threadpool(service.answer, stored, threshold)
+    if overlay:
+        png = await run_in_threadpool(service.overlay_png, stored, threshold, image)
+        answer["overlay_png"] = base64.b64encode(png).decode("ascii")
+    return answer
+
+
+def _add_predict_route(app: FastAPI, service: PredictionService):
     @app.post("/predict")
     async def predict(request: Request, score_threshold: Threshold = None, overlay: bool = False):
         """Predicts the image in multipart field `file`.
@@ -149,14 +172,7 @@ def create_app(service: PredictionService) -> FastAPI:
             image = await run_in_threadpool(service.decode, data, name)
             compact = await asyncio.wrap_future(slot.submit(image))
             stored = service.store(name, data, image, compact)
-            answer = await run_in_threadpool(service.answer, stored, threshold)
-            if overlay:
-                png = await run_in_threadpool(service.overlay_png, stored, threshold, image)
-                answer["overlay_png"] = base64.b64encode(png).decode("ascii")
-        return answer
-
-    _add_result_routes(app, service)
-    return app
+            return await _answer(service, stored, threshold, overlay, image)
 
 
 def _add_result_routes(app: FastAPI, service: PredictionService):
@@ -178,11 +194,7 @@ def _add_result_routes(app: FastAPI, service: PredictionService):
         stored = stored_or_404(prediction_id)
         threshold = service.threshold(score_threshold)
         with service.batches.reserve():
-            answer = await run_in_threadpool(service.answer, stored, threshold)
-            if overlay:
-                png = await run_in_threadpool(service.overlay_png, stored, threshold)
-                answer["overlay_png"] = base64.b64encode(png).decode("ascii")
-        return answer
+            return await _answer(service, stored, threshold, overlay)
 
     @app.get("/results/{prediction_id}/overlay.png")
     async def overlay(prediction_id: str, score_threshold: Threshold = None):

@@ -57,7 +57,7 @@ class ServeSettings:
     workers: int = 1
     threads: int = 0
     max_upload_mb: float = 20.0
-    max_queue: int = 16
+    max_queue: int = 8
     max_megapixels: float = 25.0
     confidence_threshold: float = 0.5
     min_score: float = 0.25

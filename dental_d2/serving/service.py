@@ -125,7 +125,7 @@ class PredictionService:
         score_threshold: float = 0.5,
         max_upload_bytes: int = 20 << 20,
         max_pixels: int = 25_000_000,
-        capacity: int = 16,
+        capacity: int = 8,
         cache_size: int = 32,
         cache_bytes: int = 256 << 20,
     ):
