@@ -275,3 +275,27 @@ def test_serve_tool_reports_bad_settings_in_one_line(argv, message, capsys):
     assert tool.main(argv) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith(message) and "\n" not in error
+
+
+def test_a_failing_model_is_a_one_line_500_and_the_next_request_is_served(predictor):
+    service = PredictionService(predictor)
+    real_forward = service.batches.forward
+    failures = iter([RuntimeError("CUDA out of memory\nTried to allocate 2 GiB")])
+
+    def flaky_forward(images):
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return real_forward(images)
+
+    service.batches.forward = flaky_forward
+    image = png_bytes(np.zeros((32, 48, 3), np.uint8))
+    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        failed = post(client, image)
+        assert failed.status_code == 500
+        assert failed.json() == {
+            "error": "internal error (RuntimeError: CUDA out of memory Tried to allocate 2 GiB); "
+            "see the server log"
+        }
+        assert post(client, image).status_code == 200
+        assert client.get("/health").json()["queue"]["in_use"] == 0

@@ -46,17 +46,23 @@ def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-async def read_upload(request: Request, max_bytes: int) -> tuple[str, "UploadFile"]:
-    """Parses the multipart body and returns the upload's safe name and file.
+def check_length(request: Request, max_bytes: int):
+    """Refuses a body whose Content-Length is over the limit before reading it.
 
     Raises:
-        HTTPException: 413 when the body is too large, 422 when the field is missing.
+        HTTPException: 413.
     """
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes + _FORM_OVERHEAD:
         raise HTTPException(413, _too_large(int(length), max_bytes))
-    # Files above 1 MB are spooled to disk by the parser, so a waiting upload holds no memory.
-    form = await request.form(max_files=4, max_fields=16)
+
+
+def upload_in(form) -> tuple[str, UploadFile]:
+    """Returns the safe name and the file of the form's image field.
+
+    Raises:
+        HTTPException: 422 when the field is missing or is not a file.
+    """
     upload = form.get(UPLOAD_FIELD)
     if not isinstance(upload, UploadFile):
         fields = ", ".join(repr(key) for key in form) or "none"
@@ -163,16 +169,19 @@ def _add_predict_route(app: FastAPI, service: PredictionService):
         `segmentation`), counts per class and findings; with `overlay=true` also `overlay_png`
         (base64). The answer stays available at `/results/{id}` for re-filtering.
         """
-        name, upload = await read_upload(request, service.max_upload_bytes)
+        check_length(request, service.max_upload_bytes)
         threshold = service.threshold(score_threshold)
-        with service.batches.reserve() as slot:
-            data = await upload.read(service.max_upload_bytes + 1)
-            if len(data) > service.max_upload_bytes:
-                raise HTTPException(413, _too_large(len(data), service.max_upload_bytes))
-            image = await run_in_threadpool(service.decode, data, name)
-            compact = await asyncio.wrap_future(slot.submit(image))
-            stored = service.store(name, data, image, compact)
-            return await _answer(service, stored, threshold, overlay, image)
+        # Files above 1 MB are spooled to disk by the parser: a waiting upload holds no memory.
+        async with request.form(max_files=4, max_fields=16) as form:
+            name, upload = upload_in(form)
+            with service.batches.reserve() as slot:
+                data = await upload.read(service.max_upload_bytes + 1)
+                if len(data) > service.max_upload_bytes:
+                    raise HTTPException(413, _too_large(len(data), service.max_upload_bytes))
+                image = await run_in_threadpool(service.decode, data, name)
+                compact = await asyncio.wrap_future(slot.submit(image))
+                stored = service.store(name, data, image, compact)
+                return await _answer(service, stored, threshold, overlay, image)
 
 
 def _add_result_routes(app: FastAPI, service: PredictionService):
