@@ -187,7 +187,7 @@ def strict_client(predictor):
         ("too large", 413, "over the limit of 0.1 MB"),
         ("too large for its header", 413, "over the limit of 0.1 MB"),
         ("bomb", 413, "photo.jpg: 2000x2000 is 4.0 megapixels, over the limit of 1.0"),
-        ("huge bomb", 413, "photo.jpg: refused as a decompression bomb"),
+        ("huge bomb", 413, "decompression bomb"),
         ("wrong field", 422, "no image in multipart field 'file' (fields received: 'image')"),
         ("bad threshold", 422, "score_threshold: Input should be less than or equal to 1"),
     ],
