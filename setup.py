@@ -32,7 +32,15 @@ PROJECT_REQUIREMENTS = [
     "PyYAML",
     # headless: servers have no libGL
     "opencv-python-headless",
+    # tools/serve.py: the HTTP API and web page (multipart uploads need python-multipart)
+    "fastapi>=0.110",
+    "uvicorn>=0.29",
+    "python-multipart>=0.0.9",
 ]
+
+# Tests and benchmarks. httpx drives the API in-process (TestClient) and in bench_serve.py;
+# playwright drives Debian's chromium in the browser test (its own browser download is not used).
+DEV_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "ruff>=0.5", "httpx>=0.27", "playwright>=1.40"]
 
 setup(
     name="dental_d2",
@@ -41,6 +49,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["dental_d2", "dental_d2.*"]),
+    # The serving web page is one HTML file read at start-up.
+    package_data={"dental_d2.serving": ["*.html"]},
     install_requires=TORCH_REQUIREMENTS + DETECTRON2_REQUIREMENTS + PROJECT_REQUIREMENTS,
-    extras_require={"dev": ["pytest>=7", "pytest-timeout", "ruff>=0.5"]},
+    extras_require={"dev": DEV_REQUIREMENTS},
 )

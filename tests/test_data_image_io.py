@@ -135,3 +135,24 @@ def test_unsupported_format_is_a_bug_not_a_user_error(tmp_path):
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(path)
     with pytest.raises(ValueError, match="BGR"):
         read_image(path, format="YUV")
+
+
+def test_decode_image_reads_bytes_as_read_image_reads_files(tmp_path):
+    from dental_d2.data.image_io import ImageTooLargeError, decode_image
+
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    files = {
+        "rgba.png": (Image.fromarray(rng.integers(0, 256, (9, 7, 4), np.uint8)), {}),
+        "xray16.png": (Image.fromarray(rng.integers(0, 4096, (9, 7)).astype(np.uint16)), {}),
+        "rotated.jpg": (Image.fromarray(rng.integers(0, 256, (9, 7, 3), np.uint8)), {"exif": exif}),
+    }
+    for name, (image, options) in files.items():
+        image.save(tmp_path / name, **options)
+        data = (tmp_path / name).read_bytes()
+        np.testing.assert_array_equal(decode_image(data, name), read_image(tmp_path / name))
+    with pytest.raises(ImageTooLargeError, match="xray16.png: 7x9 is 0.0 megapixels"):
+        decode_image((tmp_path / "xray16.png").read_bytes(), "xray16.png", max_pixels=62)
+    with pytest.raises(DentalError, match="up.jpg: not a readable image \\(unknown format\\)"):
+        decode_image(b"not an image", "up.jpg")

@@ -1,11 +1,20 @@
 """Reading dental images (8/16-bit, grayscale, alpha, EXIF-rotated) into HxWx3 uint8 arrays."""
 
+import io
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DentalError
 
-__all__ = ["MAX_IMAGE_PIXELS", "read_image", "image_size", "to_uint8"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "ImageTooLargeError",
+    "decode_image",
+    "read_image",
+    "image_size",
+    "to_uint8",
+]
 
 # Larger images are refused before they are decoded: a 45-megapixel camera photo or a full
 # panoramic radiograph is far below, while a "decompression bomb" (a small file that decodes to
@@ -30,30 +39,37 @@ def _exif_orientation(image: Image.Image) -> int:
         return 1
 
 
-def _too_large(path, pixels: str) -> DentalError:
-    return DentalError(
-        f"{path}: image has {pixels} pixels, more than {MAX_IMAGE_PIXELS:,} (a decompression bomb "
+class ImageTooLargeError(DentalError):
+    """An image with more pixels than the reader was allowed to decode (a decompression bomb)."""
+
+
+def _too_large(name, pixels: str, limit: int = MAX_IMAGE_PIXELS) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"{name}: image has {pixels} pixels, more than {limit:,} (a decompression bomb "
         "or a needlessly large scan); downscale it or remove it"
     )
 
 
-def _open(path) -> Image.Image:
+def _open(path, name=None) -> Image.Image:
+    name = path if name is None else name
     try:
         image = Image.open(path)
     except FileNotFoundError as e:
         raise DentalError(
-            f"{path}: image file not found; restore it or remove it from the annotation JSON"
+            f"{name}: image file not found; restore it or remove it from the annotation JSON"
         ) from e
     except Image.DecompressionBombError as e:
-        raise _too_large(path, "too many") from e
+        raise _too_large(name, "too many") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
+        # PIL names the stream it could not identify; an in-memory one has no useful name.
+        reason = "unknown format" if isinstance(e, UnidentifiedImageError) else _one_line(e)
         raise DentalError(
-            f"{path}: not a readable image ({_one_line(e)}); replace the file or re-export it"
+            f"{name}: not a readable image ({reason}); replace the file or re-export it"
         ) from e
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
         image.close()
-        raise _too_large(path, f"{width}x{height} (WxH)")
+        raise _too_large(name, f"{width}x{height} (WxH)")
     return image
 
 
@@ -121,7 +137,10 @@ def read_image(path, format: str = "BGR") -> np.ndarray:
     """
     if format not in ("BGR", "RGB"):
         raise ValueError(f"read_image supports format 'BGR' or 'RGB', got {format!r}")
-    image = _open(path)
+    return _decode(_open(path), path, format)
+
+
+def _decode(image: Image.Image, name, format: str) -> np.ndarray:
     with image:
         try:
             image.load()
@@ -131,12 +150,49 @@ def read_image(path, format: str = "BGR") -> np.ndarray:
             rgb = _to_rgb_array(image)
         except (OSError, ValueError, SyntaxError) as e:
             raise DentalError(
-                f"{path}: image is corrupt or truncated ({_one_line(e)}); replace the file or "
+                f"{name}: image is corrupt or truncated ({_one_line(e)}); replace the file or "
                 "re-export it"
             ) from e
     if format == "BGR":
         rgb = rgb[:, :, ::-1]
     return np.ascontiguousarray(rgb)
+
+
+def decode_image(
+    data: bytes, name: str, format: str = "BGR", max_pixels: int | None = None
+) -> np.ndarray:
+    """Decodes an image held in memory (an upload) exactly as `read_image` reads a file.
+
+    The size in the header is checked before any pixel is decoded, so a small file that
+    claims a huge image (a decompression bomb) costs no memory.
+
+    Args:
+        data (bytes): the encoded image (JPEG, PNG, TIFF, BMP, ...).
+        name (str): what error messages call it, e.g. the uploaded file's name.
+        format (str): channel order of the result, "BGR" or "RGB".
+        max_pixels (int | None): the most pixels (width x height) to decode; None for PIL's
+            own limit.
+
+    Returns:
+        np.ndarray: HxWx3 uint8, contiguous.
+
+    Raises:
+        DentalError: the data is empty, not an image, corrupt or truncated.
+        ImageTooLargeError: the image has more than `max_pixels` pixels.
+    """
+    if format not in ("BGR", "RGB"):
+        raise ValueError(f"decode_image supports format 'BGR' or 'RGB', got {format!r}")
+    if not data:
+        raise DentalError(f"{name}: the file is empty; send the image's bytes")
+    image = _open(io.BytesIO(data), name)
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        image.close()
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit "
+            f"of {max_pixels / 1e6:.1f}; send a smaller image"
+        )
+    return _decode(image, name, format)
 
 
 def image_size(path) -> tuple[int, int]:

@@ -1,0 +1,141 @@
+"""Starting the service on uvicorn: one process with one model and queue per `--workers`.
+
+A worker process holds its own model, its own batching thread and its own bounded queue
+(`--max-queue` slots), so N workers admit up to N x max-queue requests and hold N copies of
+the model. Inside a worker, the batching thread runs the model with `--threads` intra-op
+threads while the event loop accepts, decodes and answers other requests.
+"""
+
+import dataclasses
+import inspect
+import json
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+import uvicorn
+
+from ..config import build_config
+from ..errors import DentalError
+from ..predictor import Predictor
+from .app import create_app
+from .service import PredictionService
+
+logger = logging.getLogger(__name__)
+
+# How `run` hands the settings to worker processes (uvicorn imports the app by name in each).
+SETTINGS_ENV = "DENTAL_D2_SERVE_SETTINGS"
+# Seconds a worker process may take to start (import torch, load the model) and to answer
+# the supervisor's health checks.
+WORKER_STARTUP_S = 120
+
+
+@dataclasses.dataclass
+class ServeSettings:
+    """What `tools/serve.py` is asked to serve, and how.
+
+    Attributes:
+        config_file (str): a dental YAML config.
+        opts (Sequence[str]): KEY VALUE overrides, e.g. ("MODEL.WEIGHTS", "model_final.pth").
+        host (str): the address to listen on; 127.0.0.1 keeps the server on this machine.
+        port (int): the TCP port.
+        workers (int): processes, each with its own model and queue.
+        threads (int): PyTorch intra-op threads per worker; 0 keeps PyTorch's default.
+        max_upload_mb (float): larger uploads get 413.
+        max_queue (int): requests admitted at once per worker; more get 503 and Retry-After.
+        max_megapixels (float): larger images get 413 before they are decoded.
+        confidence_threshold (float): the default threshold of answers and of the page.
+        min_score (float): the lowest score kept, the bottom of the page's slider.
+        device (str | None): "cpu", "cuda", ...; None keeps MODEL.DEVICE.
+    """
+
+    config_file: str
+    opts: Sequence[str] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    threads: int = 0
+    max_upload_mb: float = 20.0
+    max_queue: int = 8
+    max_megapixels: float = 25.0
+    confidence_threshold: float = 0.5
+    min_score: float = 0.25
+    device: str | None = None
+
+
+def build_service(settings: ServeSettings) -> PredictionService:
+    """Loads the model and puts it behind a bounded batching queue.
+
+    Raises:
+        DentalError: a bad config, override or weights file.
+    """
+    if settings.threads > 0:
+        torch.set_num_threads(settings.threads)
+    if not 0.0 <= settings.min_score <= settings.confidence_threshold <= 1.0:
+        raise DentalError(
+            f"--min-score {settings.min_score} and --confidence-threshold "
+            f"{settings.confidence_threshold} must satisfy 0 <= min-score <= threshold <= 1"
+        )
+    predictor = Predictor(
+        settings.config_file,
+        opts=list(settings.opts),
+        confidence_threshold=settings.min_score,
+        device=settings.device,
+    )
+    return PredictionService(
+        predictor,
+        config_file=settings.config_file,
+        score_threshold=settings.confidence_threshold,
+        max_upload_bytes=int(settings.max_upload_mb * (1 << 20)),
+        max_pixels=int(settings.max_megapixels * 1e6),
+        capacity=settings.max_queue,
+    )
+
+
+def app_from_environment():
+    """The app factory uvicorn calls in each worker process (settings from SETTINGS_ENV)."""
+    settings = ServeSettings(**json.loads(os.environ[SETTINGS_ENV]))
+    return create_app(build_service(settings))
+
+
+def run(settings: ServeSettings):
+    """Serves until interrupted (Ctrl-C or SIGTERM finish the requests in flight, then stop).
+
+    Args:
+        settings (ServeSettings): what to serve and how.
+
+    Raises:
+        DentalError: a bad config, override, weights file or option.
+    """
+    if settings.workers < 1 or settings.max_queue < 1:
+        raise DentalError("--workers and --max-queue must be at least 1")
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "listening on %s: the server has no authentication, anyone who reaches this port "
+            "can send it images",
+            settings.host,
+        )
+    # uvicorn's own 503 is a backstop for connections that never reach the queue.
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "limit_concurrency": 4 * settings.max_queue + 16,  # per worker process
+        "timeout_graceful_shutdown": 30,
+    }
+    if settings.workers == 1:
+        # Load the model here so a bad config is one line before anything listens.
+        uvicorn.run(create_app(build_service(settings)), **options)
+        return
+    # Fail here, in one line, on what would make every worker fail.
+    weights = build_config(settings.config_file, settings.opts).MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise DentalError(f"{weights}: weights file not found; pass an existing MODEL.WEIGHTS")
+    os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
+    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
+        # A worker imports torch and loads the model before it answers pings: on a busy CPU
+        # that takes longer than uvicorn's default 5 s, and the worker would be killed.
+        options["timeout_worker_healthcheck"] = WORKER_STARTUP_S
+    uvicorn.run(
+        f"{__name__}:app_from_environment", factory=True, workers=settings.workers, **options
+    )

@@ -1,0 +1,138 @@
+"""The web page in headless Chromium: upload a real photo, re-filter, download the COCO JSON.
+
+Chromium comes from Debian (`apt-get install chromium`, done by .ci/run); Playwright's own
+browser download is never used. Set DENTAL_D2_SCREENSHOT=docs/serve.png to keep the page's
+screenshot (that is how the README's picture is made).
+"""
+
+import io
+import os
+import shutil
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+from pycocotools.coco import COCO
+from serve_support import CLASSES, CONFIG, ROOT, build_predictor, calculus_photos
+
+from dental_d2.file_io import write_bytes
+from dental_d2.serving import PredictionService, create_app
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags for a sandbox-less container without a GPU or network.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOT_ENV = "DENTAL_D2_SCREENSHOT"
+# The config as a user types it (the page shows it).
+SHOWN_CONFIG = os.path.relpath(CONFIG, ROOT)
+
+
+def _require(condition: bool, message: str):
+    """Skips on a developer machine without the browser; fails in CI, which installs it."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (.ci/run installs it)")
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    service = PredictionService(build_predictor(), config_file=SHOWN_CONFIG, score_threshold=0.5)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(service), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    _require(shutil.which(CHROMIUM) is not None, f"{CHROMIUM} not installed")
+    if not os.environ.get("CI"):
+        pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def table_text(page, selector: str) -> list[str]:
+    return page.locator(f"{selector} tbody tr").all_inner_texts()
+
+
+def save_screenshot(page, path: str):
+    """Writes a full-page screenshot as a 128-colour PNG (small enough for the README)."""
+    image = Image.open(io.BytesIO(page.screenshot(full_page=True))).convert("RGB")
+    buffer = io.BytesIO()
+    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(buffer, "PNG", optimize=True)
+    write_bytes(path, buffer.getvalue())
+
+
+@pytest.mark.slow
+def test_page_predicts_refilters_and_downloads(server_url, browser, calculus_root, tmp_path):
+    photo = calculus_photos(calculus_root)[0]
+    with open(photo, "rb") as f:
+        scores = httpx.post(
+            f"{server_url}/predict", files={"file": f}, params={"score_threshold": 0}, timeout=60
+        ).json()["instances"]
+    # A slider stop that keeps some detections and drops others.
+    scores = sorted({round(a["score"], 2) for a in scores})
+    higher = scores[len(scores) // 2]
+
+    page = browser.new_page(viewport={"width": 1200, "height": 760})
+    page.goto(server_url)
+    page.wait_for_selector("#model-info[data-loaded]")
+    info = page.inner_text("#model-info")
+    assert ", ".join(CLASSES) in info and SHOWN_CONFIG in info and "random weights" in info
+
+    page.set_input_files("#file", photo)
+    page.wait_for_selector('body[data-state="ready"][data-threshold="0.50"]', timeout=60_000)
+    assert page.evaluate("document.getElementById('overlay').naturalWidth") == 640
+    findings, counts = table_text(page, "#findings"), table_text(page, "#counts")
+    assert len(counts) == len(CLASSES) and findings and "no findings" not in findings[0]
+
+    page.fill("#threshold", str(higher))
+    page.wait_for_selector(f'body[data-state="ready"][data-threshold="{higher:.2f}"]')
+    assert table_text(page, "#counts") != counts
+    assert table_text(page, "#findings") != findings
+    kept = sum(int(row.split()[-1]) for row in table_text(page, "#counts"))
+
+    with page.expect_download() as download:
+        page.click("#download")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    coco = COCO(str(saved))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == CLASSES
+    assert len(coco.getAnnIds()) == kept and kept > 0
+    assert all(a["score"] > higher for a in coco.loadAnns(coco.getAnnIds()))
+    assert coco.imgs[1]["file_name"] == os.path.basename(photo)
+
+    screenshot = os.environ.get(SCREENSHOT_ENV) or str(tmp_path / "serve.png")
+    save_screenshot(page, screenshot)
+    with Image.open(screenshot) as shot:
+        assert shot.format == "PNG" and shot.width == 1200
+        assert np.asarray(shot.convert("L")).std() > 10  # a page, not a blank
+    page.close()
