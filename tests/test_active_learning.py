@@ -28,16 +28,15 @@ TINY = [
 SIZE = 64
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "rank_tool", os.path.join(ROOT, "tools", "rank_for_labeling.py")
-    )
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-rank_tool = _load_tool()
+rank_tool = _load_tool("rank_for_labeling")
+merge_tool = _load_tool("merge_labels")
 
 # Each scenario: image code -> detections (class, score, box x0, y0, x1, y1) of the plain image,
 # and of the flipped image (in the flipped image's own coordinates) unless None: mirrored.
@@ -211,3 +210,62 @@ def test_tool_no_images_is_one_line(tmp_path, capsys):
     assert rank_tool.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no images found" in err[0], err
+
+
+def _corrected(folder, names, class_name="Tooth"):
+    """A CVAT-style COCO export: its own category ids (1 Tooth, 2 Caries), one box per image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for k, name in enumerate(names, start=1):
+        Image.fromarray(_image(40 * k)[:48]).save(folder / name)
+        images.append({"id": k, "file_name": name, "height": 48, "width": SIZE})
+        annotations.append(
+            {"id": k, "image_id": k, "category_id": 1 if class_name == "Tooth" else 3,
+             "bbox": [4, 4, 20, 20], "area": 400.0, "iscrowd": 0,
+             "segmentation": [[4, 4, 24, 4, 24, 24, 4, 24]]}
+        )  # fmt: skip
+    categories = [{"id": 1, "name": "Tooth"}, {"id": 2, "name": "Caries"}, {"id": 3, "name": "X"}]
+    path = folder / "instances_default.json"
+    path.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    return path
+
+
+def test_merge_adds_corrected_images_with_classes_matched_by_name(make_export, tmp_path):
+    from dental_d2.data import load_roboflow_json
+
+    export = make_export(splits=("train",))
+    corrected = _corrected(tmp_path / "cvat", ["new_a.png", "new_b.png"])
+    assert merge_tool.main(["--coco", str(corrected), "--images", str(tmp_path / "cvat"),
+                            "--into", str(export / "train")]) == 0  # fmt: skip
+    records = load_roboflow_json(export / "train" / "_annotations.coco.json")
+    assert len(records) == 5
+    added = [r for r in records if os.path.basename(r["file_name"]).startswith("new_")]
+    assert [os.path.basename(r["file_name"]) for r in added] == ["new_a.png", "new_b.png"]
+    # "Tooth" is contiguous id 1 in the export (Caries 0, Tooth 1), though id 1 in CVAT's file
+    assert [[a["category_id"] for a in r["annotations"]] for r in added] == [[1], [1]]
+    assert len({r["image_id"] for r in records}) == 5
+
+
+def test_merge_refuses_unknown_classes_and_images_it_has(make_export, tmp_path, capsys):
+    export = make_export(splits=("train",))
+    split_json = export / "train" / "_annotations.coco.json"
+    before = split_json.read_text()
+    unknown = _corrected(tmp_path / "a", ["new.png"], class_name="X")
+    argv = [
+        "--coco",
+        str(unknown),
+        "--images",
+        str(tmp_path / "a"),
+        "--into",
+        str(export / "train"),
+    ]
+    assert merge_tool.main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "class 'X', which the export does not have" in err[0], err
+    again = _corrected(tmp_path / "b", ["img0.jpg"])
+    argv = ["--coco", str(again), "--images", str(tmp_path / "b"), "--into", str(export / "train")]
+    assert merge_tool.main(argv) == 1
+    assert "img0.jpg is already in" in capsys.readouterr().err
+    assert split_json.read_text() == before
