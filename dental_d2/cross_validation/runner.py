@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 
 from ..config import build_config
+from ..engine.launch import argument_parser, launch_from_args
 from ..errors import DentalError
 from ..file_io import write_json
 from .splits import fold_assignments, pool_images, write_fold_export
@@ -86,8 +87,6 @@ def _check_plan(cv_dir: str, plan: dict) -> None:
 
 def _train_fold_process(argv: list[str], errors) -> None:
     """Runs one fold's training in a fresh process (its own logs, memory and seed)."""
-    from ..engine.launch import argument_parser, launch_from_args
-
     try:
         launch_from_args(argument_parser().parse_args(argv))
     except DentalError as e:
@@ -113,6 +112,19 @@ def _train_fold(fold: FoldRun, argv: list[str]) -> None:
             f"fold {fold.index + 1}: training ended without {fold.metrics_file}; check that the "
             "config evaluates (MODEL.MASK_ON, DENTAL.EVAL.*) and see its log"
         )
+
+
+def _train_unless_finished(fold: FoldRun, num_folds: int, sizes: dict, argv: list[str]) -> None:
+    where = f"Fold {fold.index + 1}/{num_folds}"
+    if fold.finished():
+        logger.info(f"{where}: finished earlier, not trained again")
+        return
+    state = "resuming from its last checkpoint" if fold.started() else "training"
+    logger.info(
+        f"{where}: {state} on {sizes['train']} images, validating on {sizes['valid']}, in "
+        f"{fold.folder}"
+    )
+    _train_fold(fold, argv)
 
 
 def cross_validate(
@@ -153,15 +165,7 @@ def cross_validate(
     for index in range(num_folds):
         fold = FoldRun(cv_dir, index, cfg.DENTAL.DATASET_NAME)
         sizes = write_fold_export(fold.data_root, images, categories, folds, index)
-        if fold.finished():
-            logger.info(f"Fold {index + 1}/{num_folds}: finished earlier, not trained again")
-        else:
-            state = "resuming from its last checkpoint" if fold.started() else "training"
-            logger.info(
-                f"Fold {index + 1}/{num_folds}: {state} on {sizes['train']} images, validating "
-                f"on {sizes['valid']}, in {fold.folder}"
-            )
-            _train_fold(fold, fold.train_argv(config_file, opts, num_gpus))
+        _train_unless_finished(fold, num_folds, sizes, fold.train_argv(config_file, opts, num_gpus))
         results.append(
             {
                 "fold": index + 1,
