@@ -223,7 +223,12 @@ class DentalTrainer(DefaultTrainer):
     @classmethod
     def test_with_TTA(cls, cfg, model):
         """Evaluates DATASETS.TEST with test-time augmentation (TEST.AUG.*: flips and sizes),
-        as detectron2's tools/train_net.py does; results go to OUTPUT_DIR/eval_TTA/<dataset>."""
+        as detectron2's tools/train_net.py does; results go to OUTPUT_DIR/eval_TTA/<dataset>.
+
+        Args:
+            cfg (CfgNode): the config; TEST.AUG.MIN_SIZES, MAX_SIZE and FLIP pick the views.
+            model (GeneralizedRCNN): the model to wrap in detectron2's GeneralizedRCNNWithTTA.
+        """
         logger.info(
             f"Evaluating with test-time augmentation: sizes {tuple(cfg.TEST.AUG.MIN_SIZES)}, "
             f"max {cfg.TEST.AUG.MAX_SIZE}, flip {cfg.TEST.AUG.FLIP}"
