@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import tool_error_lines
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
@@ -37,6 +38,7 @@ def _load_tool(name):
 
 rank_tool = _load_tool("rank_for_labeling")
 merge_tool = _load_tool("merge_labels")
+
 
 # Each scenario: image code -> detections (class, score, box x0, y0, x1, y1) of the plain image,
 # and of the flipped image (in the flipped image's own coordinates) unless None: mirrored.
@@ -200,7 +202,7 @@ def test_tool_bad_arguments_are_one_line(images, tmp_path, capsys, extra, messag
     argv = ["--config-file", CONFIG, "--input", images[0], "--output", str(tmp_path / "r.csv"),
             *extra, *TINY]  # fmt: skip
     assert rank_tool.main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = tool_error_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
@@ -208,7 +210,7 @@ def test_tool_no_images_is_one_line(tmp_path, capsys):
     argv = ["--config-file", CONFIG, "--input", str(tmp_path), "--output", str(tmp_path / "r.csv"),
             *TINY]  # fmt: skip
     assert rank_tool.main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = tool_error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "no images found" in err[0], err
 
 
@@ -262,7 +264,7 @@ def test_merge_refuses_unknown_classes_and_images_it_has(make_export, tmp_path, 
         str(export / "train"),
     ]
     assert merge_tool.main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = tool_error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "class 'X', which the export does not have" in err[0], err
     again = _corrected(tmp_path / "b", ["img0.jpg"])
     argv = ["--coco", str(again), "--images", str(tmp_path / "b"), "--into", str(export / "train")]

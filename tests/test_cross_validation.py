@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import tiny_coco
+from conftest import tiny_coco, tool_error_lines
 
 from dental_d2 import DentalError
 from dental_d2.cross_validation import (
@@ -36,6 +36,7 @@ def _load_tool():
 
 
 cross_validate_tool = _load_tool()
+
 CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
 
 
@@ -169,7 +170,7 @@ def test_tool_bad_folds_is_one_line_error(make_export, capsys):
     root = make_export(splits=("train", "valid"))
     argv = ["--config-file", CONFIG, "--folds", "1", "DENTAL.DATA_ROOT", str(root)]
     assert cross_validate_tool.main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = tool_error_lines(capsys.readouterr().err)
     assert len(err) == 1 and err[0].startswith("error: --folds 1"), err
     argv[3] = "7"  # 6 images pooled
     assert cross_validate_tool.main(argv) == 1
@@ -179,14 +180,14 @@ def test_tool_bad_folds_is_one_line_error(make_export, capsys):
 def test_tool_missing_data_root_is_one_line_error(tmp_path, capsys):
     argv = ["--config-file", CONFIG, "--folds", "2", "DENTAL.DATA_ROOT", str(tmp_path / "none")]
     assert cross_validate_tool.main(argv) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = tool_error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "data root not found" in err[0]
 
 
-# The demo model at 128 px for 8 iterations per fold, evaluated once.
+# The demo model at 96 px, 8 iterations per fold, a checkpoint every 4.
 FAST = [
-    "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+    "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
+    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
     "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_EPOCHS", "0", "SOLVER.MAX_ITER", "8",
     "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "4", "TEST.EVAL_PERIOD", "8",
     "DATALOADER.NUM_WORKERS", "0", "DENTAL.EVAL.NUM_VIS_IMAGES", "0",
@@ -203,7 +204,7 @@ def _losses(fold_dir):
 @pytest.mark.slow
 def test_two_fold_run_learns_summarizes_and_resumes(tmp_path, capsys):
     export = tmp_path / "export"
-    generate_synthetic_dataset(str(export), num_train=6, num_valid=2, num_test=2, size=128, seed=5)
+    generate_synthetic_dataset(str(export), num_train=6, num_valid=2, num_test=2, size=96, seed=5)
     output = tmp_path / "out"
     argv = [
         "--config-file", CONFIG, "--folds", "2", "--seed", "3", *FAST,
@@ -241,7 +242,7 @@ def test_two_fold_run_learns_summarizes_and_resumes(tmp_path, capsys):
 
     # other folds in the same OUTPUT_DIR are refused, in one line
     assert cross_validate_tool.main([*argv[:3], "3", *argv[4:]]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    err = tool_error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "other folds" in err[0], err
 
 
