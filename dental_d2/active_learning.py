@@ -155,8 +155,8 @@ def _flip_disagreement(confident: np.ndarray):
         return 0.0, ""
     agreement = float(confident.mean())
     reason = (
-        f"plain and flipped predictions disagree (mean IoU {agreement:.2f} over "
-        f"{len(confident)} confident detections)"
+        f"flipped prediction overlaps the plain one by mean IoU {agreement:.2f} "
+        f"({len(confident)} confident detections)"
     )
     return 1.0 - agreement, reason
 

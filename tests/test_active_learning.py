@@ -129,6 +129,7 @@ def test_ranking_follows_the_models_behaviour(scripted_predictor, images):
     unstable = by_name["unstable.png"]
     assert unstable.signals["flip_disagreement"] == pytest.approx(1.0)
     assert unstable.signals["unsure_teeth"] == pytest.approx(1.0)
+    assert "flipped prediction overlaps the plain one by mean IoU 0.00" in unstable.reasons[0]
     assert "1 of 1 teeth without a confident outline" in unstable.reasons
 
     confused = by_name["confused.png"]
