@@ -9,7 +9,7 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.modeling import build_model
+from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA, build_model
 from detectron2.structures import Instances
 
 from .checkpoint import DentalCheckpointer, read_class_names
@@ -63,7 +63,8 @@ class Predictor:
         cfg (CfgNode): the frozen config.
         class_names (list[str]): the classes, in contiguous-id order.
         metadata (Metadata): class names and colours for drawing.
-        model (nn.Module): the model, in eval mode.
+        model (nn.Module): the model, in eval mode; with `TEST.AUG.ENABLED` detectron2's
+            `GeneralizedRCNNWithTTA` around it (flips and `TEST.AUG.MIN_SIZES`).
     """
 
     def __init__(
@@ -106,6 +107,8 @@ class Predictor:
         DentalCheckpointer(self.model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE).load(weights)
         if not weights:
             logger.warning("MODEL.WEIGHTS is empty: the model has random weights")
+        if cfg.TEST.AUG.ENABLED:
+            self.model = self._with_tta(cfg, self.model, config_file)
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
@@ -232,9 +235,23 @@ class Predictor:
             )
         return image
 
+    @staticmethod
+    def _with_tta(cfg, model, config_file: str):
+        if not isinstance(model, GeneralizedRCNN):
+            raise DentalError(
+                f"{config_file}: TEST.AUG.ENABLED needs MODEL.META_ARCHITECTURE GeneralizedRCNN, "
+                f"not {cfg.MODEL.META_ARCHITECTURE}; set TEST.AUG.ENABLED False"
+            )
+        return GeneralizedRCNNWithTTA(cfg, model).eval()
+
     def _model_input(self, image_bgr: np.ndarray) -> dict:
         image = image_bgr[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image_bgr
         height, width = image.shape[:2]
+        if self.cfg.TEST.AUG.ENABLED:
+            # The TTA model resizes to each of TEST.AUG.MIN_SIZES itself, from the full image,
+            # in numpy: the image stays on the CPU.
+            tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            return {"image": tensor, "height": height, "width": width}
         resized = self.aug.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
         return {"image": tensor.to(self.cfg.MODEL.DEVICE), "height": height, "width": width}

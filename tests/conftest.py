@@ -61,6 +61,13 @@ def write_split(root: Path, split: str, coco: dict) -> Path:
     return json_file
 
 
+def tool_error_lines(err: str) -> list[str]:
+    """A tool's own lines on stderr (those starting "error:"). In-process runs of a tool after
+    another test's may also show logging's complaints about a handler that detectron2's
+    (cached) setup_logger left on that test's closed capture stream; a real run has none."""
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
 @pytest.fixture
 def make_export(tmp_path):
     """Factory: make_export(splits=("train",), coco=None) -> root of a tiny export."""

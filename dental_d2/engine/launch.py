@@ -159,6 +159,8 @@ def main(args):
         results = DentalTrainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
+        if cfg.TEST.AUG.ENABLED:
+            results = {"plain": results, "TTA": DentalTrainer.test_with_TTA(cfg, model)}
         return results
 
     trainer = DentalTrainer(cfg)

@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+import os
 import signal
 import time
 import weakref
@@ -17,6 +18,7 @@ from detectron2.data import (
 from detectron2.data import transforms as T
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -221,6 +223,26 @@ class DentalTrainer(DefaultTrainer):
         if len(results) == 1:
             return next(iter(results.values()))
         return results
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluates DATASETS.TEST with test-time augmentation (TEST.AUG.*: flips and sizes),
+        as detectron2's tools/train_net.py does; results go to OUTPUT_DIR/eval_TTA/<dataset>.
+
+        Args:
+            cfg (CfgNode): the config; TEST.AUG.MIN_SIZES, MAX_SIZE and FLIP pick the views.
+            model (GeneralizedRCNN): the model to wrap in detectron2's GeneralizedRCNNWithTTA.
+        """
+        logger.info(
+            f"Evaluating with test-time augmentation: sizes {tuple(cfg.TEST.AUG.MIN_SIZES)}, "
+            f"max {cfg.TEST.AUG.MAX_SIZE}, flip {cfg.TEST.AUG.FLIP}"
+        )
+        tta_model = GeneralizedRCNNWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "eval_TTA", name))
+            for name in cfg.DATASETS.TEST
+        ]
+        return cls.test(cfg, tta_model, evaluators)
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__, with two changes it has no hook for: DistributedDataParallel

@@ -1,0 +1,215 @@
+"""K-fold splits of an export's pooled train and valid images, stratified on the classes present."""
+
+import logging
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..data.register import SPLITS, register_dental_splits
+from ..data.roboflow import ANNOTATION_FILE, read_coco_json
+from ..errors import DentalError
+from ..file_io import write_json
+
+__all__ = ["PooledImage", "fold_assignments", "pool_images", "write_fold_export"]
+
+logger = logging.getLogger(__name__)
+
+# Splits pooled for cross-validation; the test split stays out of it.
+POOLED_SPLITS = ("train", "valid")
+
+
+@dataclass
+class PooledImage:
+    """One image of the pooled splits, in COCO form.
+
+    Attributes:
+        image (dict): its COCO image record, `file_name` an absolute path.
+        annotations (list[dict]): its COCO annotations, category ids those of `categories`.
+        classes (frozenset[str]): names of the classes annotated on it.
+        split (str): the split it came from.
+    """
+
+    image: dict
+    annotations: list[dict] = field(default_factory=list)
+    classes: frozenset = frozenset()
+    split: str = ""
+
+
+def _read_split(json_file: str, split: str, name_to_id: dict, id_to_name: dict) -> list:
+    coco = read_coco_json(json_file)
+    image_root = os.path.dirname(json_file)
+    local_names = {c["id"]: c["name"] for c in coco["categories"]}
+    pooled = {}
+    for index, image in enumerate(coco["images"]):
+        if not isinstance(image, dict) or "file_name" not in image:
+            raise DentalError(
+                f"{json_file}: image #{index} is not a record with a 'file_name'; fix it or "
+                "re-export"
+            )
+        if image.get("id") in pooled:
+            raise DentalError(
+                f"{json_file}: image id {image['id']} is listed twice; give each image its own "
+                "id or re-export"
+            )
+        record = dict(image, file_name=os.path.join(image_root, image["file_name"]))
+        pooled[image["id"]] = PooledImage(record, split=split)
+    for annotation in coco["annotations"]:
+        owner = pooled.get(annotation.get("image_id"))
+        class_name = local_names.get(annotation.get("category_id"))
+        if owner is None or class_name not in name_to_id:
+            # The loader reports such records with the file and the fix when the fold loads.
+            continue
+        owner.annotations.append(dict(annotation, category_id=name_to_id[class_name]))
+    for owner in pooled.values():
+        names = {id_to_name[a["category_id"]] for a in owner.annotations}
+        owner.classes = frozenset(names)
+    return list(pooled.values())
+
+
+def pool_images(root: str, name: str = "dental") -> tuple[list[PooledImage], list[dict]]:
+    """Reads the train and valid splits of an export into one list of images.
+
+    Image and annotation ids are renumbered from 1; category ids follow the train split's
+    categories (matched by name for the valid split). The test split is not read.
+
+    Args:
+        root (str): the export's folder.
+        name (str): prefix under which the splits are registered to check them.
+
+    Returns:
+        tuple[list[PooledImage], list[dict]]: the images, and the COCO categories of the train
+        split (Roboflow's superclass included, as exported).
+
+    Raises:
+        DentalError: the export has no train split, or its splits disagree on the classes.
+    """
+    root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+    registered = register_dental_splits(root, name)
+    if "train" not in registered:
+        raise DentalError(
+            f"{root}: no train/ split; cross-validation pools train/ and valid/ of a Roboflow "
+            "'COCO Segmentation' export"
+        )
+    train_json = os.path.join(root, "train", ANNOTATION_FILE)
+    categories = read_coco_json(train_json)["categories"]
+    name_to_id = {c["name"]: c["id"] for c in categories}
+    id_to_name = {c["id"]: c["name"] for c in categories}
+    images = []
+    for split in POOLED_SPLITS:
+        if split in registered:
+            json_file = os.path.join(root, split, ANNOTATION_FILE)
+            images += _read_split(json_file, split, name_to_id, id_to_name)
+    next_annotation_id = 1
+    for image_id, pooled in enumerate(images, start=1):
+        pooled.image["id"] = image_id
+        for annotation in pooled.annotations:
+            annotation.update(id=next_annotation_id, image_id=image_id)
+            next_annotation_id += 1
+    logger.info(
+        f"Pooled {len(images)} images of {', '.join(s for s in POOLED_SPLITS if s in registered)} "
+        f"from {root}; {SPLITS[-1]}/ is left out"
+    )
+    return images, categories
+
+
+def _choose_fold(wanted: list[float], capacity: list[float], rng: random.Random) -> int:
+    # The fold that most wants this class, then the one with most room, then a random one.
+    return max(range(len(wanted)), key=lambda f: (wanted[f], capacity[f], rng.random()))
+
+
+def fold_assignments(classes: list[frozenset], num_folds: int, seed: int = 0) -> list[int]:
+    """Assigns images to folds so that each class is spread over the folds as evenly as it can.
+
+    Iterative stratification (Sechidis, Tsoumakas and Vlahavas, 2011) for images with several
+    classes: the class with the fewest unassigned images goes first, each of its images to the
+    fold that still wants most of that class (ties: the fold with most room left, then at
+    random). Images without annotations fill the folds with most room last.
+
+    Args:
+        classes (list[frozenset[str]]): the classes present on each image.
+        num_folds (int): K, at least 2 and at most the number of images.
+        seed (int): seed of the tie-breaks and of the image order.
+
+    Returns:
+        list[int]: the fold (0..K-1) of each image.
+
+    Raises:
+        DentalError: K is below 2 or above the number of images.
+    """
+    num_images = len(classes)
+    if num_folds < 2 or num_folds > num_images:
+        raise DentalError(
+            f"--folds {num_folds}: needs at least 2 folds and at most one per image "
+            f"({num_images} images in train/ and valid/); pass --folds between 2 and {num_images}"
+        )
+    rng = random.Random(seed)
+    order = list(range(num_images))
+    rng.shuffle(order)
+    counts = Counter(name for image_classes in classes for name in image_classes)
+    wanted = {name: [count / num_folds] * num_folds for name, count in counts.items()}
+    capacity = [num_images / num_folds] * num_folds
+    fold = [-1] * num_images
+
+    def assign(index: int, chosen: int):
+        fold[index] = chosen
+        capacity[chosen] -= 1
+        for name in classes[index]:
+            wanted[name][chosen] -= 1
+
+    while True:
+        pending = {n: [i for i in order if fold[i] < 0 and n in classes[i]] for n in counts}
+        pending = {n: indices for n, indices in pending.items() if indices}
+        if not pending:
+            break
+        rarest = min(pending, key=lambda n: (len(pending[n]), n))
+        for index in pending[rarest]:
+            assign(index, _choose_fold(wanted[rarest], capacity, rng))
+    for index in order:
+        if fold[index] < 0:
+            assign(index, _choose_fold([0.0] * num_folds, capacity, rng))
+    # Rare multi-class layouts can leave a fold empty: it takes the last image of the largest.
+    for empty in range(num_folds):
+        if empty not in fold:
+            sizes = Counter(fold)
+            largest = max(sizes, key=lambda f: (sizes[f], -f))
+            fold[max(i for i in order if fold[i] == largest)] = empty
+    return fold
+
+
+def _coco(images: list[PooledImage], categories: list[dict], description: str) -> dict:
+    return {
+        "info": {"description": description},
+        "licenses": [],
+        "categories": categories,
+        "images": [pooled.image for pooled in images],
+        "annotations": [a for pooled in images for a in pooled.annotations],
+    }
+
+
+def write_fold_export(
+    folder: str, images: list[PooledImage], categories: list[dict], folds: list[int], k: int
+) -> dict[str, int]:
+    """Writes fold `k` as an export with train/ and valid/ (no test/), images by absolute path.
+
+    Args:
+        folder (str): the fold's data folder; `train/` and `valid/` are created in it.
+        images (list[PooledImage]): the pooled images.
+        categories (list[dict]): their COCO categories.
+        folds (list[int]): the fold of each image, as from `fold_assignments`.
+        k (int): the fold that is the valid split.
+
+    Returns:
+        dict[str, int]: split -> number of images.
+    """
+    chosen = {
+        "train": [pooled for pooled, f in zip(images, folds) if f != k],
+        "valid": [pooled for pooled, f in zip(images, folds) if f == k],
+    }
+    for split, members in chosen.items():
+        os.makedirs(os.path.join(folder, split), exist_ok=True)
+        description = f"cross-validation fold {k + 1}, {split}"
+        write_json(
+            os.path.join(folder, split, ANNOTATION_FILE), _coco(members, categories, description)
+        )
+    return {split: len(members) for split, members in chosen.items()}

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""K-fold cross-validation: trains one model per fold of the pooled train and valid splits.
+
+tools/cross_validate.py --config-file configs/dental_r50.yaml --folds 5 DENTAL.DATA_ROOT export/
+
+Writes OUTPUT_DIR/cv/summary.json and summary.md (per fold, mean and standard deviation of
+segm/bbox AP, AP50 and per-class P/R/F1). Run the same command again to resume.
+"""
+
+import argparse
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from dental_d2 import DentalError
+from dental_d2.cross_validation import cross_validate
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="training config")
+    parser.add_argument("--folds", type=int, required=True, metavar="K", help="number of folds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fold split (default 0)")
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="processes per fold, as train_net.py (default 1)"
+    )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, for every fold (e.g. DENTAL.DATA_ROOT DIR)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="dental_d2", abbrev_name="dental")
+    try:
+        summary = cross_validate(
+            args.config_file, args.folds, seed=args.seed, opts=args.opts, num_gpus=args.num_gpus
+        )
+    except DentalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    mean, std = summary["mean"], summary["std"]
+    for key in ("segm/AP", "bbox/AP"):
+        if mean.get(key) is not None:
+            spread = f" ± {std[key]:.1f}" if std.get(key) is not None else ""
+            print(f"{key}: {mean[key]:.1f}{spread} over {summary['num_folds']} folds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

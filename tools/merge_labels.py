@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Adds images labelled in CVAT or Roboflow (a COCO export) to a split of a Roboflow export.
+
+tools/merge_labels.py --coco corrected.json --images unlabelled/ --into datasets/dental/train
+
+The images are copied into the split folder and their annotations appended to its
+_annotations.coco.json with fresh ids, classes matched by name. Check the result with
+tools/check_dataset.py before training.
+"""
+
+import argparse
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from dental_d2 import DentalError
+from dental_d2.active_learning import merge_labelled
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--coco", required=True, metavar="FILE", help="the corrected COCO file")
+    parser.add_argument(
+        "--images", required=True, metavar="DIR", help="folder its file_names are relative to"
+    )
+    parser.add_argument(
+        "--into", required=True, metavar="DIR", help="split folder to add to, e.g. export/train"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="dental_d2", abbrev_name="dental")
+    try:
+        added = merge_labelled(args.coco, args.images, args.into)
+    except DentalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"added {added} images to {args.into}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Ranks unlabelled images by how much labelling them would teach the model; writes pre-labels.
+
+tools/rank_for_labeling.py --config-file CFG --input unlabelled/ --output rank/ranking.csv \\
+    --top 50 MODEL.WEIGHTS output/dental_r50/model_final.pth
+
+Writes the CSV (rank, image, score, signals, reasons) and, beside it, prelabels.coco.json: the
+first --top images' predictions, to import into CVAT or Roboflow and correct.
+"""
+
+import argparse
+import os
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from dental_d2 import DentalError
+from dental_d2.active_learning import rank_images, write_ranking
+from dental_d2.config import build_config
+from dental_d2.predictor import Predictor
+from dental_d2.visualize import collect_images, relative_names
+
+PRELABELS_FILE = "prelabels.coco.json"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="a dental config")
+    parser.add_argument(
+        "--input", required=True, nargs="+", metavar="PATH", help="images, folders or globs"
+    )
+    parser.add_argument("--output", required=True, metavar="FILE", help="the ranking CSV to write")
+    parser.add_argument(
+        "--top", type=int, default=20, help="images whose predictions become pre-labels (20)"
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="score at which findings are reported and pre-labelled (default 0.5)",
+    )
+    parser.add_argument(
+        "--band", type=float, default=0.2, help="a score this close to the threshold is uncertain"
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
+    args = parser.parse_args(argv)
+    # `--input dir/ MODEL.WEIGHTS w.pth`: argparse gives the overrides to --input.
+    top_keys = set(build_config(None).keys())
+    for i, item in enumerate(args.input):
+        if item.split(".")[0] in top_keys and not os.path.exists(item):
+            args.input, args.opts = args.input[:i], args.input[i:] + args.opts
+            break
+    return args
+
+
+def _check(args) -> None:
+    if not args.input:
+        raise DentalError("--input needs at least one image, folder or glob pattern")
+    if args.top < 1:
+        raise DentalError(f"--top {args.top}: must be at least 1")
+    if not 0 < args.band < args.confidence_threshold <= 1:
+        raise DentalError(
+            f"--band {args.band:g} and --confidence-threshold {args.confidence_threshold:g}: need "
+            "0 < band < threshold <= 1"
+        )
+    if not args.output.lower().endswith(".csv"):
+        raise DentalError(f"--output {args.output}: give a .csv file name")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="detectron2")
+    setup_logger(name="dental_d2", abbrev_name="dental")
+    try:
+        _check(args)
+        images, failures = collect_images(args.input)
+        floor = args.confidence_threshold - args.band
+        predictor = Predictor(args.config_file, opts=args.opts, confidence_threshold=floor)
+        ranked, unread = rank_images(predictor, images, args.confidence_threshold, args.band)
+        folder = os.path.dirname(os.path.abspath(args.output))
+        os.makedirs(folder, exist_ok=True)
+        write_ranking(
+            args.output,
+            os.path.join(folder, PRELABELS_FILE),
+            ranked,
+            dict(zip(images, relative_names(images))),
+            predictor.class_names,
+            args.top,
+            args.confidence_threshold,
+        )
+    except DentalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for failure in failures + unread:
+        print(f"error: {failure}", file=sys.stderr)
+    return 1 if failures or unread else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
