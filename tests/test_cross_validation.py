@@ -113,7 +113,11 @@ def test_fold_exports_pool_train_and_valid_and_leave_test_alone(make_export, tmp
         split_names = {}
         for split in ("train", "valid"):
             data = json.loads((folder / split / "_annotations.coco.json").read_text())
-            split_names[split] = {image["file_name"] for image in data["images"]}
+            # file names stay inside the split's folder; each is the pooled image, linked in
+            split_names[split] = {
+                os.path.realpath(folder / split / image["file_name"]) for image in data["images"]
+            }
+            assert all("/" not in image["file_name"] for image in data["images"])
             assert len(data["images"]) == sizes[split]
             ids = {image["id"] for image in data["images"]}
             assert {a["image_id"] for a in data["annotations"]} <= ids
@@ -122,7 +126,7 @@ def test_fold_exports_pool_train_and_valid_and_leave_test_alone(make_export, tmp
         assert len(split_names["train"]) + len(split_names["valid"]) == 10
         seen_valid += sorted(split_names["valid"])
     # each image is in exactly one valid split
-    assert sorted(seen_valid) == sorted(p.image["file_name"] for p in images)
+    assert sorted(seen_valid) == sorted(os.path.realpath(p.image["file_name"]) for p in images)
     assert (test_json.read_bytes(), test_json.stat().st_mtime_ns) == before
 
 

@@ -3,6 +3,7 @@
 import logging
 import os
 import random
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -177,20 +178,35 @@ def fold_assignments(classes: list[frozenset], num_folds: int, seed: int = 0) ->
     return fold
 
 
-def _coco(images: list[PooledImage], categories: list[dict], description: str) -> dict:
+def _coco(images: list[dict], annotations: list[dict], categories, description: str) -> dict:
     return {
         "info": {"description": description},
         "licenses": [],
         "categories": categories,
-        "images": [pooled.image for pooled in images],
-        "annotations": [a for pooled in images for a in pooled.annotations],
+        "images": images,
+        "annotations": annotations,
     }
+
+
+def _link_image(source: str, folder: str) -> str:
+    """Links (or, where links are not allowed, copies) an image into a fold's split folder,
+    since an export's file names must stay inside their split; returns the link's name."""
+    # "<split>__<name>": train/ and valid/ may both hold an image of the same name.
+    name = f"{os.path.basename(os.path.dirname(source))}__{os.path.basename(source)}"
+    link = os.path.join(folder, name)
+    if os.path.lexists(link):
+        os.remove(link)
+    try:
+        os.symlink(source, link)
+    except OSError:
+        shutil.copy2(source, link)
+    return name
 
 
 def write_fold_export(
     folder: str, images: list[PooledImage], categories: list[dict], folds: list[int], k: int
 ) -> dict[str, int]:
-    """Writes fold `k` as an export with train/ and valid/ (no test/), images by absolute path.
+    """Writes fold `k` as an export with train/ and valid/ (no test/), images linked in.
 
     Args:
         folder (str): the fold's data folder; `train/` and `valid/` are created in it.
@@ -207,9 +223,17 @@ def write_fold_export(
         "valid": [pooled for pooled, f in zip(images, folds) if f == k],
     }
     for split, members in chosen.items():
-        os.makedirs(os.path.join(folder, split), exist_ok=True)
+        split_folder = os.path.join(folder, split)
+        os.makedirs(split_folder, exist_ok=True)
+        # The images first, so the JSON never names a missing file.
+        records = [
+            dict(pooled.image, file_name=_link_image(pooled.image["file_name"], split_folder))
+            for pooled in members
+        ]
+        annotations = [a for pooled in members for a in pooled.annotations]
         description = f"cross-validation fold {k + 1}, {split}"
         write_json(
-            os.path.join(folder, split, ANNOTATION_FILE), _coco(members, categories, description)
+            os.path.join(split_folder, ANNOTATION_FILE),
+            _coco(records, annotations, categories, description),
         )
     return {split: len(members) for split, members in chosen.items()}
