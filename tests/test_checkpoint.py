@@ -205,7 +205,7 @@ def test_stale_temporaries_of_killed_saves_are_removed(tmp_path):
 def test_signal_stops_after_the_iteration_and_a_second_one_tears_nothing(tmp_path, monkeypatch):
     import signal
 
-    from dental_d2.engine.hooks import Interrupted, StopOnSignal
+    from dental_d2.engine.signals import Interrupted, StopOnSignal
 
     model = _TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -1,13 +1,9 @@
-"""Training hooks: validation loss, early stopping, plateau LR cuts, best checkpoint, TB images,
-and a clean stop on SIGTERM/SIGINT."""
+"""Training hooks: validation loss, early stopping, plateau LR cuts, best checkpoint, TB images."""
 
 import contextlib
 import logging
 import math
 import operator
-import os
-import signal
-import threading
 
 import numpy as np
 import torch
@@ -50,20 +46,6 @@ class EarlyStop(BaseException):
     crash; the loop's `finally` still runs every hook's `after_train` (final checkpoint, final
     evaluation). `DentalTrainer.train` catches it.
     """
-
-
-class Interrupted(BaseException):
-    """Raised by `StopOnSignal` once the checkpoint of the interrupted iteration is saved.
-
-    Args:
-        signal_number (int): the signal that asked training to stop.
-        checkpoint (str): the checkpoint that `--resume` continues from.
-    """
-
-    def __init__(self, signal_number: int, checkpoint: str):
-        super().__init__(signal_number, checkpoint)
-        self.signal_number = signal_number
-        self.checkpoint = checkpoint
 
 
 class EvalOnceHook(hooks.EvalHook):
@@ -397,56 +379,3 @@ class VisualizePredictions(EvalOnceHook):
                 self.trainer.storage.put_image(
                     f"val_predictions/{index}_truth_vs_predicted", pair.transpose(2, 0, 1)
                 )
-
-
-class StopOnSignal(HookBase):
-    """Ends training cleanly on SIGTERM (cloud preemption, cluster schedulers) or SIGINT (Ctrl-C).
-
-    The signal only sets a flag; the current iteration finishes, every other hook runs its
-    `after_step` (evaluation included), then `model_<iteration>.pth` is saved atomically,
-    `last_checkpoint` names it and `Interrupted` ends the loop. A second signal during the save
-    changes nothing (the file is written to a temporary name and renamed). Under DDP the
-    processes agree at every iteration, so all stop at the same one. Register it last.
-
-    Args:
-        checkpointer (Checkpointer | None): saves the checkpoint (main process); None elsewhere.
-        signals (tuple[int, ...]): the signals that stop training.
-    """
-
-    def __init__(self, checkpointer, signals=(signal.SIGTERM, signal.SIGINT)):
-        self._checkpointer = checkpointer
-        self._signals = signals
-        self._previous_handlers = {}
-        self.received = 0
-
-    def _handle(self, signal_number, frame):
-        if not self.received:
-            logger.warning(
-                f"Received {signal.Signals(signal_number).name}: training stops after this "
-                "iteration, once its checkpoint is saved."
-            )
-        self.received = self.received or signal_number
-
-    def before_train(self):
-        # Python lets only the main thread install handlers (a trainer in a thread keeps them).
-        if threading.current_thread() is threading.main_thread():
-            for signal_number in self._signals:
-                self._previous_handlers[signal_number] = signal.signal(signal_number, self._handle)
-
-    def after_train(self):
-        for signal_number, handler in self._previous_handlers.items():
-            signal.signal(signal_number, handler)
-        self._previous_handlers = {}
-
-    def after_step(self):
-        received = self.received
-        if comm.get_world_size() > 1:
-            received = max(comm.all_gather(received))
-        if not received:
-            return
-        name = f"model_{self.trainer.iter:07d}"
-        if self._checkpointer is not None:
-            self._checkpointer.save(name, iteration=self.trainer.iter)
-        comm.synchronize()
-        save_dir = self._checkpointer.save_dir if self._checkpointer is not None else ""
-        raise Interrupted(received, os.path.join(save_dir, f"{name}.pth"))

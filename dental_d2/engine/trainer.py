@@ -32,13 +32,12 @@ from .hooks import (
     EarlyStop,
     EarlyStopping,
     EvalOnceHook,
-    Interrupted,
     ReduceLROnPlateau,
-    StopOnSignal,
     ValidationLoss,
     VisualizePredictions,
 )
 from .lr_scheduler import WarmupPlateauLR
+from .signals import Interrupted, StopOnSignal
 
 logger = logging.getLogger(__name__)
 
