@@ -31,6 +31,9 @@ PROJECT_REQUIREMENTS = [
     "tensorboard",
     # headless: servers have no libGL
     "opencv-python-headless",
+    # tools/export_model.py writes ONNX; Predictor runs .onnx files with ONNX Runtime.
+    "onnx>=1.15",
+    "onnxruntime>=1.17",
 ]
 
 setup(
