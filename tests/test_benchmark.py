@@ -28,7 +28,7 @@ def test_benchmark_measures_every_runtime_at_equal_work(tmp_path, capsys):
     output = tmp_path / "bench.json"
     code = benchmark_tool().main(
         ["--config-file", CONFIG, "--output", str(output), "--repeats", "1", "--train-iters", "1",
-         "--only", "pytorch", "onnxruntime", "torchvision_v1", "training", *TINY]
+         "--only", "pytorch,onnxruntime,torchvision_v1,training", *TINY]
     )  # fmt: skip
     assert code == 0
     report = json.loads(output.read_text())

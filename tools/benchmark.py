@@ -27,10 +27,17 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     parser.add_argument("--train-iters", type=int, default=3, help="timed training steps")
     parser.add_argument(
-        "--only", nargs="+", choices=TARGETS, default=list(TARGETS), help="what to measure"
+        "--only",
+        default=",".join(TARGETS),
+        help=f"what to measure, comma-separated (default {','.join(TARGETS)})",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.only = [target.strip() for target in args.only.split(",") if target.strip()]
+    unknown = sorted(set(args.only) - set(TARGETS))
+    if unknown or not args.only:
+        parser.error(f"--only: unknown {unknown}; choose from {','.join(TARGETS)}")
+    return args
 
 
 def main(argv=None) -> int:

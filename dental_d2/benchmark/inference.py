@@ -30,6 +30,11 @@ def run_isolated(function, *args):
         return pool.submit(function, *args).result()
 
 
+def torch_threads() -> int:
+    """PyTorch's intra-op threads (asked in a child: it starts OpenMP, see `run_isolated`)."""
+    return torch.get_num_threads()
+
+
 def memory_mib(device: str) -> dict:
     """Peak resident memory of this process, and peak CUDA memory when on a GPU, in MiB."""
     memory = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}

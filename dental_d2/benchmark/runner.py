@@ -15,9 +15,9 @@ from ..errors import DentalError
 from ..export import export_model
 from ..file_io import write_json
 from ..visualize import collect_images
-from .inference import measure_dental, measure_torchvision, run_isolated
+from .inference import measure_dental, measure_torchvision, run_isolated, torch_threads
 from .models import EQUAL_WORK_OPTS, equal_work_config, write_equal_work_checkpoint
-from .training import measure_dental_training, measure_torchvision_training, synthetic_batch
+from .training import measure_dental_training, measure_torchvision_training
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def machine() -> dict:
     return {
         "cpu": model,
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": run_isolated(torch_threads),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
@@ -142,24 +142,22 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
     }
     report = {"machine": machine(), "settings": settings}
     images = load_images(options["images"], max(1, cfg.TEST.IMS_PER_BATCH), cfg.INPUT.MIN_SIZE_TEST)
-    weights = write_equal_work_checkpoint(cfg, os.path.join(options["workdir"], "equal_work.pth"))
-    jobs = _jobs(config_file, opts, cfg, options)
-    rows = []
-    for name, function, spec in tqdm(jobs, desc="benchmark", unit="runtime"):
+    # Every torch op runs in a child: a parent whose OpenMP pool has started deadlocks its forks.
+    weights = run_isolated(
+        write_equal_work_checkpoint, cfg, os.path.join(options["workdir"], "equal_work.pth")
+    )
+    report["rows"] = []
+    for name, function, spec in tqdm(_jobs(config_file, opts, cfg, options), desc="benchmark"):
         if function is measure_dental:
             spec["weights"] = weights
             if spec["config_file"] is None:
                 folder = os.path.join(options["workdir"], "equal_work_onnx")
                 spec["weights"] = run_isolated(_export_onnx, cfg, weights, folder)
-        if function in (measure_dental_training, measure_torchvision_training):
-            size, count = cfg.INPUT.MIN_SIZE_TRAIN[0], cfg.SOLVER.IMS_PER_BATCH
-            data = synthetic_batch(size, count, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-        else:
-            data = images
         logger.info("measuring %s", name)
-        result = run_isolated(function, spec, data)
-        rows += [_row(name, result, row) for row in result["rows"]]
-    report["rows"] = _compare(rows)
+        training = function in (measure_dental_training, measure_torchvision_training)
+        result = run_isolated(function, spec, None if training else images)
+        report["rows"] = _compare(report["rows"] + [_row(name, result, r) for r in result["rows"]])
+        write_json(output_json, report, indent=2)  # what is measured survives an interruption
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["settings"]["targets"] = list(options["targets"])
     write_json(output_json, report, indent=2)

@@ -53,13 +53,18 @@ def _dental_inputs(cfg, batch: list[dict]) -> list[dict]:
     return inputs
 
 
-def measure_dental_training(spec: dict, batch: list[dict]) -> dict:
+def _training_batch(cfg) -> list[dict]:
+    return synthetic_batch(
+        cfg.INPUT.MIN_SIZE_TRAIN[0], cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    )
+
+
+def measure_dental_training(spec: dict, _unused=None) -> dict:
     """Times `SimpleTrainer.run_step` (the step `DentalTrainer` runs) with the config's model
-    and optimizer.
+    and optimizer, on `SOLVER.IMS_PER_BATCH` synthetic images of `INPUT.MIN_SIZE_TRAIN[0]` px.
 
     Args:
         spec (dict): `cfg` (a dental config), `device`, `iters`.
-        batch (list[dict]): from `synthetic_batch`.
     """
     from detectron2.engine import SimpleTrainer
     from detectron2.modeling import build_model
@@ -68,6 +73,7 @@ def measure_dental_training(spec: dict, batch: list[dict]) -> dict:
     from ..engine.trainer import DentalTrainer
 
     cfg = spec["cfg"]
+    batch = _training_batch(cfg)
     torch.manual_seed(0)
     model = build_model(cfg).train()  # DentalTrainer.build_model also logs the whole model
     trainer = SimpleTrainer(
@@ -86,14 +92,15 @@ def measure_dental_training(spec: dict, batch: list[dict]) -> dict:
     return {"rows": [latency(times, len(batch))], **memory_mib(spec["device"])}
 
 
-def measure_torchvision_training(spec: dict, batch: list[dict]) -> dict:
-    """Times a plain torchvision training step (forward, sum of losses, backward, SGD step).
+def measure_torchvision_training(spec: dict, _unused=None) -> dict:
+    """Times a plain torchvision training step (forward, sum of losses, backward, SGD step)
+    on the same images as `measure_dental_training`.
 
     Args:
         spec (dict): `cfg` (a dental config: sizes, classes, LR, momentum), `device`, `iters`.
-        batch (list[dict]): from `synthetic_batch`.
     """
     cfg, device = spec["cfg"], spec["device"]
+    batch = _training_batch(cfg)
     torch.manual_seed(0)
     model = torchvision_maskrcnn(cfg, "v1", for_training=True).train().to(device)
     optimizer = torch.optim.SGD(
