@@ -45,6 +45,7 @@ def test_benchmark_measures_every_runtime_at_equal_work(tmp_path, capsys):
             )
             assert row["peak_rss_mib"] > 100
     eager, torchvision = rows[inference[0], 1], rows[inference[2], 1]
+    assert rows[inference[1], 1]["gmac_per_image"] == eager["gmac_per_image"]  # the same graph
     assert eager["proposals"] == 1000
     assert 0 < eager["gmac_per_image"] < torchvision["gmac_per_image"]  # R18 vs R50
     assert eager["gflops_per_s"] == pytest.approx(

@@ -36,6 +36,13 @@ def zero_layers(*layers: nn.Module) -> None:
                 layer.bias.zero_()
 
 
+def zero_box_regressors(model: nn.Module) -> None:
+    """Zeroes the last layers of a detectron2 R-CNN's RPN and box regressors."""
+    zero_layers(
+        model.proposal_generator.rpn_head.anchor_deltas, model.roi_heads.box_predictor.bbox_pred
+    )
+
+
 def equal_work_config(config_file: str, opts) -> "CfgNode":  # noqa: F821
     """The dental config with the user's overrides, then the equal-work ones."""
     return build_config(config_file, [*opts, *EQUAL_WORK_OPTS])
@@ -65,9 +72,7 @@ def write_equal_work_checkpoint(cfg, path: str, seed: int = 0) -> str:
     cfg.MODEL.DEVICE = "cpu"
     torch.manual_seed(seed)
     model = build_model(cfg)
-    zero_layers(
-        model.proposal_generator.rpn_head.anchor_deltas, model.roi_heads.box_predictor.bbox_pred
-    )
+    zero_box_regressors(model)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     state = {"model": model.state_dict(), CLASS_NAMES_KEY: {"thing_classes": class_names(cfg)}}
     with atomic_write(path, "wb") as f:

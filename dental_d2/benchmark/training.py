@@ -12,7 +12,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 
 from ..data.synthetic import CLASS_NAMES, make_synthetic_image
 from .inference import latency, memory_mib, time_calls
-from .models import torchvision_inputs, torchvision_maskrcnn
+from .models import torchvision_inputs, torchvision_maskrcnn, zero_box_regressors
 
 
 def synthetic_batch(size: int, count: int, num_classes: int, seed: int = 0) -> list[dict]:
@@ -53,6 +53,13 @@ def _dental_inputs(cfg, batch: list[dict]) -> list[dict]:
     return inputs
 
 
+def _freeze_weights(optimizer) -> None:
+    """LR 0: the step does all its work but the random weights stay put, so a from-scratch R50
+    with frozen BN cannot diverge into NaN (which would end the measurement)."""
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+
+
 def _training_batch(cfg) -> list[dict]:
     return synthetic_batch(
         cfg.INPUT.MIN_SIZE_TRAIN[0], cfg.SOLVER.IMS_PER_BATCH, cfg.MODEL.ROI_HEADS.NUM_CLASSES
@@ -76,6 +83,9 @@ def measure_dental_training(spec: dict, _unused=None) -> dict:
     batch = _training_batch(cfg)
     torch.manual_seed(0)
     model = build_model(cfg).train()  # DentalTrainer.build_model also logs the whole model
+    # As in inference and in torchvision's model: proposals are anchors. Random box deltas on
+    # a from-scratch R50's huge features would make non-finite proposals, which end training.
+    zero_box_regressors(model)
     trainer = SimpleTrainer(
         model,
         itertools.repeat(_dental_inputs(cfg, batch)),
@@ -109,6 +119,7 @@ def measure_torchvision_training(spec: dict, _unused=None) -> dict:
         momentum=cfg.SOLVER.MOMENTUM,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
     )
+    _freeze_weights(optimizer)
     images = torchvision_inputs([record["image"] for record in batch], device)
     targets = [
         {"boxes": r["boxes"].to(device), "labels": r["classes"].to(device) + 1,
