@@ -1,6 +1,6 @@
 """Inference latency, throughput, memory and GMAC of one runtime, measured in its own process.
 
-Each `measure_*` function runs in a forked child (see `run_isolated`), so its peak RSS is its
+Each `measure_*` function runs in a child process (see `run_isolated`), so its peak RSS is its
 own and one runtime's caches cannot speed up or slow down the next.
 """
 
@@ -19,13 +19,16 @@ logger = logging.getLogger(__name__)
 
 
 def run_isolated(function, *args):
-    """Runs `function(*args)` in a forked child process and returns its result.
+    """Runs `function(*args)` in a child process of its own and returns its result.
 
     Args:
         function: a module-level function (it is named, not pickled, across the fork).
         *args: picklable arguments.
     """
-    context = multiprocessing.get_context("fork")
+    # A fork server, not a plain fork: a parent that has run torch ops (a test session, a
+    # notebook) has an OpenMP pool, and a plain fork of it deadlocks at the first parallel op.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["dental_d2.benchmark.training"])
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(function, *args).result()
 

@@ -142,7 +142,7 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
     }
     report = {"machine": machine(), "settings": settings}
     images = load_images(options["images"], max(1, cfg.TEST.IMS_PER_BATCH), cfg.INPUT.MIN_SIZE_TEST)
-    # Every torch op runs in a child: a parent whose OpenMP pool has started deadlocks its forks.
+    # Every torch op runs in a child, so that the memory and caches of one are not another's.
     weights = run_isolated(
         write_equal_work_checkpoint, cfg, os.path.join(options["workdir"], "equal_work.pth")
     )
