@@ -20,6 +20,7 @@ from dental_d2.export import METADATA_FILE, export_model
 from dental_d2.predictor import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("restore_loggers")
 CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
 CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 # The demo model at 160 px with random weights: seconds on a CPU. At a score threshold of 0.05
