@@ -36,6 +36,9 @@ PROJECT_REQUIREMENTS = [
     "fastapi>=0.110",
     "uvicorn>=0.29",
     "python-multipart>=0.0.9",
+    # tools/export_model.py writes ONNX; Predictor runs .onnx files with ONNX Runtime.
+    "onnx>=1.15",
+    "onnxruntime>=1.17",
 ]
 
 # Tests and benchmarks. httpx drives the API in-process (TestClient) and in bench_serve.py;

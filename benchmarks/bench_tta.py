@@ -8,10 +8,10 @@ and prints the metrics of both and the wall time per image.
 import argparse
 import time
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
+from dental_d2.checkpoint import DentalCheckpointer
 from dental_d2.config import build_config
 from dental_d2.engine.launch import prepare_dental_config
 from dental_d2.engine.trainer import DentalTrainer
@@ -32,7 +32,7 @@ def main():
     prepare_dental_config(cfg, eval_only=True)
     cfg.freeze()
     model = DentalTrainer.build_model(cfg)
-    DetectionCheckpointer(model).load(args.weights)
+    DentalCheckpointer(model).load(args.weights)
     num_images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TEST)
 
     start = time.perf_counter()

@@ -9,13 +9,14 @@ import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA, build_model
+from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA
 from detectron2.structures import Instances
 
-from .checkpoint import DentalCheckpointer, read_class_names
+from .checkpoint import read_class_names
 from .config import build_config
 from .data import read_image
 from .errors import DentalError
+from .export import apply_export_metadata, build_backend, exported_format, read_export_metadata
 from .findings import Findings, findings_from_instances, summarize
 from .visualize import build_metadata, draw_instances
 
@@ -43,6 +44,10 @@ class Predictor:
     The class names come from the checkpoint (written by the dental trainer), else
     `DENTAL.CLASS_NAMES`, else the metadata of a registered dataset in `DATASETS.TEST`/`TRAIN`.
 
+    `MODEL.WEIGHTS` may also be a model written by `tools/export_model.py`: a `.onnx` file runs
+    with ONNX Runtime, a `.ts` file with TorchScript. Its `model.json` gives the classes, input
+    format and test sizes, so `config_file` may then be None.
+
     Example::
 
         predictor = Predictor("configs/dental_r50.yaml", weights="output/model_final.pth")
@@ -51,7 +56,7 @@ class Predictor:
         overlay_rgb = predictor.draw("xray.jpg", instances)
 
     Args:
-        config_file (str): a dental YAML config.
+        config_file (str | None): a dental YAML config; may be None for an exported model.
         weights (str | None): a checkpoint path or URL; None keeps `MODEL.WEIGHTS` of the config.
             An empty `MODEL.WEIGHTS` gives a randomly initialised model (for tests).
         opts (Sequence[str]): KEY VALUE config overrides, applied after the file.
@@ -63,8 +68,11 @@ class Predictor:
         cfg (CfgNode): the frozen config.
         class_names (list[str]): the classes, in contiguous-id order.
         metadata (Metadata): class names and colours for drawing.
-        model (nn.Module): the model, in eval mode; with `TEST.AUG.ENABLED` detectron2's
-            `GeneralizedRCNNWithTTA` around it (flips and `TEST.AUG.MIN_SIZES`).
+        model (nn.Module | None): the PyTorch model, in eval mode; None for an exported one.
+        backend: the runtime, `dental_d2.export.TorchBackend`, `OnnxBackend` or
+            `TorchScriptBackend`.
+            With `TEST.AUG.ENABLED`, the PyTorch model is wrapped in detectron2's
+            `GeneralizedRCNNWithTTA` (flips and `TEST.AUG.MIN_SIZES`).
     """
 
     def __init__(
@@ -84,6 +92,11 @@ class Predictor:
                 f"{weights}: weights file not found; pass the model_final.pth of a training run "
                 "as MODEL.WEIGHTS"
             )
+        metadata = read_export_metadata(weights) if exported_format(weights) else None
+        if metadata:
+            apply_export_metadata(cfg, metadata)
+            cfg.merge_from_list(list(opts))  # the command line still wins
+            cfg.MODEL.WEIGHTS = weights
         if device is not None:
             cfg.MODEL.DEVICE = device
         if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
@@ -102,13 +115,13 @@ class Predictor:
         self.cfg = cfg
         self.metadata = self._metadata(cfg)
 
-        self.model = build_model(cfg)
-        self.model.eval()
-        DentalCheckpointer(self.model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE).load(weights)
+        self.backend = build_backend(cfg, metadata)
+        if cfg.TEST.AUG.ENABLED:
+            model = getattr(self.backend, "model", None)
+            self.backend.model = self._with_tta(cfg, model, config_file)
+        self.model = getattr(self.backend, "model", None)
         if not weights:
             logger.warning("MODEL.WEIGHTS is empty: the model has random weights")
-        if cfg.TEST.AUG.ENABLED:
-            self.model = self._with_tta(cfg, self.model, config_file)
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
@@ -180,11 +193,9 @@ class Predictor:
         images = [self._load(image) for image in images]
         batch_size = max(1, self.cfg.TEST.IMS_PER_BATCH)
         results = []
-        with torch.no_grad():
-            for start in range(0, len(images), batch_size):
-                inputs = [self._model_input(image) for image in images[start : start + batch_size]]
-                outputs = self.model(inputs)
-                results.extend(output["instances"].to("cpu") for output in outputs)
+        for start in range(0, len(images), batch_size):
+            inputs = [self._model_input(image) for image in images[start : start + batch_size]]
+            results.extend(self.backend(inputs))
         return results
 
     def findings(self, instances: Instances) -> Findings:
@@ -239,8 +250,8 @@ class Predictor:
     def _with_tta(cfg, model, config_file: str):
         if not isinstance(model, GeneralizedRCNN):
             raise DentalError(
-                f"{config_file}: TEST.AUG.ENABLED needs MODEL.META_ARCHITECTURE GeneralizedRCNN, "
-                f"not {cfg.MODEL.META_ARCHITECTURE}; set TEST.AUG.ENABLED False"
+                f"{config_file}: TEST.AUG.ENABLED needs a PyTorch GeneralizedRCNN (not "
+                f"{cfg.MODEL.META_ARCHITECTURE} or an exported model); set TEST.AUG.ENABLED False"
             )
         return GeneralizedRCNNWithTTA(cfg, model).eval()
 

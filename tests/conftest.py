@@ -111,3 +111,19 @@ def load_tool(name: str, monkeypatch):
     if hasattr(module, "setup_logger"):
         monkeypatch.setattr(module, "setup_logger", lambda **kwargs: None)
     return module
+
+
+@pytest.fixture
+def restore_loggers():
+    """For tests that call a tool's main() in-process: its setup_logger adds handlers bound to
+    this test's captured stdout, which later tests would log into after it is closed."""
+    import logging
+
+    from detectron2.utils.logger import setup_logger
+
+    names = ("detectron2", "dental_d2", "d2")
+    before = {name: list(logging.getLogger(name).handlers) for name in names}
+    yield
+    for name in names:
+        logging.getLogger(name).handlers = before[name]
+    setup_logger.cache_clear()

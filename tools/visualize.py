@@ -5,6 +5,10 @@ Predict images (overlays, predictions.coco.json, findings.json)::
     python tools/visualize.py --config-file configs/dental_r50.yaml --input xrays/ a.png \\
         --output vis/ MODEL.WEIGHTS output/dental_r50/model_final.pth
 
+Run a model exported by tools/export_model.py with ONNX Runtime (no config needed)::
+
+    python tools/visualize.py --input xrays/ --output vis/ MODEL.WEIGHTS export/model.onnx
+
 Render an evaluation's saved predictions beside the ground truth::
 
     python tools/visualize.py --config-file configs/dental_r50.yaml --dataset dental_test \\
@@ -19,9 +23,16 @@ from detectron2.utils.logger import setup_logger
 
 from dental_d2 import DentalError
 from dental_d2.config import build_config
+from dental_d2.export import exported_format
 from dental_d2.file_io import check_output_outside
 from dental_d2.predictor import Predictor
 from dental_d2.visualize import collect_images, predict_images, render_saved_predictions
+
+
+def _exported_weights(opts) -> bool:
+    """Whether the overrides set MODEL.WEIGHTS to an exported model, which needs no config."""
+    keys, values = opts[0::2], opts[1::2]
+    return any(k == "MODEL.WEIGHTS" and exported_format(v) for k, v in zip(keys, values))
 
 
 def parse_args(argv=None):
@@ -59,8 +70,8 @@ def parse_args(argv=None):
                 break
         if not args.input:
             parser.error("--input needs at least one image, directory or glob pattern")
-        if not args.config_file:
-            parser.error("--input needs --config-file")
+        if not args.config_file and not _exported_weights(args.opts):
+            parser.error("--input needs --config-file (or MODEL.WEIGHTS of an exported model)")
     elif not args.dataset:
         parser.error("--predictions needs --dataset")
     return args

@@ -1,0 +1,202 @@
+"""The benchmark behind tools/benchmark.py: every runtime at equal work, one table, one JSON."""
+
+import logging
+import os
+import platform
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from tqdm import tqdm
+
+from ..data import read_image
+from ..data.synthetic import make_synthetic_image
+from ..errors import DentalError
+from ..export import export_model
+from ..file_io import write_json
+from ..visualize import collect_images
+from .inference import measure_dental, measure_torchvision, run_isolated, torch_threads
+from .models import EQUAL_WORK_OPTS, equal_work_config, write_equal_work_checkpoint
+from .training import measure_dental_training, measure_torchvision_training
+
+logger = logging.getLogger(__name__)
+
+# What can be measured, in table order.
+TARGETS = ("pytorch", "onnxruntime", "torchvision_v1", "torchvision_v2", "training")
+# The comparison the speed target is stated against.
+REFERENCE = "torchvision maskrcnn_resnet50_fpn_v2"
+
+
+def load_images(images_dir: str | None, count: int, size: int) -> list[np.ndarray]:
+    """`count` BGR images: the first of `images_dir`, repeated if it has fewer, or synthetic
+    dental photos of `size` px.
+    """
+    if not images_dir:
+        rng = np.random.default_rng(0)
+        return [np.ascontiguousarray(make_synthetic_image(rng, size)[0][:, :, ::-1])] * count
+    paths, _ = collect_images([images_dir])
+    if not paths:
+        raise DentalError(f"{images_dir}: no images found; pass --images a folder of photos")
+    images = [read_image(path, format="BGR") for path in sorted(paths)[:count]]
+    return [images[i % len(images)] for i in range(count)]
+
+
+def machine() -> dict:
+    """What the numbers were measured on, with the load other processes put on it."""
+    model = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    import onnxruntime
+
+    return {
+        "cpu": model,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": run_isolated(torch_threads),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _export_onnx(cfg, weights: str, folder: str) -> str:
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = weights
+    return export_model(cfg, folder)
+
+
+def _jobs(config_file, opts, cfg, options: dict) -> list[tuple[str, object, dict]]:
+    """(row name, measuring function, spec) per measurement, in table order."""
+    device, targets = options["device"], options["targets"]
+    common = {
+        "device": device,
+        "batches": sorted({1, max(1, cfg.TEST.IMS_PER_BATCH)}),
+        "repeats": options["repeats"],
+        "count_gmac": True,
+    }
+    dental = {**common, "config_file": config_file, "opts": [*opts, *EQUAL_WORK_OPTS]}
+    jobs = []
+    if "pytorch" in targets:
+        jobs.append(("dental_d2 PyTorch eager", measure_dental, {**dental, "weights": None}))
+    if "onnxruntime" in targets:
+        onnx = {**dental, "config_file": None, "opts": [], "count_gmac": False}
+        jobs.append(("dental_d2 ONNX Runtime", measure_dental, onnx))
+    for variant, suffix in (("v1", ""), ("v2", "_v2")):
+        if f"torchvision_{variant}" in targets:
+            spec = {**common, "cfg": cfg, "variant": variant}
+            jobs.append((f"torchvision maskrcnn_resnet50_fpn{suffix}", measure_torchvision, spec))
+    if "training" in targets:
+        train = {"cfg": cfg, "device": device, "iters": options["train_iters"]}
+        jobs.append(("train: dental_d2 SimpleTrainer step", measure_dental_training, train))
+        jobs.append(("train: torchvision plain step", measure_torchvision_training, train))
+    return jobs
+
+
+def _row(name: str, result: dict, row: dict) -> dict:
+    gmac = result.get("gmac")
+    return {
+        "name": name,
+        "runtime": result.get("runtime"),
+        **row,
+        "gmac_per_image": round(gmac, 1) if gmac else None,
+        "gflops_per_s": round(2 * gmac * row["batch"] / row["median_s"], 1) if gmac else None,
+        "peak_rss_mib": result["peak_rss_mib"],
+        "gpu_peak_mib": result.get("gpu_peak_mib"),
+        "proposals": result.get("proposals"),
+        "detections": result.get("detections"),
+    }
+
+
+def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
+    """Measures inference and training of a dental config against torchvision at equal work.
+
+    Args:
+        config_file (str): a dental config (sizes, classes, batch sizes, solver).
+        opts (Sequence[str]): KEY VALUE overrides.
+        output_json (str): where the results are written (atomically).
+        **options: `device` ("cpu"), `images` (a folder, or None for synthetic photos),
+            `repeats` (5), `train_iters` (3), `targets` (a subset of `TARGETS`), `workdir`
+            (for the equal-work checkpoint and its ONNX export).
+
+    Returns:
+        dict: `machine`, `settings` and `rows` (one per runtime and batch size).
+    """
+    options = {"device": "cpu", "images": None, "repeats": 5, "train_iters": 3,
+               "targets": TARGETS, "workdir": os.path.dirname(os.path.abspath(output_json)),
+               **options}  # fmt: skip
+    if options["device"].startswith("cuda") and not torch.cuda.is_available():
+        raise DentalError("--device cuda but CUDA is not available; use --device cpu")
+    cfg = equal_work_config(config_file, opts)
+    cfg.MODEL.DEVICE = options["device"]
+    cfg.freeze()
+    settings = {
+        **options,
+        "config_file": config_file,
+        "opts": list(opts),
+        "image_size": [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST],
+        "train_size": cfg.INPUT.MIN_SIZE_TRAIN[0],
+        "train_batch": cfg.SOLVER.IMS_PER_BATCH,
+    }
+    report = {"machine": machine(), "settings": settings}
+    images = load_images(options["images"], max(1, cfg.TEST.IMS_PER_BATCH), cfg.INPUT.MIN_SIZE_TEST)
+    # Every torch op runs in a child, so that the memory and caches of one are not another's.
+    weights = run_isolated(
+        write_equal_work_checkpoint, cfg, os.path.join(options["workdir"], "equal_work.pth")
+    )
+    report["rows"] = []
+    for name, function, spec in tqdm(_jobs(config_file, opts, cfg, options), desc="benchmark"):
+        if function is measure_dental:
+            spec["weights"] = weights
+            if spec["config_file"] is None:
+                folder = os.path.join(options["workdir"], "equal_work_onnx")
+                spec["weights"] = run_isolated(_export_onnx, cfg, weights, folder)
+        logger.info("measuring %s", name)
+        training = function in (measure_dental_training, measure_torchvision_training)
+        try:
+            result = run_isolated(function, spec, None if training else images)
+        except FloatingPointError as e:  # a from-scratch model whose losses left the floats
+            logger.warning("%s: not measured: %s", name, e)
+            continue
+        if function is measure_dental and spec["config_file"] is None:
+            # ONNX Runtime runs the eager model's traced graph: the same multiply-adds.
+            result["gmac"] = next((r["gmac_per_image"] for r in report["rows"][:1]), None)
+        report["rows"] = _compare(report["rows"] + [_row(name, result, r) for r in result["rows"]])
+        write_json(output_json, report, indent=2)  # what is measured survives an interruption
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["settings"]["targets"] = list(options["targets"])
+    write_json(output_json, report, indent=2)
+    return report
+
+
+def _compare(rows: list[dict]) -> list[dict]:
+    """Adds each inference row's latency per image relative to torchvision v2 at its batch."""
+    reference = {r["batch"]: r["median_s"] for r in rows if r["name"] == REFERENCE}
+    for row in rows:
+        base = reference.get(row["batch"]) if not row["name"].startswith("train") else None
+        row["x_torchvision_v2"] = round(row["median_s"] / base, 2) if base else None
+    return rows
+
+
+def format_table(report: dict) -> str:
+    """The benchmark's rows as one text table, with the machine it ran on."""
+    columns = [
+        ("name", "what"), ("batch", "batch"), ("median_s", "median s"), ("p90_s", "p90 s"),
+        ("images_per_s", "img/s"), ("x_torchvision_v2", "x tv v2"), ("gmac_per_image", "GMAC/img"),
+        ("gflops_per_s", "GFLOP/s"), ("peak_rss_mib", "peak RSS MiB"),
+        ("gpu_peak_mib", "GPU MiB"), ("proposals", "proposals"), ("detections", "dets"),
+    ]  # fmt: skip
+    if not any(row.get("gpu_peak_mib") for row in report["rows"]):
+        columns = [c for c in columns if c[0] != "gpu_peak_mib"]
+    table = [[row.get(key) for key, _ in columns] for row in report["rows"]]
+    m, s = report["machine"], report["settings"]
+    header = (
+        f"{s['config_file']} at {s['image_size'][0]} px on {s['device']} ({m['cpu']}, "
+        f"{m['cpu_count']} cores, {m['torch_threads']} torch threads, load "
+        f"{m['load_average_at_start'][0]} -> {m['load_average_at_end'][0]}); training at "
+        f"{s['train_size']} px, {s['train_batch']} images per step"
+    )
+    body = tabulate(table, headers=[h for _, h in columns], tablefmt="github", missingval="")
+    return header + "\n" + body

@@ -1,0 +1,185 @@
+"""Exports a dental Mask R-CNN to ONNX or TorchScript, with a JSON that makes it self-describing.
+
+The whole network is traced, RPN and ROI heads with their NMS and ROIAlign included, through
+detectron2's `TracingAdapter`. What the trace cannot hold (resizing the image, pasting the 28x28
+masks into it) stays in Python and is shared with the PyTorch path: see `backends.py`.
+"""
+
+import io
+import logging
+import os
+import warnings
+
+import torch
+from detectron2.export import TracingAdapter
+from detectron2.modeling import build_model
+
+from ..checkpoint import DentalCheckpointer, read_class_names
+from ..errors import DentalError
+from ..file_io import write_bytes, write_json
+
+logger = logging.getLogger(__name__)
+
+# File names inside the export folder.
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+METADATA_FILE = "model.json"
+# The traced graph's inputs and outputs, in this order.
+INPUT_NAMES = ["image"]
+OUTPUT_NAMES = ["boxes", "scores", "classes", "masks"]
+# torchvision's RoIAlign with aligned=True exports from opset 16; NMS from opset 11.
+ONNX_OPSET = 17
+
+
+def _raw_detections(model, image: torch.Tensor):
+    """The traced function: a CHW float image in, detections at the network's input size out."""
+    (instances,) = model.inference([{"image": image}], do_postprocess=False)
+    return (
+        instances.pred_boxes.tensor,
+        instances.scores,
+        instances.pred_classes,
+        instances.pred_masks,
+    )
+
+
+def export_class_names(cfg) -> list[str]:
+    """The class names of the model in `cfg`: its checkpoint's, else `DENTAL.CLASS_NAMES`.
+
+    Args:
+        cfg (CfgNode): the model's config.
+
+    Raises:
+        DentalError: when neither names the classes, or their count is not `NUM_CLASSES`.
+    """
+    from_weights = read_class_names(cfg.MODEL.WEIGHTS, cfg.DENTAL.ALLOW_PICKLE)
+    names = from_weights or list(cfg.DENTAL.CLASS_NAMES)
+    if not names:
+        raise DentalError(
+            f"{cfg.MODEL.WEIGHTS or 'MODEL.WEIGHTS'}: no class names in the checkpoint; pass "
+            "them as DENTAL.CLASS_NAMES \"['Caries', 'Cavity', 'Crack', 'Tooth']\""
+        )
+    if len(names) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise DentalError(
+            f"{cfg.MODEL.WEIGHTS or 'DENTAL.CLASS_NAMES'}: {len(names)} class names {names} but "
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; set "
+            f"MODEL.ROI_HEADS.NUM_CLASSES {len(names)}"
+        )
+    return names
+
+
+def export_metadata(cfg, fmt: str, class_names: list[str]) -> dict:
+    """What a runtime needs besides the graph, so the file is usable without the config.
+
+    Args:
+        cfg (CfgNode): the exported model's config.
+        fmt (str): "onnx" or "torchscript".
+        class_names (list[str]): in contiguous-id order.
+    """
+    return {
+        "format": fmt,
+        "model_file": MODEL_FILES[fmt],
+        "class_names": list(class_names),
+        "input": {
+            "name": INPUT_NAMES[0],
+            "layout": "CHW float32, 0-255, resized by the caller",
+            "format": cfg.INPUT.FORMAT,
+        },
+        "outputs": OUTPUT_NAMES,
+        # Applied inside the graph; recorded for users of the raw file.
+        "pixel_mean": list(cfg.MODEL.PIXEL_MEAN),
+        "pixel_std": list(cfg.MODEL.PIXEL_STD),
+        "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+        "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
+        # Detections scoring at or below this were dropped inside the graph.
+        "score_threshold": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+        "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        "mask_threshold": 0.5,
+        "onnx_opset": ONNX_OPSET if fmt == "onnx" else None,
+        "weights": cfg.MODEL.WEIGHTS,
+    }
+
+
+def build_traceable_model(cfg) -> TracingAdapter:
+    """Builds the model of `cfg` on the CPU with its weights, wrapped for tracing.
+
+    Args:
+        cfg (CfgNode): a dental config; `MODEL.WEIGHTS` is loaded.
+    """
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = "cpu"
+    model = build_model(cfg).eval()
+    DentalCheckpointer(model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE).load(cfg.MODEL.WEIGHTS)
+    # A mid-grey image with noise: its values only steer the trace, shapes stay dynamic.
+    size = cfg.INPUT.MIN_SIZE_TEST
+    generator = torch.Generator().manual_seed(0)
+    sample = 128.0 + 32.0 * torch.randn(3, size, size, generator=generator)
+    return TracingAdapter(model, sample.clamp(0, 255), _raw_detections).eval()
+
+
+def _serialize(adapter: TracingAdapter, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # Each Python branch on a shape gets a TracerWarning; detectron2 keeps those branches
+        # shape-independent for tracing, and the parity tests check other sizes.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        _trace_into(adapter, fmt, buffer)
+    return buffer.getvalue()
+
+
+def _trace_into(adapter: TracingAdapter, fmt: str, buffer: io.BytesIO) -> None:
+    if fmt == "onnx":
+        torch.onnx.export(
+            adapter,
+            adapter.flattened_inputs,
+            buffer,
+            dynamo=False,  # the TorchScript-based exporter: the traced graph, NMS and RoIAlign
+            opset_version=ONNX_OPSET,
+            input_names=INPUT_NAMES,
+            output_names=OUTPUT_NAMES,
+            dynamic_axes={
+                "image": {1: "height", 2: "width"},
+                **{name: {0: "detections"} for name in OUTPUT_NAMES},
+            },
+        )
+    else:
+        traced = torch.jit.trace(adapter, adapter.flattened_inputs, check_trace=False)
+        torch.jit.save(traced, buffer)
+
+
+def export_model(cfg, output_dir: str, fmt: str = "onnx") -> str:
+    """Exports the model of `cfg` to `output_dir/model.onnx` (or `.ts`) and `model.json`.
+
+    Args:
+        cfg (CfgNode): a dental config whose `MODEL.WEIGHTS` is the checkpoint to export.
+            `MODEL.ROI_HEADS.SCORE_THRESH_TEST` and `TEST.DETECTIONS_PER_IMAGE` are fixed in
+            the graph.
+        output_dir (str): created if missing.
+        fmt (str): "onnx" or "torchscript".
+
+    Returns:
+        str: the path of the exported model.
+    """
+    if fmt not in MODEL_FILES:
+        raise DentalError(f"unknown export format {fmt!r}; use one of {sorted(MODEL_FILES)}")
+    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" or not cfg.MODEL.MASK_ON:
+        raise DentalError(
+            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} with MASK_ON "
+            f"{cfg.MODEL.MASK_ON}: only Mask R-CNN (GeneralizedRCNN, MASK_ON True) is exported"
+        )
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise DentalError(f"{weights}: weights file not found; pass a model_final.pth")
+    class_names = export_class_names(cfg)
+    if not weights:
+        logger.warning("MODEL.WEIGHTS is empty: exporting a model with random weights")
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, MODEL_FILES[fmt])
+    logger.info("tracing the model for %s export", fmt)
+    write_bytes(path, _serialize(build_traceable_model(cfg), fmt))
+    write_json(
+        os.path.join(output_dir, METADATA_FILE),
+        export_metadata(cfg, fmt, class_names),
+        indent=2,
+    )
+    logger.info("wrote %s and %s", path, os.path.join(output_dir, METADATA_FILE))
+    return path

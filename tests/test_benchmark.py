@@ -1,0 +1,78 @@
+"""tools/benchmark.py on the demo model at a tiny size: every runtime measured at equal work,
+one table, one JSON."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("restore_loggers")
+CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
+TINY = [
+    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96", "INPUT.MIN_SIZE_TRAIN", "(96,)",
+    "INPUT.MAX_SIZE_TRAIN", "96", "SOLVER.IMS_PER_BATCH", "2", "TEST.IMS_PER_BATCH", "2",
+]  # fmt: skip
+
+
+def benchmark_tool():
+    spec = importlib.util.spec_from_file_location("benchmark_tool", ROOT / "tools" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_benchmark_measures_every_runtime_at_equal_work(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    code = benchmark_tool().main(
+        ["--config-file", CONFIG, "--output", str(output), "--repeats", "1", "--train-iters", "1",
+         "--only", "pytorch,onnxruntime,torchvision_v1,training", *TINY]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(output.read_text())
+    rows = {(row["name"], row["batch"]): row for row in report["rows"]}
+    inference = ["dental_d2 PyTorch eager", "dental_d2 ONNX Runtime",
+                 "torchvision maskrcnn_resnet50_fpn"]  # fmt: skip
+    for name in inference:
+        for batch in (1, 2):
+            row = rows[name, batch]
+            # Zeroed regressors and thresholds at 0: every model keeps its 100 detections.
+            assert row["detections"] == 100
+            assert row["median_s"] > 0 and row["images_per_s"] == pytest.approx(
+                batch / row["median_s"], rel=0.01
+            )
+            assert row["peak_rss_mib"] > 100
+    eager, torchvision = rows[inference[0], 1], rows[inference[2], 1]
+    assert rows[inference[1], 1]["gmac_per_image"] == eager["gmac_per_image"]  # the same graph
+    assert eager["proposals"] == 1000
+    assert 0 < eager["gmac_per_image"] < torchvision["gmac_per_image"]  # R18 vs R50
+    assert eager["gflops_per_s"] == pytest.approx(
+        2 * eager["gmac_per_image"] / eager["median_s"], rel=0.05
+    )
+    for name in ("train: dental_d2 SimpleTrainer step", "train: torchvision plain step"):
+        assert rows[name, 2]["images_per_s"] > 0
+    table = capsys.readouterr().out
+    assert all(name in table for name, _ in rows) and report["machine"]["cpu_count"] >= 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the error without CUDA")
+def test_benchmark_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
+    code = benchmark_tool().main(
+        ["--config-file", CONFIG, "--device", "cuda", "--output", str(tmp_path / "b.json")]
+    )
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "CUDA" in err and "\n" not in err
+
+
+def test_benchmark_names_an_empty_image_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = benchmark_tool().main(
+        ["--config-file", CONFIG, "--images", str(tmp_path / "empty"),
+         "--output", str(tmp_path / "b.json"), *TINY]
+    )  # fmt: skip
+    assert code == 1
+    assert "empty" in capsys.readouterr().err

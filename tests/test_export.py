@@ -1,0 +1,183 @@
+"""ONNX / TorchScript export of a briefly trained demo model, ONNX Runtime behind Predictor, and
+output parity with PyTorch on synthetic and real photos."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from dental_d2 import DentalError
+from dental_d2.checkpoint import CLASS_NAMES_KEY
+from dental_d2.config import build_config
+from dental_d2.data import read_image
+from dental_d2.data.synthetic import generate_synthetic_dataset
+from dental_d2.export import METADATA_FILE, export_model
+from dental_d2.predictor import Predictor
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("restore_loggers")
+CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
+CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
+# The demo model at 160 px with random weights: seconds on a CPU. At a score threshold of 0.05
+# it keeps its 50 detections per image (scores near 1/5), each with a mask of its own.
+SIZE = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "160"]
+SCORE = 0.05
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_dataset(str(root), num_train=0, num_valid=0, num_test=4, size=160, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A checkpoint as the trainer writes it: random weights and the class names."""
+    torch.manual_seed(0)
+    model = build_model(build_config(CONFIG, [*SIZE, "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]))
+    path = str(tmp_path_factory.mktemp("weights") / "model_final.pth")
+    torch.save({"model": model.state_dict(), CLASS_NAMES_KEY: {"thing_classes": CLASSES}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(weights, tmp_path_factory):
+    cfg = build_config(CONFIG, [*SIZE, "MODEL.WEIGHTS", weights])
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = SCORE
+    folder = tmp_path_factory.mktemp("export")
+    return export_model(cfg, str(folder / "onnx")), export_model(
+        cfg, str(folder / "ts"), "torchscript"
+    )
+
+
+@pytest.fixture(scope="module")
+def eager(weights):
+    return Predictor(CONFIG, weights, opts=SIZE, confidence_threshold=SCORE, device="cpu")
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_same_detections(expected, actual):
+    """The parity contract: same count and classes, boxes within 1 px, scores within 1e-3,
+    mask IoU >= 0.99 per instance."""
+    assert len(actual) == len(expected)
+    assert actual.pred_classes.tolist() == expected.pred_classes.tolist()
+    torch.testing.assert_close(actual.scores, expected.scores, atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        actual.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1.0, rtol=0
+    )
+    intersection = (actual.pred_masks & expected.pred_masks).flatten(1).sum(1)
+    union = (actual.pred_masks | expected.pred_masks).flatten(1).sum(1).clamp(min=1)
+    iou = intersection / union
+    assert bool((iou >= 0.99).all()), iou.min()
+
+
+def _check_parity(eager, model_path, images):
+    runtime = Predictor(None, weights=model_path, confidence_threshold=SCORE, device="cpu")
+    expected, actual = eager.predict_batch(images), runtime.predict_batch(images)
+    for image_expected, image_actual in zip(expected, actual):
+        assert_same_detections(image_expected, image_actual)
+    return expected
+
+
+@pytest.mark.slow
+def test_export_writes_a_valid_onnx_model_and_its_metadata(exported, weights):
+    import onnx
+
+    onnx_path, _ = exported
+    model = onnx.load(onnx_path)
+    onnx.checker.check_model(model)
+    assert [i.name for i in model.graph.input] == ["image"]
+    assert [o.name for o in model.graph.output] == ["boxes", "scores", "classes", "masks"]
+    with open(os.path.join(os.path.dirname(onnx_path), METADATA_FILE)) as f:
+        metadata = json.load(f)
+    assert metadata["class_names"] == CLASSES
+    assert (metadata["min_size_test"], metadata["score_threshold"]) == (160, SCORE)
+    assert metadata["input"]["format"] == "BGR" and metadata["weights"] == weights
+
+
+@pytest.mark.slow
+def test_onnx_matches_pytorch_on_synthetic_photos(exported, eager, synthetic):
+    images = sorted(str(p) for p in (synthetic / "test").glob("*.jpg"))
+    # Another size and aspect ratio than the traced one: shapes in the graph are dynamic.
+    images.append(np.ascontiguousarray(read_image(images[0], format="BGR")[:120]))
+    expected = _check_parity(eager, exported[0], images)
+    assert sum(len(instances) for instances in expected) >= 10
+    assert all(len(instances) > 0 for instances in expected)
+
+
+@pytest.mark.slow
+def test_onnx_matches_pytorch_on_real_photos(exported, eager, calculus_root):
+    images = sorted(str(p) for p in (calculus_root / "test").glob("*.jpg"))[:4]
+    expected = _check_parity(eager, exported[0], images)
+    assert sum(len(instances) for instances in expected) >= 4
+
+
+@pytest.mark.slow
+def test_torchscript_matches_pytorch(exported, eager, synthetic):
+    images = sorted(str(p) for p in (synthetic / "test").glob("*.jpg"))[:2]
+    _check_parity(eager, exported[1], images)
+
+
+@pytest.mark.slow
+def test_confidence_threshold_filters_the_exported_detections(exported, eager, weights, synthetic):
+    images = sorted(str(p) for p in (synthetic / "test").glob("*.jpg"))
+    # Above the exported threshold: ONNX Runtime filters what the graph kept, like PyTorch does.
+    threshold = float(torch.cat([i.scores for i in eager.predict_batch(images)]).median())
+    eager = Predictor(CONFIG, weights, opts=SIZE, confidence_threshold=threshold, device="cpu")
+    runtime = Predictor(None, weights=exported[0], confidence_threshold=threshold, device="cpu")
+    assert runtime.model is None and runtime.backend.name == "onnxruntime"
+    expected, actual = eager.predict_batch(images), runtime.predict_batch(images)
+    assert 0 < sum(map(len, expected)) <= 50 * len(images) / 2
+    for image_expected, image_actual in zip(expected, actual):
+        assert bool((image_actual.scores > threshold).all())
+        assert_same_detections(image_expected, image_actual)
+
+
+@pytest.mark.slow
+def test_visualize_tool_runs_the_onnx_model_without_a_config(exported, synthetic, tmp_path):
+    output = tmp_path / "vis"
+    code = load_tool("visualize").main(
+        ["--input", str(synthetic / "test"), "--output", str(output),
+         "--confidence-threshold", "0.2", "MODEL.WEIGHTS", exported[0], "MODEL.DEVICE", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    assert len(list(output.glob("*.jpg"))) == 4
+    with open(output / "predictions.coco.json") as f:
+        predictions = json.load(f)
+    assert [c["name"] for c in predictions["categories"]] == CLASSES
+    assert predictions["annotations"]
+
+
+def test_export_tool_names_missing_weights(tmp_path, capsys):
+    missing = str(tmp_path / "missing.pth")
+    code = load_tool("export_model").main(
+        ["--config-file", CONFIG, "--output", str(tmp_path / "out"), "MODEL.WEIGHTS", missing]
+    )
+    assert code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "missing.pth" in err and "\n" not in err
+
+
+def test_exported_model_without_its_metadata_is_named(tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not read")
+    with pytest.raises(DentalError, match=METADATA_FILE):
+        Predictor(None, weights=str(model))
+
+
+def test_export_needs_class_names():
+    cfg = build_config(CONFIG, ["MODEL.WEIGHTS", ""])
+    with pytest.raises(DentalError, match="DENTAL.CLASS_NAMES"):
+        export_model(cfg, "unused")

@@ -1,0 +1,67 @@
+"""Inference and training speed of a dental config: PyTorch eager, ONNX Runtime, torchvision.
+
+    python tools/benchmark.py --config-file configs/dental_r50.yaml \\
+        --images ../shared/datasets/calculus-segment-v10/test TEST.IMS_PER_BATCH 2
+
+Random weights with both box regressors zeroed and thresholds at 0, so every model keeps 1000
+proposals and 100 detections per image. Prints one table and writes it as JSON (--output).
+"""
+
+import argparse
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from dental_d2 import DentalError
+from dental_d2.benchmark import TARGETS, format_table, run_benchmark
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="a dental config")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--images", metavar="DIR", help="photos to time (default: synthetic)")
+    parser.add_argument(
+        "--output", default="output/benchmark/benchmark.json", metavar="FILE", help="the JSON"
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    parser.add_argument("--train-iters", type=int, default=3, help="timed training steps")
+    parser.add_argument(
+        "--only",
+        default=",".join(TARGETS),
+        help=f"what to measure, comma-separated (default {','.join(TARGETS)})",
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE")
+    args = parser.parse_args(argv)
+    args.only = [target.strip() for target in args.only.split(",") if target.strip()]
+    unknown = sorted(set(args.only) - set(TARGETS))
+    if unknown or not args.only:
+        parser.error(f"--only: unknown {unknown}; choose from {','.join(TARGETS)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    setup_logger(name="detectron2")
+    setup_logger(name="dental_d2")
+    try:
+        report = run_benchmark(
+            args.config_file,
+            args.opts,
+            args.output,
+            device=args.device,
+            images=args.images,
+            repeats=args.repeats,
+            train_iters=args.train_iters,
+            targets=tuple(args.only),
+        )
+    except DentalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_table(report))
+    print(f"written to {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
