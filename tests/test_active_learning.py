@@ -107,7 +107,8 @@ def images(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scripted_predictor():
     predictor = Predictor(CONFIG, opts=TINY, confidence_threshold=0.3)
-    predictor.model = ScriptedModel()
+    # The PyTorch backend runs its model; the scripted one stands in for it.
+    predictor.backend.model = predictor.model = ScriptedModel()
     return predictor
 
 
