@@ -82,6 +82,7 @@ def load_weights_file(path: str, allow_pickle: bool = False) -> dict:
         if not allow_pickle:
             _refuse_pickle(path, "this checkpoint holds Python objects besides tensors")
         logger.warning(f"{path}: loading Python objects from it (DENTAL.ALLOW_PICKLE True)")
+        # The user chose to trust this file with DENTAL.ALLOW_PICKLE: full unpickling.
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as inner:

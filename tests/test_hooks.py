@@ -132,7 +132,7 @@ def test_early_stopping_saves_final_checkpoint(tmp_path):
     stopper = EarlyStopping(PERIOD, "validation_loss", "min", 1, checkpointer=checkpointer)
     trainer.register_hooks([stopper])
     assert _run(trainer, max_iter=100)
-    saved = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    saved = torch.load(tmp_path / "model_final.pth", weights_only=True)
     assert saved["iteration"] == 2 * PERIOD - 1
 
 

@@ -90,7 +90,7 @@ def math_finite(value):
 
 def test_checkpoint_and_config_carry_class_names(trained):
     output, _ = trained
-    checkpoint = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
+    checkpoint = torch.load(output / "model_final.pth", map_location="cpu", weights_only=True)
     assert checkpoint[CLASS_NAMES_KEY]["thing_classes"] == CLASSES
     hooks_state = checkpoint["trainer"]["hooks"]
     assert {"EarlyStopping", "ReduceLROnPlateau"} <= set(hooks_state)
@@ -202,7 +202,7 @@ def test_early_stopping_ends_training_cleanly(export, tmp_path):
     # evaluated at iterations 4 and 8, and not once more for the stop
     assert log.count("Validation loss at iteration") == 2
     assert log.count("Evaluation results for dental_valid in csv format") == 2
-    final = torch.load(output / "model_final.pth", map_location="cpu", weights_only=False)
+    final = torch.load(output / "model_final.pth", map_location="cpu", weights_only=True)
     assert final["iteration"] == 7
     assert not (output / "model_0000039.pth").exists()
 

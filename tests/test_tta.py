@@ -53,7 +53,8 @@ def test_tta_predictor_returns_instances_at_the_image_size_from_four_views():
 
 def test_tta_needs_a_generalized_rcnn():
     opts = [*TTA, "MODEL.META_ARCHITECTURE", "ProposalNetwork"]
-    with pytest.raises(DentalError, match="TEST.AUG.ENABLED needs a PyTorch GeneralizedRCNN .not ProposalNetwork"):
+    message = "TEST.AUG.ENABLED needs a PyTorch GeneralizedRCNN .not ProposalNetwork"
+    with pytest.raises(DentalError, match=message):
         Predictor(CONFIG, opts=opts)
 
 
