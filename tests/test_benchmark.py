@@ -76,3 +76,20 @@ def test_benchmark_names_an_empty_image_folder(tmp_path, capsys):
     )  # fmt: skip
     assert code == 1
     assert "empty" in capsys.readouterr().err
+
+
+def test_training_step_of_a_from_scratch_r50_is_measured():
+    """The reference R50 (frozen BN, no COCO weights here) has losses in the hundreds at
+    random init; at the config's LR its step diverged to NaN, so the benchmark had no R50
+    training row. At LR 0 the step does all its work and stays finite."""
+    from dental_d2.benchmark.models import equal_work_config
+    from dental_d2.benchmark.training import measure_dental_training
+
+    cfg = equal_work_config(
+        str(ROOT / "configs" / "dental_r50.yaml"),
+        ["MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+         "SOLVER.IMS_PER_BATCH", "1"],
+    )  # fmt: skip
+    result = measure_dental_training({"cfg": cfg, "device": "cpu", "iters": 3})
+    (row,) = result["rows"]
+    assert row["batch"] == 1 and row["median_s"] > 0

@@ -54,8 +54,9 @@ def _dental_inputs(cfg, batch: list[dict]) -> list[dict]:
 
 
 def _freeze_weights(optimizer) -> None:
-    """LR 0: the step does all its work but the random weights stay put, so a from-scratch R50
-    with frozen BN cannot diverge into NaN (which would end the measurement)."""
+    """LR 0 for both trainers: the step does all its work (the optimizer's included) but the
+    random weights stay put. A from-scratch R50 with frozen BN has losses in the hundreds, and
+    one step at the config's LR sends it to NaN, which would end the measurement."""
     for group in optimizer.param_groups:
         group["lr"] = 0.0
 
@@ -86,11 +87,9 @@ def measure_dental_training(spec: dict, _unused=None) -> dict:
     # As in inference and in torchvision's model: proposals are anchors. Random box deltas on
     # a from-scratch R50's huge features would make non-finite proposals, which end training.
     zero_box_regressors(model)
-    trainer = SimpleTrainer(
-        model,
-        itertools.repeat(_dental_inputs(cfg, batch)),
-        DentalTrainer.build_optimizer(cfg, model),
-    )
+    optimizer = DentalTrainer.build_optimizer(cfg, model)
+    _freeze_weights(optimizer)
+    trainer = SimpleTrainer(model, itertools.repeat(_dental_inputs(cfg, batch)), optimizer)
     with EventStorage(0) as trainer.storage:
 
         def step():
