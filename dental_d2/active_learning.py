@@ -24,7 +24,8 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 from tqdm import tqdm
 
 from .data import read_image
-from .data.roboflow import ANNOTATION_FILE, read_coco_json
+from .data.coco_json import read_coco_json
+from .data.roboflow import ANNOTATION_FILE
 from .errors import DentalError
 from .file_io import atomic_write, write_bytes, write_json
 from .visualize import coco_dataset, instances_to_coco_annotations

@@ -97,6 +97,26 @@ def write_image(path, image_bgr: np.ndarray, params: tuple[int, ...] = ()) -> bo
     return True
 
 
+def make_output_dir(path) -> None:
+    """Creates the folder a tool writes into (`--output`), with a one-line error when it cannot."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise DentalError(
+            f"{path}: cannot create the output directory ({e}); pass another --output"
+        ) from e
+
+
+def write_overlay(path, image_rgb: np.ndarray) -> None:
+    """Writes a drawn RGB picture (an overlay) atomically, format from the extension.
+
+    Raises:
+        DentalError: when it cannot be written.
+    """
+    if not write_image(path, image_rgb[:, :, ::-1]):
+        raise DentalError(f"{path}: cannot write the overlay; check that --output is writable")
+
+
 def check_output_outside(output_dir, input_folders, image_files=()) -> None:
     """Refuses an output folder that is an input folder, inside one, or an image's own folder.
 

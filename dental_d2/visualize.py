@@ -1,40 +1,39 @@
-"""Overlays, COCO prediction files and findings for images, and GT-vs-prediction renderings."""
+"""Drawing predictions and ground truth: masks, boxes, tooth numbers and a findings summary, for
+live predictions and for saved results beside their ground truth."""
 
-import datetime
-import glob
-import json
 import logging
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import annotations_to_instances
-from detectron2.structures import Boxes, BoxMode, Instances
+from detectron2.structures import Instances
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
+from .config import DEFAULT_SCORE_THRESHOLD
 from .data import read_image, register_from_config
 from .data.categories import thing_colors
+from .data.image_files import overlay_names
 from .errors import DentalError
 from .evaluation.plots import plain_text
-from .file_io import write_image, write_json
-from .findings import Findings, findings_from_instances, findings_to_dict, summarize
+from .evaluation.saved_results import (
+    check_results_fit_dataset,
+    load_coco_results,
+    results_to_instances,
+)
+from .file_io import make_output_dir, write_overlay
+from .findings import Findings, findings_from_instances, summarize
 
 logger = logging.getLogger(__name__)
 
-# Files a directory given as input contributes (compared case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # Mask fill opacity: low enough that the enamel under a lesion stays visible.
 MASK_ALPHA = 0.4
-# Written to the output directory.
-PREDICTIONS_FILE = "predictions.coco.json"
-FINDINGS_FILE = "findings.json"
 
 
 def build_metadata(class_names: Sequence[str]) -> Metadata:
@@ -144,338 +143,36 @@ def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarra
     return canvas
 
 
-def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Expands files, directories and glob patterns into image paths.
-
-    A directory contributes its images (IMAGE_EXTENSIONS, not recursive), sorted; a glob
-    pattern (`**` recurses) its matching images, sorted; a file is taken as given. A path
-    reached twice is kept once.
-
-    Args:
-        inputs (Sequence[str]): files, directories and glob patterns.
-
-    Returns:
-        tuple[list[str], list[str]]: the image paths, and one message for each input that gave
-        no image.
-
-    Raises:
-        DentalError: when no input gives any image.
-    """
-    paths, problems, seen = [], [], set()
-    for item in inputs:
-        if os.path.isfile(item):
-            found = [item]
-        elif os.path.isdir(item):
-            found = sorted(
-                os.path.join(item, name)
-                for name in os.listdir(item)
-                if _is_image_name(name) and os.path.isfile(os.path.join(item, name))
-            )
-        else:
-            found = sorted(
-                p
-                for p in glob.glob(item, recursive=True)
-                if _is_image_name(p) and os.path.isfile(p)
-            )
-        if not found:
-            problems.append(
-                f"{item}: matched no image; pass an existing file, a directory or a glob pattern"
-            )
-        for path in found:
-            key = os.path.realpath(path)
-            if key not in seen:
-                seen.add(key)
-                paths.append(path)
-    if not paths:
+def _dataset_metadata(cfg, dataset_name: str):
+    register_from_config(cfg)
+    if dataset_name not in DatasetCatalog.list():
+        prefix = cfg.DENTAL.DATASET_NAME + "_"
+        registered = [name for name in DatasetCatalog.list() if name.startswith(prefix)]
         raise DentalError(
-            f"no images found in {' '.join(inputs)}: pass image files, directories or glob "
-            f"patterns (extensions {', '.join(IMAGE_EXTENSIONS)})"
+            f"{dataset_name}: no such dataset; registered from DENTAL.DATA_ROOT "
+            f"{cfg.DENTAL.DATA_ROOT}: {', '.join(registered) or 'none'}; pass one as --dataset"
         )
-    return paths, problems
+    metadata = MetadataCatalog.get(dataset_name)
+    if not metadata.get("thing_colors"):
+        metadata = build_metadata(metadata.thing_classes)
+    return metadata
 
 
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def relative_names(paths: Sequence[str]) -> list[str]:
-    """Returns the paths relative to the deepest directory that holds them all.
-
-    These are the `file_name`s of predictions.coco.json: plain file names when all images come
-    from one directory, which is what annotation tools match uploaded images by.
-
-    Args:
-        paths (Sequence[str]): image paths.
-    """
-    if not paths:
-        return []
-    absolute = [os.path.abspath(p) for p in paths]
-    root = os.path.commonpath([os.path.dirname(p) for p in absolute])
-    return [os.path.relpath(p, root).replace(os.sep, "/") for p in absolute]
-
-
-def overlay_names(paths: Sequence[str]) -> list[str]:
-    """Returns a distinct `<stem>.jpg` for each image.
-
-    Images with the same stem from different directories become `<dir>__<stem>.jpg` (the path
-    below the common directory); same stem and directory, `<stem>_<ext>.jpg`.
-
-    Args:
-        paths (Sequence[str]): image paths.
-    """
-    relative = relative_names(paths)
-    stems = [os.path.splitext(os.path.basename(r))[0] for r in relative]
-    folders = defaultdict(set)
-    for stem, r in zip(stems, relative):
-        folders[stem].add(os.path.dirname(r))
-    names = [
-        os.path.splitext(r)[0].replace("/", "__") if len(folders[stem]) > 1 else stem
-        for stem, r in zip(stems, relative)
-    ]
-    counts = Counter(names)
-    names = [
-        f"{n}_{os.path.splitext(r)[1].lstrip('.').lower()}" if counts[n] > 1 else n
-        for n, r in zip(names, relative)
-    ]
-    # Only names differing in the case of the extension (a.png, a.PNG) are left to number.
-    unique, used = [], Counter()
-    for name in names:
-        candidate = name if not used[name] else f"{name}_{used[name]}"
-        used[name] += 1
-        unique.append(candidate + ".jpg")
-    return unique
-
-
-def instances_to_coco_annotations(
-    instances: Instances, image_id: int, first_id: int = 1
-) -> list[dict]:
-    """Converts predictions to COCO annotations with RLE masks (category ids 1..K).
-
-    Annotations keep the order of the instances, so the findings' `instance` index points at
-    them.
-
-    Args:
-        instances (Instances): one image's predictions; without `pred_masks` (a box-only
-            model) the annotations have no `segmentation` and `area` is the box's.
-        image_id (int): the COCO id of the image.
-        first_id (int): the id of the first annotation.
-
-    Returns:
-        list[dict]: `id`, `image_id`, `category_id`, `bbox` (XYWH), `area` (mask pixels),
-        `segmentation` (RLE, `counts` a str), `score`, `iscrowd` 0.
-    """
-    instances = instances.to("cpu")
-    if not len(instances):
-        return []
-    boxes = BoxMode.convert(
-        instances.pred_boxes.tensor.numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS
-    ).tolist()
-    annotations = []
-    for k, (box, cls, score) in enumerate(
-        zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist())
-    ):
-        annotations.append(
-            {
-                "id": first_id + k,
-                "image_id": image_id,
-                "category_id": cls + 1,
-                "bbox": [round(v, 2) for v in box],
-                "area": round(box[2] * box[3], 2),
-                "score": round(float(score), 4),
-                "iscrowd": 0,
-            }
+def _draw_pair(cfg, image_rgb, truth: Instances, predictions: Instances, metadata) -> np.ndarray:
+    """Ground truth on the left, predictions on the right, each with its findings summary."""
+    panels = []
+    for title, instances in (("ground truth", truth), ("predictions", predictions)):
+        findings = findings_from_instances(
+            instances,
+            metadata.thing_classes,
+            tooth_classes=cfg.DENTAL.FINDINGS.TOOTH_CLASSES,
+            min_overlap=cfg.DENTAL.FINDINGS.MIN_OVERLAP,
         )
-    if instances.has("pred_masks"):
-        masks = np.asarray(instances.pred_masks.numpy(), dtype=np.uint8)
-        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
-        for annotation, rle in zip(annotations, rles):
-            annotation["area"] = int(mask_util.area(rle))
-            counts = rle["counts"].decode("ascii")
-            annotation["segmentation"] = {"size": rle["size"], "counts": counts}
-    return annotations
-
-
-def coco_dataset(images: list[dict], annotations: list[dict], class_names: Sequence[str]) -> dict:
-    """Wraps images and annotations into a COCO dataset dict, categories numbered 1..K.
-
-    Args:
-        images (list[dict]): `id`, `file_name`, `height`, `width`.
-        annotations (list[dict]): as from `instances_to_coco_annotations`.
-        class_names (Sequence[str]): class names in contiguous-id order.
-    """
-    return {
-        "info": {
-            "description": "dental_d2 predictions",
-            "date_created": datetime.datetime.now().isoformat(timespec="seconds"),
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [
-            {"id": i + 1, "name": name, "supercategory": "dental"}
-            for i, name in enumerate(class_names)
-        ],
-    }
-
-
-def _make_output_dir(path: str):
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise DentalError(
-            f"{path}: cannot create the output directory ({e}); pass another --output"
-        ) from e
-
-
-def _write_overlay(path: str, image_rgb: np.ndarray):
-    if not write_image(path, image_rgb[:, :, ::-1]):
-        raise DentalError(f"{path}: cannot write the overlay; check that --output is writable")
-
-
-def _write_json(path: str, data: dict, indent: int | None = None):
-    write_json(path, data, indent=indent)
-
-
-def predict_images(predictor, image_paths: Sequence[str], output_dir: str) -> list[str]:
-    """Predicts images and writes overlays, predictions.coco.json and findings.json.
-
-    Images are read and predicted `TEST.IMS_PER_BATCH` at a time. An image that cannot be read
-    is logged, skipped and reported in the returned list.
-
-    Args:
-        predictor (dental_d2.predictor.Predictor): the model.
-        image_paths (Sequence[str]): image files.
-        output_dir (str): created if missing.
-
-    Returns:
-        list[str]: one message per image that failed (empty when all succeeded).
-    """
-    _make_output_dir(output_dir)
-    file_names = relative_names(image_paths)
-    overlays = overlay_names(image_paths)
-    batch_size = max(1, predictor.cfg.TEST.IMS_PER_BATCH)
-    coco_images, coco_annotations, findings_images, failures = [], [], [], []
-    with tqdm(total=len(image_paths), desc="predicting", unit="image") as progress:
-        for start in range(0, len(image_paths), batch_size):
-            batch = []
-            for k in range(start, min(start + batch_size, len(image_paths))):
-                try:
-                    batch.append((k, read_image(image_paths[k], format="BGR")))
-                except DentalError as e:
-                    logger.warning("skipped: %s", e)
-                    failures.append(str(e))
-                    progress.update(1)
-                    progress.set_postfix(failed=len(failures))
-            outputs = predictor.predict_batch([image for _, image in batch]) if batch else []
-            for (k, image), instances in zip(batch, outputs):
-                image_id = len(coco_images) + 1
-                height, width = image.shape[:2]
-                findings = predictor.findings(instances)
-                summary = summarize(findings)
-                overlay = draw_instances(
-                    image[:, :, ::-1],
-                    instances,
-                    predictor.metadata,
-                    findings=findings,
-                    summary=summary,
-                )
-                _write_overlay(os.path.join(output_dir, overlays[k]), overlay)
-                coco_images.append(
-                    {"id": image_id, "file_name": file_names[k], "height": height, "width": width}
-                )
-                coco_annotations += instances_to_coco_annotations(
-                    instances, image_id, first_id=len(coco_annotations) + 1
-                )
-                findings_images.append(
-                    {"file": file_names[k], "overlay": overlays[k], **findings_to_dict(findings)}
-                )
-                progress.update(1)
-
-    findings_cfg = predictor.cfg.DENTAL.FINDINGS
-    _write_json(
-        os.path.join(output_dir, PREDICTIONS_FILE),
-        coco_dataset(coco_images, coco_annotations, predictor.class_names),
-    )
-    _write_json(
-        os.path.join(output_dir, FINDINGS_FILE),
-        {
-            "tooth_classes": list(findings_cfg.TOOTH_CLASSES),
-            "min_overlap": findings_cfg.MIN_OVERLAP,
-            "images": findings_images,
-        },
-        indent=2,
-    )
-    logger.info(
-        "wrote %d overlays, %s and %s to %s",
-        len(coco_images),
-        PREDICTIONS_FILE,
-        FINDINGS_FILE,
-        output_dir,
-    )
-    return failures
-
-
-def load_coco_results(path: str) -> list[dict]:
-    """Reads a COCO results file (a list of detections), as COCOEvaluator writes it.
-
-    Args:
-        path (str): e.g. OUTPUT_DIR/inference/coco_instances_results.json.
-
-    Raises:
-        DentalError: when the file is missing, not JSON or not a list of detections.
-    """
-    if not os.path.isfile(path):
-        raise DentalError(
-            f"{path}: predictions file not found; pass the coco_instances_results.json that "
-            "evaluation wrote under OUTPUT_DIR/inference/"
+        summary = f"{title}: {summarize(findings)}"
+        panels.append(
+            draw_instances(image_rgb, instances, metadata, findings=findings, summary=summary)
         )
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DentalError(f"{path}: not valid JSON ({e}); pass a COCO results file") from e
-    required = ("image_id", "category_id", "bbox", "score")
-    if not isinstance(results, list) or not all(
-        isinstance(r, dict) and all(key in r for key in required) for r in results
-    ):
-        raise DentalError(
-            f"{path}: not a COCO results file (a list of detections with "
-            f"{', '.join(required)}); pass the coco_instances_results.json of an evaluation"
-        )
-    return results
-
-
-def results_to_instances(
-    results: Sequence[dict], image_size: tuple[int, int], dataset_id_to_contiguous: dict
-) -> Instances:
-    """Builds prediction `Instances` from one image's COCO results.
-
-    Args:
-        results (Sequence[dict]): detections with dataset category ids, XYWH boxes and
-            optionally RLE `segmentation`.
-        image_size (tuple[int, int]): (height, width).
-        dataset_id_to_contiguous (dict): the dataset's `thing_dataset_id_to_contiguous_id`.
-    """
-    instances = Instances(image_size)
-    boxes = np.array([r["bbox"] for r in results], dtype=np.float64).reshape(-1, 4)
-    boxes = BoxMode.convert(boxes, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS)
-    instances.pred_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32))
-    instances.scores = torch.tensor([float(r["score"]) for r in results], dtype=torch.float32)
-    instances.pred_classes = torch.tensor(
-        [dataset_id_to_contiguous[r["category_id"]] for r in results], dtype=torch.int64
-    )
-    if results and all("segmentation" in r for r in results):
-        masks = [mask_util.decode(_rle_bytes(r["segmentation"])) for r in results]
-        instances.pred_masks = torch.as_tensor(np.stack(masks).astype(bool))
-    return instances
-
-
-def _rle_bytes(rle: dict) -> dict:
-    counts = rle["counts"]
-    return {
-        "size": rle["size"],
-        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-    }
+    return side_by_side(*panels)
 
 
 def render_saved_predictions(
@@ -484,7 +181,7 @@ def render_saved_predictions(
     dataset_name: str,
     output_dir: str,
     *,
-    confidence_threshold: float = 0.5,
+    confidence_threshold: float = DEFAULT_SCORE_THRESHOLD,
 ) -> list[str]:
     """Draws ground truth (left) beside saved predictions (right) for a registered dataset.
 
@@ -502,43 +199,18 @@ def render_saved_predictions(
     Returns:
         list[str]: one message per image that could not be read.
     """
-    register_from_config(cfg)
-    if dataset_name not in DatasetCatalog.list():
-        prefix = cfg.DENTAL.DATASET_NAME + "_"
-        registered = [name for name in DatasetCatalog.list() if name.startswith(prefix)]
-        raise DentalError(
-            f"{dataset_name}: no such dataset; registered from DENTAL.DATA_ROOT "
-            f"{cfg.DENTAL.DATA_ROOT}: {', '.join(registered) or 'none'}; pass one as --dataset"
-        )
+    metadata = _dataset_metadata(cfg, dataset_name)
     results = load_coco_results(predictions_file)
-    metadata = MetadataCatalog.get(dataset_name)
-    if not metadata.get("thing_colors"):
-        metadata = build_metadata(metadata.thing_classes)
     id_map = metadata.thing_dataset_id_to_contiguous_id
-    unknown = sorted({r["category_id"] for r in results} - set(id_map))
-    if unknown:
-        raise DentalError(
-            f"{predictions_file}: category ids {unknown} are not in {dataset_name} (ids "
-            f"{sorted(id_map)}); pass the --dataset these predictions were made on"
-        )
     records = DatasetCatalog.get(dataset_name)
+    check_results_fit_dataset(results, predictions_file, dataset_name, id_map, records)
     by_image = defaultdict(list)
     for r in results:
         if r["score"] >= confidence_threshold:
             by_image[r["image_id"]].append(r)
-    record_ids = {record["image_id"] for record in records}
-    if results and not record_ids & {r["image_id"] for r in results}:
-        raise DentalError(
-            f"{predictions_file}: none of its image ids are in {dataset_name}; pass the "
-            "--dataset these predictions were made on"
-        )
 
-    _make_output_dir(output_dir)
+    make_output_dir(output_dir)
     names = overlay_names([record["file_name"] for record in records])
-    findings_options = {
-        "tooth_classes": cfg.DENTAL.FINDINGS.TOOTH_CLASSES,
-        "min_overlap": cfg.DENTAL.FINDINGS.MIN_OVERLAP,
-    }
     failures = []
     for record, name in tqdm(
         list(zip(records, names)), desc=f"rendering {dataset_name}", unit="image"
@@ -552,26 +224,7 @@ def render_saved_predictions(
         size = image_rgb.shape[:2]
         truth = annotations_to_instances(record.get("annotations", []), size, mask_format="bitmask")
         predictions = results_to_instances(by_image[record["image_id"]], size, id_map)
-        if predictions.has("pred_masks") and tuple(predictions.pred_masks.shape[1:]) != size:
-            raise DentalError(
-                f"{predictions_file}: masks of image id {record['image_id']} are "
-                f"{tuple(predictions.pred_masks.shape[1:])} but {record['file_name']} is {size}; "
-                f"pass the --dataset these predictions were made on"
-            )
-        panels = []
-        for title, instances in (("ground truth", truth), ("predictions", predictions)):
-            findings = findings_from_instances(
-                instances, metadata.thing_classes, **findings_options
-            )
-            panels.append(
-                draw_instances(
-                    image_rgb,
-                    instances,
-                    metadata,
-                    findings=findings,
-                    summary=f"{title}: {summarize(findings)}",
-                )
-            )
-        _write_overlay(os.path.join(output_dir, name), side_by_side(*panels))
+        pair = _draw_pair(cfg, image_rgb, truth, predictions, metadata)
+        write_overlay(os.path.join(output_dir, name), pair)
     logger.info("wrote %d images to %s", len(records) - len(failures), output_dir)
     return failures

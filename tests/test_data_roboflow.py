@@ -12,6 +12,7 @@ from pycocotools import mask as mask_util
 from dental_d2 import DentalError
 from dental_d2.data import load_roboflow_json, load_roboflow_split
 from dental_d2.data import roboflow as roboflow_module
+from dental_d2.data import image_io as image_io_module
 
 ANNOTATION_FILE = "_annotations.coco.json"
 
@@ -52,7 +53,7 @@ def test_results_are_cached_and_copies_are_returned(make_export, monkeypatch):
     root = make_export()
     first = _load(root)
     calls = []
-    monkeypatch.setattr(roboflow_module, "decode_check", lambda path: calls.append(path))
+    monkeypatch.setattr(image_io_module, "decode_check", lambda path: calls.append(path))
     first[0]["annotations"].clear()
     second = _load(root)
     assert calls == []  # not decoded again
@@ -115,7 +116,7 @@ def test_truncated_json(make_export):
 def test_empty_json_file(make_export):
     root = make_export()
     (root / "train" / ANNOTATION_FILE).write_text("  \n")
-    _expect_error(root, r"_annotations\.coco\.json: annotation file is empty")
+    _expect_error(root, r"_annotations\.coco\.json: the file is empty")
 
 
 def test_json_without_images(make_export, coco):

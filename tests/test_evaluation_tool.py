@@ -145,7 +145,7 @@ def test_evaluate_tool_bad_input_prints_one_line(export, tmp_path):
         ("superclass_category", "category_id 0"),
         ("results_not_a_list", "JSON list"),
         ("missing_gt", "no such file"),
-        ("gt_not_coco", "not a COCO annotations file"),
+        ("gt_not_coco", "has no 'annotations' list"),
         ("gt_empty_mask", "has no segmentation"),
     ],
 )

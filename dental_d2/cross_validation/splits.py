@@ -7,8 +7,9 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..data.coco_json import read_coco_json
 from ..data.register import SPLITS, register_dental_splits
-from ..data.roboflow import ANNOTATION_FILE, read_coco_json
+from ..data.roboflow import ANNOTATION_FILE
 from ..errors import DentalError
 from ..file_io import write_json
 

@@ -1,9 +1,13 @@
 """Reading dental images (8/16-bit, grayscale, alpha, EXIF-rotated) into HxWx3 uint8 arrays."""
 
+import functools
 import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from ..errors import DentalError
 
@@ -237,3 +241,56 @@ def decode_check(path) -> tuple[int, int]:
         if _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS:
             width, height = height, width
     return height, width
+
+
+def _check_image_file(image: dict, image_root: str, json_file) -> None:
+    where = f"{json_file}: image id {image['id']}"
+    path = os.path.join(image_root, image["file_name"])
+    if not os.path.isfile(path):
+        raise DentalError(
+            f"{where}: {path} not found; restore the image or remove it (and its annotations) "
+            "from the JSON"
+        )
+    try:
+        height, width = decode_check(path)
+    except DentalError as e:
+        raise DentalError(f"{where}: {e}") from e
+    expected = (int(image["height"]), int(image["width"]))
+    if (height, width) != expected:
+        hint = (
+            " (width and height swapped: often an EXIF rotation the annotation tool ignored)"
+            if (width, height) == expected
+            else ""
+        )
+        raise DentalError(
+            f"{where}: {path} is {height}x{width} (HxW) but the JSON says "
+            f"{expected[0]}x{expected[1]}{hint}; fix 'height'/'width' or re-export the dataset"
+        )
+
+
+def check_image_files(images: list[dict], image_root: str, json_file, label: str) -> None:
+    """Decodes every image of a COCO file (in threads) and compares its size with the file's.
+
+    Args:
+        images (list[dict]): the file's `images` records (`id`, `file_name`, `height`, `width`).
+        image_root (str): the folder their `file_name`s are relative to.
+        json_file (str): the COCO file, for messages.
+        label (str): names the file on the progress bar.
+
+    Raises:
+        DentalError: naming the first image that is missing, undecodable or of another size.
+    """
+    check = functools.partial(_check_image_file, image_root=image_root, json_file=json_file)
+    # PIL releases the GIL while decoding, so threads overlap the decodes.
+    executor = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+    try:
+        results = executor.map(check, images)
+        for _ in tqdm(
+            results,
+            total=len(images),
+            desc=f"checking {label}",
+            disable=None,
+        ):
+            pass
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)

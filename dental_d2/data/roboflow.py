@@ -1,23 +1,24 @@
 """Loading and validating Roboflow "COCO Segmentation" exports as detectron2 dataset dicts."""
 
 import copy
-import functools
-import json
 import logging
-import math
 import os
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 from detectron2.structures import BoxMode
-from pycocotools import mask as mask_util
-from tqdm import tqdm
 
 from ..errors import DentalError
 from .categories import contiguous_id_map, thing_categories
-from .image_io import decode_check
+from .coco_json import (
+    REEXPORT,
+    box_from_segmentation,
+    check_polygons,
+    is_id,
+    is_number,
+    read_coco_json,
+)
+from .image_io import check_image_files
 from .rle import check_rle
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "RoboflowSplit",
     "load_roboflow_json",
     "load_roboflow_split",
-    "read_coco_json",
     "read_thing_categories",
 ]
 
@@ -62,9 +62,6 @@ _REPAIR_ORDER = (
 _CLIP_TOLERANCE = 1e-3
 # At most this many ids are listed in one repair line.
 _MAX_LISTED_IDS = 10
-# A polygon point farther outside its image than this share of the image's width or height is
-# not a rounding slip (those boxes are clipped) but coordinates meant for another image.
-_FAR_OUTSIDE = 0.1
 
 
 @dataclass
@@ -102,75 +99,11 @@ def short_name(json_file) -> str:
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_id(value) -> bool:
-    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
-
-
-def read_coco_json(json_file) -> dict:
-    """Parses a COCO file and checks its top level: `images`, `annotations`, `categories`.
-
-    Args:
-        json_file (str or os.PathLike): the annotation file.
-
-    Returns:
-        dict: the parsed file.
-
-    Raises:
-        DentalError: the file is missing, empty, not JSON, or lacks the COCO lists.
-    """
-    fix = "re-export the dataset from Roboflow in 'COCO Segmentation' format"
-    try:
-        with open(json_file, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError as e:
-        raise DentalError(f"{json_file}: annotation file not found; {fix}") from e
-    except OSError as e:
-        raise DentalError(f"{json_file}: cannot read the annotation file ({e}); {fix}") from e
-    if not raw.strip():
-        raise DentalError(f"{json_file}: annotation file is empty; {fix}")
-    try:
-        coco = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        where = f"line {e.lineno} column {e.colno}: {e.msg}" if hasattr(e, "lineno") else str(e)
-        raise DentalError(f"{json_file}: not valid JSON ({where}); {fix}") from e
-    if not isinstance(coco, dict):
-        raise DentalError(f"{json_file}: top level is not a JSON object; {fix}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(coco.get(key), list):
-            raise DentalError(f"{json_file}: has no '{key}' list; {fix}")
-    if not coco["images"]:
-        raise DentalError(f"{json_file}: lists no images; {fix}")
-    if not coco["categories"]:
-        raise DentalError(f"{json_file}: lists no categories; {fix}")
-    seen = set()
-    for index, category in enumerate(coco["categories"]):
-        if not (
-            isinstance(category, dict)
-            and _is_id(category.get("id"))
-            and isinstance(category.get("name"), str)
-        ):
-            raise DentalError(
-                f"{json_file}: category #{index} needs an 'id' and a 'name' string; fix it or "
-                "re-export"
-            )
-        if category["id"] in seen:
-            raise DentalError(
-                f"{json_file}: category id {category['id']} is listed twice; give each category "
-                "its own id or re-export"
-            )
-        seen.add(category["id"])
-    return coco
-
-
 def _annotated_category_ids(coco: dict) -> set:
     return {
         a.get("category_id")
         for a in coco["annotations"]
-        if isinstance(a, dict) and _is_id(a.get("category_id"))
+        if isinstance(a, dict) and is_id(a.get("category_id"))
     }
 
 
@@ -218,19 +151,22 @@ def _check_file_name(file_name: str, where: str) -> None:
         )
 
 
+def _check_new_id(record, index: int, kind: str, seen, json_file):
+    """The record's id, checked to be an id and not seen before in this file."""
+    if not isinstance(record, dict) or not is_id(record.get("id")):
+        raise DentalError(f"{json_file}: {kind} #{index} has no 'id'; fix the record or re-export")
+    if record["id"] in seen:
+        raise DentalError(
+            f"{json_file}: {kind} id {record['id']} is listed twice; give each {kind} its own id "
+            "or re-export"
+        )
+    return record["id"]
+
+
 def _index_images(coco: dict, json_file) -> dict:
     images = {}
     for index, image in enumerate(coco["images"]):
-        if not isinstance(image, dict) or not _is_id(image.get("id")):
-            raise DentalError(
-                f"{json_file}: image #{index} has no 'id'; fix the record or re-export"
-            )
-        image_id = image["id"]
-        if image_id in images:
-            raise DentalError(
-                f"{json_file}: image id {image_id} is listed twice; give each image its own id "
-                "or re-export"
-            )
+        image_id = _check_new_id(image, index, "image", images, json_file)
         if not isinstance(image.get("file_name"), str) or not image["file_name"]:
             raise DentalError(
                 f"{json_file}: image id {image_id} has no 'file_name'; fix the record or re-export"
@@ -238,7 +174,7 @@ def _index_images(coco: dict, json_file) -> dict:
         _check_file_name(image["file_name"], f"{json_file}: image id {image_id}")
         for key in ("height", "width"):
             value = image.get(key)
-            if not _is_number(value) or value <= 0 or int(value) != value:
+            if not is_number(value) or value <= 0 or int(value) != value:
                 raise DentalError(
                     f"{json_file}: image id {image_id} has '{key}' {value!r}, not a positive "
                     "integer; fix the record or re-export"
@@ -247,192 +183,138 @@ def _index_images(coco: dict, json_file) -> dict:
     return images
 
 
-def _check_polygons(segmentation: list, image: dict, where: str) -> list[list[float]]:
-    # Some tools write one polygon as a flat list instead of a list of polygons.
-    if segmentation and all(not isinstance(v, list) for v in segmentation):
-        segmentation = [segmentation]
-    polygons = []
-    for polygon in segmentation:
-        if not isinstance(polygon, list):
-            raise DentalError(
-                f"{where} has a polygon that is not a list of coordinates ({polygon!r}); fix or "
-                "delete the annotation"
-            )
-        for value in polygon:
-            if not _is_number(value):
-                raise DentalError(
-                    f"{where} has a non-numeric polygon coordinate {value!r}; fix or delete the "
-                    "annotation"
-                )
-        if len(polygon) % 2:
-            raise DentalError(
-                f"{where} has a polygon with an odd number of coordinates ({len(polygon)}); fix "
-                "or delete the annotation"
-            )
-        polygons.append([float(v) for v in polygon])
-    _check_inside(polygons, image, where)
-    return polygons
-
-
-def _check_inside(polygons: list[list[float]], image: dict, where: str) -> None:
-    width, height = image["width"], image["height"]
-    margin_x, margin_y = _FAR_OUTSIDE * width, _FAR_OUTSIDE * height
-    for polygon in polygons:
-        for x, y in zip(polygon[0::2], polygon[1::2]):
-            if -margin_x <= x <= width + margin_x and -margin_y <= y <= height + margin_y:
-                continue
-            raise DentalError(
-                f"{where} has the polygon point ({x:g}, {y:g}) far outside its {width}x{height} "
-                f"(WxH) image; were the coordinates drawn on another image size? Fix or delete "
-                "the annotation"
-            )
-
-
-def _box_from_segmentation(segmentation) -> list[float]:
-    if isinstance(segmentation, dict):
-        return [float(v) for v in mask_util.toBbox(segmentation)]
-    points = np.concatenate([np.asarray(p, dtype=np.float64) for p in segmentation]).reshape(-1, 2)
-    x0, y0 = points.min(axis=0)
-    x1, y1 = points.max(axis=0)
-    return [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
-
-
 def _clip_box(box: list[float], width: int, height: int) -> list[float]:
     x0, y0 = max(box[0], 0.0), max(box[1], 0.0)
     x1, y1 = min(box[0] + box[2], float(width)), min(box[1] + box[3], float(height))
     return [x0, y0, x1 - x0, y1 - y0]
 
 
+def _annotation_image(anno: dict, anno_id, images: dict, id_map: dict, json_file):
+    """The annotation's image and its "<file>: annotation id A (image id I)" for messages,
+    after checking its image, class and `iscrowd`."""
+    image = images.get(anno.get("image_id"))
+    if image is None:
+        raise DentalError(
+            f"{json_file}: annotation id {anno_id} points at image id "
+            f"{anno.get('image_id')!r}, which is not in 'images'; delete the annotation or "
+            "re-export"
+        )
+    where = f"{json_file}: annotation id {anno_id} (image id {image['id']})"
+    category_id = anno.get("category_id")
+    if category_id not in id_map:
+        known = ", ".join(str(i) for i in id_map)
+        raise DentalError(
+            f"{where} has category_id {category_id!r}, which is not a class in 'categories' "
+            f"(ids {known}); fix the annotation or re-export"
+        )
+    if anno.get("iscrowd", 0) not in (0, 1):
+        raise DentalError(f"{where} has iscrowd {anno.get('iscrowd')!r}; use 0 or 1")
+    return image, where
+
+
+def _segmentation(anno: dict, image: dict, where: str, repairs: dict):
+    """The checked segmentation (polygons or RLE), or None when the annotation is dropped."""
+    segmentation = anno.get("segmentation")
+    if isinstance(segmentation, dict):
+        return check_rle(segmentation, image["height"], image["width"], where)
+    if segmentation in (None, []):
+        repairs[_DROPPED_NO_SEGMENTATION].append(anno["id"])
+        return None
+    if not isinstance(segmentation, list):
+        raise DentalError(
+            f"{where} has a segmentation that is neither polygons nor RLE "
+            f"({type(segmentation).__name__}); fix or delete the annotation"
+        )
+    polygons = check_polygons(segmentation, image, where)
+    kept = [p for p in polygons if len(p) >= 6]
+    if len(kept) < len(polygons):
+        repairs[_DROPPED_SHORT_POLYGONS if kept else _DROPPED_DEGENERATE].append(anno["id"])
+    return kept or None
+
+
+def _box(anno: dict, segmentation, image: dict, where: str, repairs: dict):
+    """The box clipped to the image (computed from the mask when missing), or None when the
+    clipped box is empty and the annotation is dropped."""
+    box = anno.get("bbox")
+    if box is None:
+        box = box_from_segmentation(segmentation)
+        repairs[_COMPUTED_BOXES].append(anno["id"])
+    elif not (isinstance(box, list) and len(box) == 4 and all(is_number(v) for v in box)):
+        raise DentalError(f"{where} has bbox {box!r}, not 4 numbers; fix or delete it")
+    box = [float(v) for v in box]
+    clipped = _clip_box(box, image["width"], image["height"])
+    if clipped[2] <= 0 or clipped[3] <= 0:
+        repairs[_DROPPED_EMPTY_BOXES].append(anno["id"])
+        return None
+    if any(abs(a - b) > _CLIP_TOLERANCE for a, b in zip(box, clipped)):
+        repairs[_CLIPPED_BOXES].append(anno["id"])
+    return clipped
+
+
 def _convert_annotations(coco: dict, images: dict, id_map: dict, json_file, repairs: dict):
     per_image = {image_id: [] for image_id in images}
     seen = set()
-    missing_segmentation = 0
     for index, anno in enumerate(coco["annotations"]):
-        if not isinstance(anno, dict) or not _is_id(anno.get("id")):
-            raise DentalError(
-                f"{json_file}: annotation #{index} has no 'id'; fix the record or re-export"
-            )
-        anno_id = anno["id"]
-        if anno_id in seen:
-            raise DentalError(
-                f"{json_file}: annotation id {anno_id} is listed twice; give each annotation its "
-                "own id or re-export"
-            )
-        seen.add(anno_id)
-        image = images.get(anno.get("image_id"))
-        if image is None:
-            raise DentalError(
-                f"{json_file}: annotation id {anno_id} points at image id "
-                f"{anno.get('image_id')!r}, which is not in 'images'; delete the annotation or "
-                "re-export"
-            )
-        where = f"{json_file}: annotation id {anno_id} (image id {image['id']})"
-        category_id = anno.get("category_id")
-        if category_id not in id_map:
-            known = ", ".join(str(i) for i in id_map)
-            raise DentalError(
-                f"{where} has category_id {category_id!r}, which is not a class in 'categories' "
-                f"(ids {known}); fix the annotation or re-export"
-            )
-        iscrowd = anno.get("iscrowd", 0)
-        if iscrowd not in (0, 1):
-            raise DentalError(f"{where} has iscrowd {iscrowd!r}; use 0 or 1")
-
-        segmentation = anno.get("segmentation")
-        if isinstance(segmentation, dict):
-            segmentation = check_rle(segmentation, image["height"], image["width"], where)
-        elif isinstance(segmentation, list) and segmentation:
-            polygons = _check_polygons(segmentation, image, where)
-            kept = [p for p in polygons if len(p) >= 6]
-            if len(kept) < len(polygons):
-                if kept:
-                    repairs[_DROPPED_SHORT_POLYGONS].append(anno_id)
-                else:
-                    repairs[_DROPPED_DEGENERATE].append(anno_id)
-                    continue
-            segmentation = kept
-        elif segmentation in (None, []):
-            missing_segmentation += 1
-            repairs[_DROPPED_NO_SEGMENTATION].append(anno_id)
-            continue
-        else:
-            raise DentalError(
-                f"{where} has a segmentation that is neither polygons nor RLE "
-                f"({type(segmentation).__name__}); fix or delete the annotation"
-            )
-
-        box = anno.get("bbox")
+        seen.add(_check_new_id(anno, index, "annotation", seen, json_file))
+        image, where = _annotation_image(anno, anno["id"], images, id_map, json_file)
+        segmentation = _segmentation(anno, image, where, repairs)
+        box = _box(anno, segmentation, image, where, repairs) if segmentation else None
         if box is None:
-            box = _box_from_segmentation(segmentation)
-            repairs[_COMPUTED_BOXES].append(anno_id)
-        elif not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
-            raise DentalError(f"{where} has bbox {box!r}, not 4 numbers; fix or delete it")
-        box = [float(v) for v in box]
-        clipped = _clip_box(box, image["width"], image["height"])
-        if clipped[2] <= 0 or clipped[3] <= 0:
-            repairs[_DROPPED_EMPTY_BOXES].append(anno_id)
             continue
-        if any(abs(a - b) > _CLIP_TOLERANCE for a, b in zip(box, clipped)):
-            repairs[_CLIPPED_BOXES].append(anno_id)
         per_image[image["id"]].append(
             {
-                "bbox": clipped,
+                "bbox": box,
                 "bbox_mode": BoxMode.XYWH_ABS,
-                "category_id": id_map[category_id],
+                "category_id": id_map[anno["category_id"]],
                 "segmentation": segmentation,
-                "iscrowd": int(iscrowd),
+                "iscrowd": int(anno.get("iscrowd", 0)),
             }
         )
-    if coco["annotations"] and missing_segmentation == len(coco["annotations"]):
+    missing = len(repairs[_DROPPED_NO_SEGMENTATION])
+    if coco["annotations"] and missing == len(coco["annotations"]):
         raise DentalError(
-            f"{json_file}: none of the {missing_segmentation} annotations has a segmentation, "
+            f"{json_file}: none of the {missing} annotations has a segmentation, "
             "as in an object-detection export; export the dataset in 'COCO Segmentation' format"
         )
     return per_image
 
 
-def _check_image_file(image: dict, image_root: str, json_file) -> None:
-    where = f"{json_file}: image id {image['id']}"
-    path = os.path.join(image_root, image["file_name"])
-    if not os.path.isfile(path):
-        raise DentalError(
-            f"{where}: {path} not found; restore the image or remove it (and its annotations) "
-            "from the JSON"
-        )
-    try:
-        height, width = decode_check(path)
-    except DentalError as e:
-        raise DentalError(f"{where}: {e}") from e
-    expected = (int(image["height"]), int(image["width"]))
-    if (height, width) != expected:
-        hint = (
-            " (width and height swapped: often an EXIF rotation the annotation tool ignored)"
-            if (width, height) == expected
-            else ""
-        )
-        raise DentalError(
-            f"{where}: {path} is {height}x{width} (HxW) but the JSON says "
-            f"{expected[0]}x{expected[1]}{hint}; fix 'height'/'width' or re-export the dataset"
-        )
-
-
-def _check_image_files(images: list[dict], image_root: str, json_file) -> None:
-    check = functools.partial(_check_image_file, image_root=image_root, json_file=json_file)
-    # PIL releases the GIL while decoding, so threads overlap the decodes.
-    executor = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
-    try:
-        results = executor.map(check, images)
-        for _ in tqdm(
-            results, total=len(images), desc=f"checking {short_name(json_file)}", disable=None
-        ):
-            pass
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
 def _cache_key(json_file: str, image_root: str, check_images: bool) -> tuple:
     stat = os.stat(json_file)
     return (json_file, stat.st_mtime_ns, stat.st_size, image_root, check_images)
+
+
+def _read_split(json_file: str, image_root: str, check_images: bool) -> RoboflowSplit:
+    coco = read_coco_json(json_file)
+    if not coco["images"]:
+        raise DentalError(f"{json_file}: lists no images; {REEXPORT}")
+    categories = _thing_categories(coco, json_file)
+    images = _index_images(coco, json_file)
+    repairs = {kind: [] for kind in _REPAIR_ORDER}
+    per_image = _convert_annotations(
+        coco, images, contiguous_id_map(categories), json_file, repairs
+    )
+    if check_images:
+        check_image_files(list(images.values()), image_root, json_file, short_name(json_file))
+    dataset_dicts = [
+        {
+            "file_name": os.path.join(image_root, image["file_name"]),
+            "image_id": image_id,
+            "height": int(image["height"]),
+            "width": int(image["width"]),
+            "annotations": per_image[image_id],
+        }
+        for image_id, image in images.items()
+    ]
+    repair_lines = [
+        kind.format(n=len(ids), ids=_format_ids(ids)) for kind, ids in repairs.items() if ids
+    ]
+    name = short_name(json_file)
+    for line in repair_lines:
+        logger.warning(f"{name}: {line}")
+    num_annotations = sum(len(d["annotations"]) for d in dataset_dicts)
+    logger.info(f"Loaded {len(dataset_dicts)} images, {num_annotations} annotations from {name}")
+    return RoboflowSplit(json_file, image_root, categories, dataset_dicts, repair_lines)
 
 
 def load_roboflow_split(json_file, image_root=None, check_images: bool = True) -> RoboflowSplit:
@@ -472,35 +354,7 @@ def load_roboflow_split(json_file, image_root=None, check_images: bool = True) -
         _CACHE.move_to_end(key)
         return _CACHE[key]
 
-    coco = read_coco_json(json_file)
-    categories = _thing_categories(coco, json_file)
-    id_map = contiguous_id_map(categories)
-    images = _index_images(coco, json_file)
-    repairs = {kind: [] for kind in _REPAIR_ORDER}
-    per_image = _convert_annotations(coco, images, id_map, json_file, repairs)
-    if check_images:
-        _check_image_files(list(images.values()), image_root, json_file)
-
-    dataset_dicts = [
-        {
-            "file_name": os.path.join(image_root, image["file_name"]),
-            "image_id": image_id,
-            "height": int(image["height"]),
-            "width": int(image["width"]),
-            "annotations": per_image[image_id],
-        }
-        for image_id, image in images.items()
-    ]
-    repair_lines = [
-        kind.format(n=len(ids), ids=_format_ids(ids)) for kind, ids in repairs.items() if ids
-    ]
-    name = short_name(json_file)
-    for line in repair_lines:
-        logger.warning(f"{name}: {line}")
-    num_annotations = sum(len(d["annotations"]) for d in dataset_dicts)
-    logger.info(f"Loaded {len(dataset_dicts)} images, {num_annotations} annotations from {name}")
-
-    split = RoboflowSplit(json_file, image_root, categories, dataset_dicts, repair_lines)
+    split = _read_split(json_file, image_root, check_images)
     _CACHE[key] = split
     while len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)

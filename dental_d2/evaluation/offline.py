@@ -2,15 +2,20 @@
 
 import contextlib
 import io
-import json
 import logging
-import numbers
 import os
 
-import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 
 from ..data.categories import thing_categories, thing_colors
+from ..data.coco_json import (
+    box_from_segmentation,
+    is_box,
+    read_coco_json,
+    read_coco_results,
+    segmentation_problem,
+    segmentation_to_rle,
+)
 from ..errors import DentalError
 from .evaluator import evaluate_task
 from .matching import IOU_TYPES
@@ -19,47 +24,15 @@ from .report import log_class_table, metrics_dict, write_outputs
 logger = logging.getLogger(__name__)
 
 
-def _read_json(path: str, what: str, flag: str):
-    if not os.path.isfile(path):
-        raise DentalError(f"{path}: no such file; pass the {what} with {flag}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DentalError(
-            f"{path}: not valid JSON ({e.msg}, line {e.lineno}); pass the {what} with {flag}"
-        ) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise DentalError(f"{path}: cannot be read ({e}); pass the {what} with {flag}") from e
-
-
-def _is_box(value) -> bool:
-    return (
-        isinstance(value, list | tuple)
-        and len(value) == 4
-        and all(isinstance(v, numbers.Real) for v in value)
-    )
-
-
-def _segmentation_problem(segmentation, height: int, width: int) -> str | None:
-    """Why pycocotools cannot rasterise `segmentation`, or None when it can."""
-    if isinstance(segmentation, dict):
-        if "counts" not in segmentation or "size" not in segmentation:
-            return "an RLE segmentation needs 'counts' and 'size'"
-        if list(segmentation["size"]) != [height, width]:
-            return f"its RLE size {segmentation['size']} is not the image's [{height}, {width}]"
-        return None
-    if not isinstance(segmentation, list) or not segmentation:
-        return "it has no segmentation"
-    for polygon in segmentation:
-        if (
-            not isinstance(polygon, list)
-            or len(polygon) < 6
-            or len(polygon) % 2
-            or not all(isinstance(v, numbers.Real) for v in polygon)
-        ):
-            return "a polygon is not a flat list of at least 3 x,y points"
-    return None
+def _index_images(data: dict, path: str) -> dict:
+    images = {}
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not {"id", "height", "width"} <= image.keys():
+            raise DentalError(
+                f"{path}: images[{i}] lacks 'id', 'height' or 'width'; fix or re-export the file"
+            )
+        images[image["id"]] = image
+    return images
 
 
 def load_ground_truth(path: str) -> COCO:
@@ -75,21 +48,10 @@ def load_ground_truth(path: str) -> COCO:
     Raises:
         DentalError: the file is missing or broken, or a record is unusable.
     """
-    data = _read_json(path, "COCO annotations file", "--gt")
-    if not isinstance(data, dict) or not all(
-        isinstance(data.get(key), list) for key in ("images", "annotations", "categories")
-    ):
-        raise DentalError(
-            f"{path}: not a COCO annotations file (needs 'images', 'annotations' and "
-            "'categories' lists); pass the annotations, e.g. valid/_annotations.coco.json"
-        )
-    images = {}
-    for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or not {"id", "height", "width"} <= image.keys():
-            raise DentalError(
-                f"{path}: images[{i}] lacks 'id', 'height' or 'width'; fix or re-export the file"
-            )
-        images[image["id"]] = image
+    data = read_coco_json(
+        path, "pass the annotations, e.g. valid/_annotations.coco.json, with --gt"
+    )
+    images = _index_images(data, path)
     if not all(isinstance(a, dict) for a in data["annotations"]):
         raise DentalError(f"{path}: an annotation is not an object; fix or re-export the file")
     categories = thing_categories(
@@ -110,7 +72,7 @@ def load_ground_truth(path: str) -> COCO:
                 f"{record} has category_id {source.get('category_id')!r}, which is not a class "
                 f"(classes: {_class_list(categories)}); fix or re-export the file"
             )
-        if not _is_box(source.get("bbox")):
+        if not is_box(source.get("bbox")):
             raise DentalError(f"{record} has no [x, y, w, h] bbox; fix or re-export the file")
         annotation = dict(source, id=len(annotations) + 1, iscrowd=int(source.get("iscrowd", 0)))
         # Where the record is in the user's file, for messages.
@@ -140,7 +102,7 @@ def check_segmentations(coco_gt: COCO, path: str) -> None:
         if annotation["iscrowd"]:
             continue
         image = coco_gt.imgs[annotation["image_id"]]
-        problem = _segmentation_problem(
+        problem = segmentation_problem(
             annotation.get("segmentation"), image["height"], image["width"]
         )
         if problem:
@@ -171,45 +133,45 @@ def load_results(path: str, coco_gt: COCO, gt_path: str = "the annotations file"
         DentalError: the file is missing or broken, or a result refers to an image or class the
             ground truth does not have.
     """
-    data = _read_json(path, "COCO results file", "--predictions")
-    if not isinstance(data, list):
-        raise DentalError(
-            f"{path}: a COCO results file is a JSON list of detections, not a "
-            f"{type(data).__name__}; pass detectron2's coco_instances_results.json or alike"
-        )
+    fix = "pass detectron2's coco_instances_results.json or alike with --predictions"
     results = []
-    for i, source in enumerate(data):
+    for i, source in enumerate(read_coco_results(path, fix)):
         record = f"{path}: result {i}"
-        if not isinstance(source, dict):
-            raise DentalError(f"{record} is not an object; fix the file")
-        if source.get("image_id") not in coco_gt.imgs:
+        if source["image_id"] not in coco_gt.imgs:
             raise DentalError(
-                f"{record} has image_id {source.get('image_id')!r}, which is not an image of "
+                f"{record} has image_id {source['image_id']!r}, which is not an image of "
                 f"{gt_path}; use the image ids of that file's 'images' list"
             )
-        if source.get("category_id") not in coco_gt.cats:
+        if source["category_id"] not in coco_gt.cats:
             raise DentalError(
-                f"{record} has category_id {source.get('category_id')!r}, which is not a class of "
+                f"{record} has category_id {source['category_id']!r}, which is not a class of "
                 f"{gt_path} (classes: {_class_list(coco_gt.cats.values())}); use its category ids"
             )
-        if not isinstance(source.get("score"), numbers.Real):
-            raise DentalError(f"{record} has no numeric 'score'; fix the file")
         result = dict(source)
         image = coco_gt.imgs[result["image_id"]]
         if "segmentation" in result:
-            problem = _segmentation_problem(result["segmentation"], image["height"], image["width"])
+            problem = segmentation_problem(result["segmentation"], image["height"], image["width"])
             if problem:
                 raise DentalError(f"{record}: {problem}; fix the file")
-            rle = coco_gt.annToRLE(result)
-            if isinstance(rle["counts"], bytes):
-                rle["counts"] = rle["counts"].decode("ascii")
-            result["segmentation"] = rle
-            if "bbox" not in result:
-                result["bbox"] = mask_util.toBbox(rle).tolist()
-        if not _is_box(result.get("bbox")):
-            raise DentalError(f"{record} has neither a [x, y, w, h] bbox nor a segmentation")
+            result["segmentation"] = segmentation_to_rle(
+                result["segmentation"], image["height"], image["width"]
+            )
+            if not is_box(result.get("bbox")):
+                result["bbox"] = box_from_segmentation(result["segmentation"])
         results.append(result)
     return results
+
+
+def _choose_tasks(tasks, results: list[dict], results_path: str) -> tuple[str, ...]:
+    """The tasks asked for, or "bbox" and "segm" when every result has a mask."""
+    if tasks is None:
+        has_masks = bool(results) and all("segmentation" in r for r in results)
+        return ("bbox", "segm") if has_masks else ("bbox",)
+    if "segm" in tasks and any("segmentation" not in r for r in results):
+        raise DentalError(
+            f"{results_path}: some results have no segmentation; evaluate with --tasks bbox"
+        )
+    return tuple(tasks)
 
 
 def evaluate_files(
@@ -245,13 +207,7 @@ def evaluate_files(
         raise DentalError(f"unknown task in {list(tasks)}; use bbox and/or segm")
     coco_gt = load_ground_truth(gt_path)
     results = load_results(results_path, coco_gt, gt_path)
-    if tasks is None:
-        has_masks = bool(results) and all("segmentation" in r for r in results)
-        tasks = ("bbox", "segm") if has_masks else ("bbox",)
-    elif "segm" in tasks and any("segmentation" not in r for r in results):
-        raise DentalError(
-            f"{results_path}: some results have no segmentation; evaluate with --tasks bbox"
-        )
+    tasks = _choose_tasks(tasks, results, results_path)
     if "segm" in tasks:
         check_segmentations(coco_gt, gt_path)
     logger.info(

@@ -1,0 +1,195 @@
+"""Prediction over image files: overlays, `predictions.coco.json` and `findings.json`.
+
+`tools/visualize.py --input` runs `predict_images`; the service (`dental_d2.serving`) and the
+active-learning ranking write their COCO answers with `instances_to_coco_annotations` and
+`coco_dataset`, so every tool writes the same format.
+"""
+
+import datetime
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pycocotools.mask as mask_util
+from detectron2.structures import BoxMode, Instances
+from tqdm import tqdm
+
+from .data import read_image
+from .data.image_files import overlay_names, relative_names
+from .errors import DentalError
+from .file_io import make_output_dir, write_json, write_overlay
+from .findings import findings_to_dict, summarize
+from .visualize import draw_instances
+
+logger = logging.getLogger(__name__)
+
+# Written to the output directory.
+PREDICTIONS_FILE = "predictions.coco.json"
+FINDINGS_FILE = "findings.json"
+
+
+def instances_to_coco_annotations(
+    instances: Instances, image_id: int, first_id: int = 1
+) -> list[dict]:
+    """Converts predictions to COCO annotations with RLE masks (category ids 1..K).
+
+    Annotations keep the order of the instances, so the findings' `instance` index points at
+    them.
+
+    Args:
+        instances (Instances): one image's predictions; without `pred_masks` (a box-only
+            model) the annotations have no `segmentation` and `area` is the box's.
+        image_id (int): the COCO id of the image.
+        first_id (int): the id of the first annotation.
+
+    Returns:
+        list[dict]: `id`, `image_id`, `category_id`, `bbox` (XYWH), `area` (mask pixels),
+        `segmentation` (RLE, `counts` a str), `score`, `iscrowd` 0.
+    """
+    instances = instances.to("cpu")
+    if not len(instances):
+        return []
+    boxes = BoxMode.convert(
+        instances.pred_boxes.tensor.numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS
+    ).tolist()
+    annotations = []
+    for k, (box, cls, score) in enumerate(
+        zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist())
+    ):
+        annotations.append(
+            {
+                "id": first_id + k,
+                "image_id": image_id,
+                "category_id": cls + 1,
+                "bbox": [round(v, 2) for v in box],
+                "area": round(box[2] * box[3], 2),
+                "score": round(float(score), 4),
+                "iscrowd": 0,
+            }
+        )
+    if instances.has("pred_masks"):
+        masks = np.asarray(instances.pred_masks.numpy(), dtype=np.uint8)
+        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
+        for annotation, rle in zip(annotations, rles):
+            annotation["area"] = int(mask_util.area(rle))
+            counts = rle["counts"].decode("ascii")
+            annotation["segmentation"] = {"size": rle["size"], "counts": counts}
+    return annotations
+
+
+def coco_dataset(images: list[dict], annotations: list[dict], class_names: Sequence[str]) -> dict:
+    """Wraps images and annotations into a COCO dataset dict, categories numbered 1..K.
+
+    Args:
+        images (list[dict]): `id`, `file_name`, `height`, `width`.
+        annotations (list[dict]): as from `instances_to_coco_annotations`.
+        class_names (Sequence[str]): class names in contiguous-id order.
+    """
+    return {
+        "info": {
+            "description": "dental_d2 predictions",
+            "date_created": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+        "licenses": [],
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": i + 1, "name": name, "supercategory": "dental"}
+            for i, name in enumerate(class_names)
+        ],
+    }
+
+
+def _read_images(image_paths, indices, failures: list, progress) -> list[tuple[int, np.ndarray]]:
+    """(index, BGR image) for each readable path; the others are logged into `failures`."""
+    batch = []
+    for k in indices:
+        try:
+            batch.append((k, read_image(image_paths[k], format="BGR")))
+        except DentalError as e:
+            logger.warning("skipped: %s", e)
+            failures.append(str(e))
+            progress.update(1)
+            progress.set_postfix(failed=len(failures))
+    return batch
+
+
+def _draw_overlay(predictor, image_bgr: np.ndarray, instances: Instances, path: str):
+    """Writes the overlay of one image's predictions; returns their findings."""
+    findings = predictor.findings(instances)
+    overlay = draw_instances(
+        image_bgr[:, :, ::-1],
+        instances,
+        predictor.metadata,
+        findings=findings,
+        summary=summarize(findings),
+    )
+    write_overlay(path, overlay)
+    return findings
+
+
+def _write_prediction_files(predictor, output_dir, images, annotations, findings_images) -> None:
+    findings_cfg = predictor.cfg.DENTAL.FINDINGS
+    write_json(
+        os.path.join(output_dir, PREDICTIONS_FILE),
+        coco_dataset(images, annotations, predictor.class_names),
+    )
+    write_json(
+        os.path.join(output_dir, FINDINGS_FILE),
+        {
+            "tooth_classes": list(findings_cfg.TOOTH_CLASSES),
+            "min_overlap": findings_cfg.MIN_OVERLAP,
+            "images": findings_images,
+        },
+        indent=2,
+    )
+    logger.info(
+        "wrote %d overlays, %s and %s to %s",
+        len(images),
+        PREDICTIONS_FILE,
+        FINDINGS_FILE,
+        output_dir,
+    )
+
+
+def predict_images(predictor, image_paths: Sequence[str], output_dir: str) -> list[str]:
+    """Predicts images and writes overlays, predictions.coco.json and findings.json.
+
+    Images are read and predicted `TEST.IMS_PER_BATCH` at a time. An image that cannot be read
+    is logged, skipped and reported in the returned list.
+
+    Args:
+        predictor (dental_d2.predictor.Predictor): the model.
+        image_paths (Sequence[str]): image files.
+        output_dir (str): created if missing.
+
+    Returns:
+        list[str]: one message per image that failed (empty when all succeeded).
+    """
+    make_output_dir(output_dir)
+    file_names, overlays = relative_names(image_paths), overlay_names(image_paths)
+    batch_size = max(1, predictor.cfg.TEST.IMS_PER_BATCH)
+    images, annotations, findings_images, failures = [], [], [], []
+    with tqdm(total=len(image_paths), desc="predicting", unit="image") as progress:
+        for start in range(0, len(image_paths), batch_size):
+            indices = range(start, min(start + batch_size, len(image_paths)))
+            batch = _read_images(image_paths, indices, failures, progress)
+            outputs = predictor.predict_batch([image for _, image in batch]) if batch else []
+            for (k, image), instances in zip(batch, outputs):
+                image_id = len(images) + 1
+                overlay_path = os.path.join(output_dir, overlays[k])
+                findings = _draw_overlay(predictor, image, instances, overlay_path)
+                height, width = image.shape[:2]
+                images.append(
+                    {"id": image_id, "file_name": file_names[k], "height": height, "width": width}
+                )
+                annotations += instances_to_coco_annotations(
+                    instances, image_id, first_id=len(annotations) + 1
+                )
+                findings_images.append(
+                    {"file": file_names[k], "overlay": overlays[k], **findings_to_dict(findings)}
+                )
+                progress.update(1)
+    _write_prediction_files(predictor, output_dir, images, annotations, findings_images)
+    return failures
