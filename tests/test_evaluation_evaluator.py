@@ -191,7 +191,7 @@ def test_dental_evaluator_from_config_and_no_predictions(dataset, tmp_path):
     cfg.OUTPUT_DIR = str(tmp_path / "out")
     cfg.MODEL.MASK_ON = True
     cfg.DENTAL.EVAL.SCORE_THRESHOLD = 0.25
-    evaluator = DentalEvaluator.from_config(cfg, name)
+    evaluator = DentalEvaluator(cfg, name)  # detectron2's @configurable, via from_config
     assert evaluator._output_dir == os.path.join(cfg.OUTPUT_DIR, "eval", name)
     assert evaluator._score_threshold == 0.25
 

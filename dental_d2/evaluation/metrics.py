@@ -10,6 +10,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from .matching import ImageMatches
 
 logger = logging.getLogger(__name__)
@@ -212,8 +213,8 @@ def compute_detection_metrics(
     category_ids: list[int],
     class_names: list[str],
     iou_type: str,
-    score_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> DetectionMetrics:
     """Counts TP/FP/FN per class, per image and pooled, the confusion matrix and PR curves.
 

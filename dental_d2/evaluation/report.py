@@ -87,10 +87,10 @@ def format_class_table(evaluation: TaskEvaluation) -> str:
         for name, v in evaluation.per_class().items()
     ]
     pooled = evaluation.metrics.pooled
-    coco = evaluation.coco
+    coco_ap = evaluation.coco
     rows.append(
         ["(all)", pooled.tp, pooled.fp, pooled.fn, pooled.precision, pooled.recall, pooled.f1]
-        + [coco.get("AP", float("nan")), coco.get("AP50", float("nan"))]
+        + [coco_ap.get("AP", float("nan")), coco_ap.get("AP50", float("nan"))]
     )
     return tabulate(
         rows,
@@ -164,13 +164,13 @@ def _task_section(task: str, evaluation: TaskEvaluation, pngs: dict[str, bytes])
         cells.append(v["best_f1_threshold"])
         rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
     p = m.pooled
-    coco = evaluation.coco
+    coco_ap = evaluation.coco
     total = ["all classes", sum(m.num_gt), p.tp, p.fp, p.fn, p.precision, p.recall, p.f1]
-    total += [coco.get("AP"), coco.get("AP50"), None]
+    total += [coco_ap.get("AP"), coco_ap.get("AP50"), None]
     rows.append('<tr class="total">' + "".join(f"<td>{_fmt(c)}</td>" for c in total) + "</tr>")
     coco_cells = "".join(
         f"<tr><td>{_fmt(k)}</td><td>{_fmt(v, 2)}</td></tr>"
-        for k, v in coco.items()
+        for k, v in coco_ap.items()
         if not k.startswith("AP-")
     )
     return f"""
