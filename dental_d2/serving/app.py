@@ -219,7 +219,7 @@ def _add_result_routes(app: FastAPI, service: PredictionService):
     async def coco_json(prediction_id: str, score_threshold: Threshold = None):
         """A previous answer as a COCO dataset file (the format of predictions.coco.json)."""
         stored = stored_or_404(prediction_id)
-        data = service.coco_dataset(stored, service.threshold(score_threshold))
+        data = service.coco_json(stored, service.threshold(score_threshold))
         stem = os.path.splitext(stored.file_name)[0]
         disposition = f'attachment; filename="{stem}.predictions.coco.json"'
         return JSONResponse(data, headers={"Content-Disposition": disposition})

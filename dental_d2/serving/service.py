@@ -253,7 +253,7 @@ class PredictionService:
             raise DentalError(f"{stored.file_name}: the overlay could not be encoded as PNG")
         return encoded.tobytes()
 
-    def coco_dataset(self, stored: StoredPrediction, threshold: float) -> dict:
+    def coco_json(self, stored: StoredPrediction, threshold: float) -> dict:
         """The image's predictions as a COCO dataset, the format of predictions.coco.json."""
         image = {"id": 1, "file_name": stored.file_name}
         image.update(height=stored.height, width=stored.width)
