@@ -227,7 +227,7 @@ def findings_from_instances(
     """
     arrays = instance_arrays(instances)
     height, width = instances.image_size
-    n = len(arrays.classes)
+    n = len(instances)
     masks = arrays.masks
     if masks is None:  # boxes stand in for masks
         masks = np.zeros((n, height, width), dtype=bool)
