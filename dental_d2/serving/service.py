@@ -20,6 +20,7 @@ import pycocotools.mask as mask_util
 import torch
 from detectron2.structures import Boxes, Instances
 
+from ..config import DEFAULT_SCORE_THRESHOLD
 from ..data.image_io import decode_image
 from ..errors import DentalError
 from ..findings import findings_to_dict
@@ -122,7 +123,7 @@ class PredictionService:
         predictor,
         *,
         config_file: str = "",
-        score_threshold: float = 0.5,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         max_upload_bytes: int = 20 << 20,
         max_pixels: int = 25_000_000,
         capacity: int = 8,
@@ -252,7 +253,7 @@ class PredictionService:
             raise DentalError(f"{stored.file_name}: the overlay could not be encoded as PNG")
         return encoded.tobytes()
 
-    def coco(self, stored: StoredPrediction, threshold: float) -> dict:
+    def coco_json(self, stored: StoredPrediction, threshold: float) -> dict:
         """The image's predictions as a COCO dataset, the format of predictions.coco.json."""
         image = {"id": 1, "file_name": stored.file_name}
         image.update(height=stored.height, width=stored.width)
