@@ -23,12 +23,14 @@ import torch
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from tqdm import tqdm
 
+from .config import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOOTH_CLASSES
 from .data import read_image
+from .data.categories import is_tooth_class
 from .data.coco_json import read_coco_json
 from .data.roboflow import ANNOTATION_FILE
 from .errors import DentalError
 from .file_io import atomic_write, write_bytes, write_json
-from .visualize import coco_dataset, instances_to_coco_annotations
+from .inference import coco_dataset, instances_to_coco_annotations
 
 __all__ = [
     "RankedImage",
@@ -178,8 +180,8 @@ def score_image(
     plain: Instances,
     flipped: Instances,
     class_names: Sequence[str],
-    tooth_classes: Sequence[str] = ("Tooth",),
-    threshold: float = 0.5,
+    tooth_classes: Sequence[str] = DEFAULT_TOOTH_CLASSES,
+    threshold: float = DEFAULT_SCORE_THRESHOLD,
     band: float = 0.2,
 ) -> tuple[float, dict[str, float], list[str]]:
     """Scores one image from its plain prediction and that of its mirror image.
@@ -190,7 +192,8 @@ def score_image(
         flipped (Instances): the prediction of the horizontally flipped image, flipped back
             (see `flip_back`).
         class_names (Sequence[str]): class names in contiguous-id order.
-        tooth_classes (Sequence[str]): names of the classes that are teeth.
+        tooth_classes (Sequence[str]): names of the classes that are teeth (see
+            `dental_d2.data.categories.is_tooth_class`).
         threshold (float): the confidence threshold a finding is reported at.
         band (float): how close to `threshold` a score counts as uncertain.
 
@@ -200,7 +203,7 @@ def score_image(
     """
     floor = max(0.0, threshold - band)
     confident, plain_kept, plain_best = _flip_agreement(plain, flipped, threshold, floor)
-    tooth_ids = [k for k, name in enumerate(class_names) if name in set(tooth_classes)]
+    tooth_ids = [k for k, name in enumerate(class_names) if is_tooth_class(name, tooth_classes)]
     results = {
         "class_confusion": _class_confusion(plain, floor, class_names),
         "near_threshold": _near_threshold(plain, threshold, band, class_names),
@@ -214,7 +217,10 @@ def score_image(
 
 
 def rank_images(
-    predictor, image_paths: Sequence[str], threshold: float = 0.5, band: float = 0.2
+    predictor,
+    image_paths: Sequence[str],
+    threshold: float = DEFAULT_SCORE_THRESHOLD,
+    band: float = 0.2,
 ) -> tuple[list[RankedImage], list[str]]:
     """Predicts each image and its mirror image and ranks the images, most informative first.
 
@@ -254,7 +260,7 @@ def write_ranking(
     file_names: dict[str, str],
     class_names: Sequence[str],
     top: int,
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_SCORE_THRESHOLD,
 ) -> None:
     """Writes the ranking as CSV and the top images' predictions as a COCO file to correct.
 

@@ -11,9 +11,26 @@ from detectron2.config import get_cfg
 
 from .errors import DentalError
 
+# Defaults shared by the config keys below and the functions that take the same values as
+# arguments (evaluation, findings, active learning, serving), so that both agree.
+# Least score of a prediction that is drawn, reported or counted by P/R/F1.
+DEFAULT_SCORE_THRESHOLD = 0.5
+# Least IoU of a prediction matching a ground truth.
+DEFAULT_IOU_THRESHOLD = 0.5
+# Class names that are teeth (see `dental_d2.data.categories.is_tooth_class`).
+DEFAULT_TOOTH_CLASSES = ("Tooth",)
+
 
 def add_dental_config(cfg):
     """Adds the dental_d2 keys (dataset, early stopping, plateau LR, evaluation) to `cfg`."""
+    _add_data_config(cfg)
+    _add_evaluation_config(cfg)
+    _add_solver_config(cfg)
+    _add_test_config(cfg)
+
+
+def _add_data_config(cfg):
+    """cfg.DENTAL: the dataset, its classes, weight loading and logging."""
     cfg.DENTAL = CN()
     # Root of a Roboflow "COCO Segmentation" export with train/, valid/ and test/ folders.
     cfg.DENTAL.DATA_ROOT = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "dental")
@@ -31,11 +48,14 @@ def add_dental_config(cfg):
     # Iterations between two lines of training log (losses, LR, ETA) and TensorBoard points.
     cfg.DENTAL.LOG_PERIOD = 20
 
+
+def _add_evaluation_config(cfg):
+    """cfg.DENTAL.EVAL and cfg.DENTAL.FINDINGS: P/R/F1 counting and per-tooth findings."""
     cfg.DENTAL.EVAL = CN()
     # Predictions scoring below this are ignored by precision/recall/F1 and the confusion matrix.
-    cfg.DENTAL.EVAL.SCORE_THRESHOLD = 0.5
+    cfg.DENTAL.EVAL.SCORE_THRESHOLD = DEFAULT_SCORE_THRESHOLD
     # A prediction matches a ground truth of its class when their IoU reaches this.
-    cfg.DENTAL.EVAL.IOU_THRESHOLD = 0.5
+    cfg.DENTAL.EVAL.IOU_THRESHOLD = DEFAULT_IOU_THRESHOLD
     # Validation images with drawn predictions written to TensorBoard at each evaluation.
     cfg.DENTAL.EVAL.NUM_VIS_IMAGES = 4
 
@@ -43,9 +63,13 @@ def add_dental_config(cfg):
     # A lesion is assigned to the tooth covering the largest share of its mask, if that share
     # is at least this; otherwise it is "unassigned".
     cfg.DENTAL.FINDINGS.MIN_OVERLAP = 0.1
-    # Class names that are teeth; every other class is a lesion placed on a tooth.
-    cfg.DENTAL.FINDINGS.TOOTH_CLASSES = ["Tooth"]
+    # Class names that are teeth (compared case-insensitively); every other class is a lesion
+    # placed on a tooth.
+    cfg.DENTAL.FINDINGS.TOOTH_CLASSES = list(DEFAULT_TOOTH_CLASSES)
 
+
+def _add_solver_config(cfg):
+    """cfg.SOLVER: epochs, gradient accumulation, early stopping and the plateau schedule."""
     # When > 0, SOLVER.MAX_ITER is set to MAX_EPOCHS passes over the train split at
     # SOLVER.IMS_PER_BATCH; 0 keeps SOLVER.MAX_ITER as given.
     cfg.SOLVER.MAX_EPOCHS = 0
@@ -80,6 +104,9 @@ def add_dental_config(cfg):
     # The LR is never cut below this.
     cfg.SOLVER.PLATEAU.MIN_LR = 0.0
 
+
+def _add_test_config(cfg):
+    """cfg.TEST and cfg.DATASETS: batched evaluation and the validation loss."""
     # Images per batch in evaluation and prediction (detectron2 itself always uses 1).
     cfg.TEST.IMS_PER_BATCH = 1
     # Compute the loss on DATASETS.VALIDATION at every evaluation (logged as validation_loss).

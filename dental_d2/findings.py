@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from detectron2.structures import Instances
 
+from .config import DEFAULT_TOOTH_CLASSES
+from .data.categories import is_tooth_class
+from .instances import instance_arrays
+
 # Name of the group for lesions that no tooth covers enough, in findings.json and summaries.
 UNASSIGNED = "unassigned"
 
@@ -123,7 +127,7 @@ def assign_findings(
     *,
     scores: Sequence[float] | None = None,
     boxes: np.ndarray | None = None,
-    tooth_classes: Sequence[str] = ("Tooth",),
+    tooth_classes: Sequence[str] = DEFAULT_TOOTH_CLASSES,
     min_overlap: float = 0.1,
 ) -> Findings:
     """Places every lesion on the tooth that covers the largest share of its mask.
@@ -140,7 +144,8 @@ def assign_findings(
         class_names (Sequence[str]): names of the class ids.
         scores (Sequence[float] | None): N confidences; None for ground truth.
         boxes (np.ndarray | None): Nx4 XYXY boxes; None computes them from the masks.
-        tooth_classes (Sequence[str]): class names that are teeth (compared case-insensitively).
+        tooth_classes (Sequence[str]): class names that are teeth, compared case-insensitively
+            (`dental_d2.data.categories.is_tooth_class`).
         min_overlap (float): the smallest share that places a lesion on a tooth.
 
     Returns:
@@ -152,52 +157,61 @@ def assign_findings(
     if boxes is None:
         boxes = np.array([_mask_box(m) for m in masks], dtype=np.float64).reshape(-1, 4)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    tooth_names = {name.lower() for name in tooth_classes}
-    is_tooth = [class_names[c].lower() in tooth_names for c in classes]
-    tooth_ids = [i for i, t in enumerate(is_tooth) if t]
-
-    def score_of(i):
-        return None if scores is None else round(float(scores[i]), 4)
-
-    def box_of(i):
-        return [round(float(v), 1) for v in boxes[i]]
-
-    order = number_teeth([masks[i] for i in tooth_ids], boxes[tooth_ids])
-    teeth = [
-        Tooth(
-            number=k + 1, index=tooth_ids[j], score=score_of(tooth_ids[j]), box=box_of(tooth_ids[j])
-        )
-        for k, j in enumerate(order)
+    rounded_scores = (
+        [None] * len(classes) if scores is None else [round(float(v), 4) for v in scores]
+    )
+    rounded_boxes = [[round(float(v), 1) for v in box] for box in boxes]
+    is_tooth = [is_tooth_class(class_names[c], tooth_classes) for c in classes]
+    tooth_ids = [i for i, tooth in enumerate(is_tooth) if tooth]
+    # Teeth in number order (left to right).
+    tooth_ids = [
+        tooth_ids[j] for j in number_teeth([masks[i] for i in tooth_ids], boxes[tooth_ids])
     ]
-    tooth_masks = masks[[tooth_ids[j] for j in order]] if teeth else np.zeros((0, *masks.shape[1:]))
+    teeth = [Tooth(k + 1, i, rounded_scores[i], rounded_boxes[i]) for k, i in enumerate(tooth_ids)]
+    tooth_masks = masks[tooth_ids] if teeth else np.zeros((0, *masks.shape[1:]))
 
+    lesions = [
+        Lesion(i, class_names[classes[i]], rounded_scores[i], rounded_boxes[i], 0.0)
+        for i, tooth in enumerate(is_tooth)
+        if not tooth
+    ]
+    return _place_lesions(teeth, tooth_masks, lesions, masks, min_overlap)
+
+
+def _place_lesions(
+    teeth: list[Tooth],
+    tooth_masks: np.ndarray,
+    lesions: list[Lesion],
+    masks: np.ndarray,
+    min_overlap: float,
+) -> Findings:
+    """Puts each lesion on the tooth covering the largest share of it (see `assign_findings`)."""
     findings = Findings(teeth=teeth)
-    for i, tooth in enumerate(is_tooth):
-        if tooth:
-            continue
-        shares = lesion_tooth_overlap(masks[i], tooth_masks)
+    for lesion in lesions:
+        shares = lesion_tooth_overlap(masks[lesion.index], tooth_masks)
         best = int(np.argmax(shares)) if len(shares) else -1
         share = float(shares[best]) if best >= 0 else 0.0
-        lesion = Lesion(i, class_names[classes[i]], score_of(i), box_of(i), round(share, 4))
+        lesion.overlap = round(share, 4)
         if best >= 0 and share >= min_overlap:
             teeth[best].lesions.append(lesion)
         else:
             findings.unassigned.append(lesion)
-
-    def by_score(lesion):
-        return -(lesion.score if lesion.score is not None else 1.0)
-
     for tooth in teeth:
-        tooth.lesions.sort(key=by_score)
-    findings.unassigned.sort(key=by_score)
+        tooth.lesions.sort(key=_by_score)
+    findings.unassigned.sort(key=_by_score)
     return findings
+
+
+def _by_score(lesion: Lesion) -> float:
+    # Ground truth (no score) counts as certain.
+    return -(lesion.score if lesion.score is not None else 1.0)
 
 
 def findings_from_instances(
     instances: Instances,
     class_names: Sequence[str],
     *,
-    tooth_classes: Sequence[str] = ("Tooth",),
+    tooth_classes: Sequence[str] = DEFAULT_TOOTH_CLASSES,
     min_overlap: float = 0.1,
 ) -> Findings:
     """Runs `assign_findings` on a detectron2 `Instances` of predictions or ground truth.
@@ -208,32 +222,23 @@ def findings_from_instances(
     Args:
         instances (Instances): one image's instances, on any device.
         class_names (Sequence[str]): names of the contiguous class ids.
-        tooth_classes (Sequence[str]): class names that are teeth.
+        tooth_classes (Sequence[str]): class names that are teeth (see `is_tooth_class`).
         min_overlap (float): the smallest share that places a lesion on a tooth.
     """
-    instances = instances.to("cpu")
-    prefix = "pred" if instances.has("pred_classes") or not instances.has("gt_classes") else "gt"
+    arrays = instance_arrays(instances)
     height, width = instances.image_size
     n = len(instances)
-    classes = instances.get(f"{prefix}_classes").numpy() if n else np.zeros(0, dtype=int)
-    box_field = f"{prefix}_boxes"
-    boxes = instances.get(box_field).tensor.numpy() if instances.has(box_field) else None
-    scores = instances.scores.numpy() if instances.has("scores") else None
-    mask_field = f"{prefix}_masks"
-    if instances.has(mask_field):
-        masks = instances.get(mask_field)
-        masks = masks.tensor if hasattr(masks, "tensor") else masks
-        masks = np.asarray(masks.numpy() if hasattr(masks, "numpy") else masks).astype(bool)
-    else:
+    masks = arrays.masks
+    if masks is None:  # boxes stand in for masks
         masks = np.zeros((n, height, width), dtype=bool)
-        for mask, (x0, y0, x1, y1) in zip(masks, boxes if boxes is not None else []):
+        for mask, (x0, y0, x1, y1) in zip(masks, arrays.boxes if arrays.boxes is not None else []):
             mask[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
     return assign_findings(
         masks.reshape(n, height, width),
-        classes,
+        arrays.classes,
         class_names,
-        scores=scores,
-        boxes=boxes,
+        scores=arrays.scores,
+        boxes=arrays.boxes,
         tooth_classes=tooth_classes,
         min_overlap=min_overlap,
     )

@@ -102,14 +102,15 @@ def calculus_root() -> Path:
 def load_tool(name: str, monkeypatch):
     """tools/<name>.py as a fresh module, for calling its `main(argv)` in-process.
 
-    Its `setup_logger` is made a no-op: a handler bound to one test's captured stderr would be
-    closed in later tests.
+    Its logging set-up (`setup_logger`, `dental_d2.cli.setup_tool_logging`) is made a no-op: a
+    handler bound to one test's captured stderr would be closed in later tests.
     """
     spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if hasattr(module, "setup_logger"):
-        monkeypatch.setattr(module, "setup_logger", lambda **kwargs: None)
+    for setup in ("setup_logger", "setup_tool_logging"):
+        if hasattr(module, setup):
+            monkeypatch.setattr(module, setup, lambda *args, **kwargs: None)
     return module
 
 

@@ -157,6 +157,14 @@ def test_near_threshold_is_strongest_at_the_threshold():
     assert score(0.2) == score(0.9) == 0.0
 
 
+def test_tooth_classes_match_class_names_in_any_case():
+    # A confident tooth that the flipped image does not find has no confident outline.
+    plain = _instances([(TOOTH, 0.95, 8, 8, 30, 50)], SIZE, SIZE)
+    lowercase = [name.lower() for name in CLASSES]  # "tooth" against TOOTH_CLASSES ["Tooth"]
+    signals = score_image(plain, _instances([], SIZE, SIZE), lowercase)[1]
+    assert signals["unsure_teeth"] == 1.0
+
+
 def test_prelabels_hold_the_top_images_confident_detections(scripted_predictor, images, tmp_path):
     ranked, _ = rank_images(scripted_predictor, images)
     names = {path: os.path.basename(path) for path in images}

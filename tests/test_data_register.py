@@ -12,7 +12,7 @@ from detectron2.data.datasets.coco import convert_to_coco_dict
 
 from dental_d2 import DentalError, add_dental_config
 from dental_d2.data import check_num_classes, register_dental_splits, register_from_config
-from dental_d2.data.categories import LESION_COLORS, TOOTH_COLOR, thing_colors
+from dental_d2.data.categories import LESION_COLORS, TOOTH_COLOR, is_tooth_class, thing_colors
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,6 +138,15 @@ def test_thing_colors():
         LESION_COLORS[2],
     ]
     assert len(set(thing_colors([f"lesion{i}" for i in range(5)]))) == 5
+
+
+def test_is_tooth_class_uses_the_configured_names_else_the_name():
+    # No config at hand (dataset colours): any name that mentions a tooth.
+    assert is_tooth_class("molar-tooth") and is_tooth_class("Teeth")
+    assert not is_tooth_class("Caries")
+    # DENTAL.FINDINGS.TOOTH_CLASSES: exactly those names, in any case.
+    assert is_tooth_class("tooth", ["Tooth"]) and is_tooth_class("Incisor", ["incisor", "Tooth"])
+    assert not is_tooth_class("molar-tooth", ["Tooth"]) and not is_tooth_class("Tooth", [])
 
 
 def test_calculus_export(calculus_root, name):

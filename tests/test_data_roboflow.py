@@ -10,9 +10,8 @@ from PIL import Image
 from pycocotools import mask as mask_util
 
 from dental_d2 import DentalError
-from dental_d2.data import load_roboflow_json, load_roboflow_split
-from dental_d2.data import roboflow as roboflow_module
 from dental_d2.data import image_io as image_io_module
+from dental_d2.data import load_roboflow_json, load_roboflow_split
 
 ANNOTATION_FILE = "_annotations.coco.json"
 

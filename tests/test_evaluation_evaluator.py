@@ -191,7 +191,10 @@ def test_dental_evaluator_from_config_and_no_predictions(dataset, tmp_path):
     cfg.OUTPUT_DIR = str(tmp_path / "out")
     cfg.MODEL.MASK_ON = True
     cfg.DENTAL.EVAL.SCORE_THRESHOLD = 0.25
-    evaluator = DentalEvaluator.from_config(cfg, name)
+    # detectron2's meaning of from_config: the constructor's arguments, used by @configurable.
+    kwargs = DentalEvaluator.from_config(cfg, name)
+    assert kwargs["score_threshold"] == 0.25 and kwargs["tasks"] == ("bbox", "segm")
+    evaluator = DentalEvaluator(cfg, name)
     assert evaluator._output_dir == os.path.join(cfg.OUTPUT_DIR, "eval", name)
     assert evaluator._score_threshold == 0.25
 

@@ -96,6 +96,10 @@ def test_evaluate_tool_writes_metrics_plots_and_report(export, tmp_path):
     command += ["--output", str(output), "--images", str(images_dir)]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=150, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr
+    for task in ("bbox", "segm"):
+        assert f"{task}: AP " in completed.stdout
+    assert "precision 0.750, recall 1.000, F1 0.857" in completed.stdout
+    assert f"report: {output / 'report.html'}" in completed.stdout
 
     expected = ["metrics.json", "report.html"] + [
         f"{task}_{kind}.png"

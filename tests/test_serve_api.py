@@ -30,8 +30,8 @@ from serve_support import (
 )
 
 from dental_d2.data import read_image
+from dental_d2.inference import FINDINGS_FILE, PREDICTIONS_FILE, predict_images
 from dental_d2.serving import PredictionService, create_app
-from dental_d2.visualize import FINDINGS_FILE, PREDICTIONS_FILE, predict_images
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,16 @@ from pycocotools.coco import COCO
 
 from dental_d2 import DentalError
 from dental_d2.config import build_config
-from dental_d2.predictor import Predictor
-from dental_d2.visualize import (
+from dental_d2.data.image_files import collect_images, overlay_names
+from dental_d2.inference import (
     FINDINGS_FILE,
     PREDICTIONS_FILE,
-    build_metadata,
     coco_dataset,
-    collect_images,
-    draw_instances,
     instances_to_coco_annotations,
-    overlay_names,
     predict_images,
-    render_saved_predictions,
 )
+from dental_d2.predictor import Predictor
+from dental_d2.visualize import build_metadata, draw_instances, render_saved_predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")

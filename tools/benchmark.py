@@ -7,18 +7,15 @@ Random weights with both box regressors zeroed and thresholds at 0, so every mod
 proposals and 100 detections per image. Prints one table and writes it as JSON (--output).
 """
 
-import argparse
 import sys
-
-from detectron2.utils.logger import setup_logger
 
 from dental_d2 import DentalError
 from dental_d2.benchmark import TARGETS, format_table, run_benchmark
+from dental_d2.cli import add_config_overrides, setup_tool_logging, tool_parser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="a dental config")
+    parser = tool_parser(__doc__, config_help="a dental config")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--images", metavar="DIR", help="photos to time (default: synthetic)")
     parser.add_argument(
@@ -31,7 +28,7 @@ def parse_args(argv=None):
         default=",".join(TARGETS),
         help=f"what to measure, comma-separated (default {','.join(TARGETS)})",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE")
+    add_config_overrides(parser, "TEST.IMS_PER_BATCH 2")
     args = parser.parse_args(argv)
     args.only = [target.strip() for target in args.only.split(",") if target.strip()]
     unknown = sorted(set(args.only) - set(TARGETS))
@@ -42,8 +39,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    setup_logger(name="dental_d2")
+    setup_tool_logging()
     try:
         report = run_benchmark(
             args.config_file,

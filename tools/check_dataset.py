@@ -5,17 +5,15 @@ Exits 0 when every split is usable, 1 with a one-line reason otherwise. Example:
     python tools/check_dataset.py datasets/dental --render output/gt_check
 """
 
-import argparse
 import sys
 
-from detectron2.utils.logger import setup_logger
-
 from dental_d2 import DentalError
+from dental_d2.cli import setup_tool_logging, tool_parser
 from dental_d2.data.check import check_dataset, format_report, render_ground_truth
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser(__doc__)
     parser.add_argument("root", help="the export's folder, holding train/, valid/ and test/")
     parser.add_argument(
         "--render", metavar="OUT", help="draw the ground truth of 3 images per split into OUT"
@@ -28,7 +26,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="dental_d2")
+    setup_tool_logging(with_detectron2=False)
     try:
         reports = check_dataset(args.root, args.name)
         for report in reports:

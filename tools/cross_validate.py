@@ -7,34 +7,27 @@ Writes OUTPUT_DIR/cv/summary.json and summary.md (per fold, mean and standard de
 segm/bbox AP, AP50 and per-class P/R/F1). Run the same command again to resume.
 """
 
-import argparse
 import sys
 
-from detectron2.utils.logger import setup_logger
-
 from dental_d2 import DentalError
+from dental_d2.cli import add_config_overrides, setup_tool_logging, tool_parser
 from dental_d2.cross_validation import cross_validate
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="training config")
+    parser = tool_parser(__doc__, config_help="training config")
     parser.add_argument("--folds", type=int, required=True, metavar="K", help="number of folds")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fold split (default 0)")
     parser.add_argument(
         "--num-gpus", type=int, default=1, help="processes per fold, as train_net.py (default 1)"
     )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs, for every fold (e.g. DENTAL.DATA_ROOT DIR)",
-    )
+    add_config_overrides(parser, "DENTAL.DATA_ROOT DIR", scope="for every fold")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="dental_d2", abbrev_name="dental")
+    setup_tool_logging(with_detectron2=False)
     try:
         summary = cross_validate(
             args.config_file, args.folds, seed=args.seed, opts=args.opts, num_gpus=args.num_gpus

@@ -9,17 +9,17 @@ No model is needed::
 Writes metrics.json, <task>_pr_curves.png, <task>_confusion_matrix.png and report.html.
 """
 
-import argparse
+import os
 import sys
 
-from detectron2.utils.logger import setup_logger
-
 from dental_d2 import DentalError
+from dental_d2.cli import setup_tool_logging, tool_parser
+from dental_d2.config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from dental_d2.evaluation import evaluate_files
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser(__doc__)
     parser.add_argument("--gt", required=True, metavar="FILE", help="COCO annotations JSON")
     parser.add_argument(
         "--predictions",
@@ -34,14 +34,14 @@ def parse_args(argv=None):
     parser.add_argument(
         "--score-threshold",
         type=float,
-        default=0.5,
-        help="predictions scoring below this are not counted by P/R/F1 (default 0.5)",
+        default=DEFAULT_SCORE_THRESHOLD,
+        help="predictions scoring below this are not counted by P/R/F1 (default %(default)s)",
     )
     parser.add_argument(
         "--iou-threshold",
         type=float,
-        default=0.5,
-        help="least IoU of a prediction matching a ground truth (default 0.5)",
+        default=DEFAULT_IOU_THRESHOLD,
+        help="least IoU of a prediction matching a ground truth (default %(default)s)",
     )
     parser.add_argument(
         "--tasks",
@@ -54,9 +54,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="dental_d2")
+    setup_tool_logging(with_detectron2=False)
     try:
-        evaluate_files(
+        metrics = evaluate_files(
             args.gt,
             args.predictions,
             args.output,
@@ -68,7 +68,20 @@ def main(argv=None) -> int:
     except DentalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    for task, result in metrics.items():
+        pooled = result["pooled"]
+        print(
+            f"{task}: AP {_number(result['coco'].get('AP'), 1)}, precision "
+            f"{_number(pooled['precision'])}, recall {_number(pooled['recall'])}, "
+            f"F1 {_number(pooled['f1'])}"
+        )
+    print(f"report: {os.path.join(args.output, 'report.html')}")
     return 0
+
+
+def _number(value, digits: int = 3) -> str:
+    # metrics.json holds null where a value is undefined (no ground truth, no predictions).
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -7,35 +7,27 @@ writes `model.onnx` and `model.json` (classes, input format, sizes, score thresh
 --output. `Predictor` and `tools/visualize.py` run it with `MODEL.WEIGHTS DIR/model.onnx`.
 """
 
-import argparse
 import sys
 
-from detectron2.utils.logger import setup_logger
-
 from dental_d2 import DentalError
+from dental_d2.cli import add_config_overrides, setup_tool_logging, tool_parser
 from dental_d2.config import build_config
 from dental_d2.export import MODEL_FILES, export_model
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="a dental config")
+    parser = tool_parser(__doc__, config_help="a dental config")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the export")
     parser.add_argument(
         "--format", choices=sorted(MODEL_FILES), default="onnx", help="default: onnx"
     )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth",
-    )
+    add_config_overrides(parser, "MODEL.WEIGHTS model_final.pth")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    setup_logger(name="dental_d2")
+    setup_tool_logging()
     try:
         cfg = build_config(args.config_file, args.opts)
         path = export_model(cfg, args.output, args.format)

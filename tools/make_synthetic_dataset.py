@@ -5,17 +5,15 @@ Example::
     python tools/make_synthetic_dataset.py --output datasets/synthetic_dental
 """
 
-import argparse
 import sys
 
-from detectron2.utils.logger import setup_logger
-
 from dental_d2 import DentalError
+from dental_d2.cli import setup_tool_logging, tool_parser
 from dental_d2.data.synthetic import DEFAULT_COUNTS, DEFAULT_SIZE, generate_synthetic_dataset
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser(__doc__)
     parser.add_argument("--output", required=True, metavar="DIR", help="folder to write into")
     for split, count in DEFAULT_COUNTS.items():
         parser.add_argument(
@@ -30,7 +28,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="dental_d2")
+    setup_tool_logging(with_detectron2=False)
     try:
         counts = generate_synthetic_dataset(
             args.output,

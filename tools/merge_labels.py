@@ -8,17 +8,16 @@ _annotations.coco.json with fresh ids, classes matched by name. Check the result
 tools/check_dataset.py before training.
 """
 
-import argparse
+import os
 import sys
-
-from detectron2.utils.logger import setup_logger
 
 from dental_d2 import DentalError
 from dental_d2.active_learning import merge_labelled
+from dental_d2.cli import setup_tool_logging, tool_parser
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser(__doc__)
     parser.add_argument("--coco", required=True, metavar="FILE", help="the corrected COCO file")
     parser.add_argument(
         "--images", required=True, metavar="DIR", help="folder its file_names are relative to"
@@ -31,13 +30,14 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="dental_d2", abbrev_name="dental")
+    setup_tool_logging(with_detectron2=False)
     try:
         added = merge_labelled(args.coco, args.images, args.into)
     except DentalError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"added {added} images to {args.into}")
+    print(f"check the export before training: tools/check_dataset.py {os.path.dirname(args.into)}")
     return 0
 
 

@@ -8,24 +8,21 @@ Writes the CSV (rank, image, score, signals, reasons) and, beside it, prelabels.
 first --top images' predictions, to import into CVAT or Roboflow and correct.
 """
 
-import argparse
 import os
 import sys
 
-from detectron2.utils.logger import setup_logger
-
 from dental_d2 import DentalError
 from dental_d2.active_learning import rank_images, write_ranking
-from dental_d2.config import build_config
+from dental_d2.cli import add_config_overrides, setup_tool_logging, split_overrides, tool_parser
+from dental_d2.config import DEFAULT_SCORE_THRESHOLD
+from dental_d2.data.image_files import collect_images, relative_names
 from dental_d2.predictor import Predictor
-from dental_d2.visualize import collect_images, relative_names
 
 PRELABELS_FILE = "prelabels.coco.json"
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="a dental config")
+    parser = tool_parser(__doc__, config_help="a dental config")
     parser.add_argument(
         "--input", required=True, nargs="+", metavar="PATH", help="images, folders or globs"
     )
@@ -36,20 +33,15 @@ def parse_args(argv=None):
     parser.add_argument(
         "--confidence-threshold",
         type=float,
-        default=0.5,
-        help="score at which findings are reported and pre-labelled (default 0.5)",
+        default=DEFAULT_SCORE_THRESHOLD,
+        help="score at which findings are reported and pre-labelled (default %(default)s)",
     )
     parser.add_argument(
         "--band", type=float, default=0.2, help="a score this close to the threshold is uncertain"
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides, KEY VALUE pairs")
+    add_config_overrides(parser, "MODEL.WEIGHTS model_final.pth")
     args = parser.parse_args(argv)
-    # `--input dir/ MODEL.WEIGHTS w.pth`: argparse gives the overrides to --input.
-    top_keys = set(build_config(None).keys())
-    for i, item in enumerate(args.input):
-        if item.split(".")[0] in top_keys and not os.path.exists(item):
-            args.input, args.opts = args.input[:i], args.input[i:] + args.opts
-            break
+    args.input, args.opts = split_overrides(args.input, args.opts)
     return args
 
 
@@ -69,8 +61,7 @@ def _check(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    setup_logger(name="dental_d2", abbrev_name="dental")
+    setup_tool_logging()
     try:
         _check(args)
         images, failures = collect_images(args.input)

@@ -6,12 +6,10 @@
 then open http://127.0.0.1:8000/ or `curl -F file=@photo.jpg http://127.0.0.1:8000/predict`.
 """
 
-import argparse
 import sys
 
-from detectron2.utils.logger import setup_logger
-
 from dental_d2 import DentalError
+from dental_d2.cli import add_config_overrides, setup_tool_logging, tool_parser
 from dental_d2.serving import ServeSettings, run
 
 # Options that set a ServeSettings field of the same name (defaults from ServeSettings).
@@ -35,23 +33,17 @@ OPTIONS = [
 
 def parse_args(argv=None):
     defaults = ServeSettings(config_file="")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="a dental config")
+    parser = tool_parser(__doc__, config_help="a dental config")
     for flag, kind, help_text in OPTIONS:
         default = getattr(defaults, flag[2:].replace("-", "_"))
         parser.add_argument(flag, type=kind, default=default, help=help_text)
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs, at the end (e.g. MODEL.WEIGHTS model.pth)",
-    )
+    add_config_overrides(parser, "MODEL.WEIGHTS model.pth")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    setup_logger(name="dental_d2")
+    setup_tool_logging()
     options = {flag[2:].replace("-", "_") for flag, _, _ in OPTIONS}
     settings = ServeSettings(
         config_file=args.config_file,

@@ -23,10 +23,12 @@ from detectron2.utils.logger import setup_logger
 
 from dental_d2 import DentalError
 from dental_d2.config import build_config
+from dental_d2.data.image_files import collect_images
 from dental_d2.export import exported_format
 from dental_d2.file_io import check_output_outside
+from dental_d2.inference import predict_images
 from dental_d2.predictor import Predictor
-from dental_d2.visualize import collect_images, predict_images, render_saved_predictions
+from dental_d2.visualize import render_saved_predictions
 
 
 def _exported_weights(opts) -> bool:

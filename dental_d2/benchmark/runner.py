@@ -10,11 +10,11 @@ from tabulate import tabulate
 from tqdm import tqdm
 
 from ..data import read_image
+from ..data.image_files import collect_images
 from ..data.synthetic import make_synthetic_image
 from ..errors import DentalError
 from ..export import export_model
 from ..file_io import write_json
-from ..visualize import collect_images
 from .inference import measure_dental, measure_torchvision, run_isolated, torch_threads
 from .models import EQUAL_WORK_OPTS, equal_work_config, write_equal_work_checkpoint
 from .training import measure_dental_training, measure_torchvision_training

@@ -53,7 +53,7 @@ def contiguous_id_map(categories: list[dict]) -> dict[int, int]:
     return {c["id"]: i for i, c in enumerate(sorted(categories, key=lambda c: c["id"]))}
 
 
-# Colour of classes whose name mentions a tooth: a neutral light grey-ivory, so lesions stand out.
+# Drawing colour of tooth classes: a neutral light grey-ivory, so lesions stand out.
 TOOTH_COLOR = (225, 220, 205)
 # Okabe-Ito colour-blind-safe palette (RGB), given to the other classes in class order.
 LESION_COLORS = (
@@ -67,10 +67,22 @@ LESION_COLORS = (
 )
 
 
-def is_tooth_class(name: str) -> bool:
-    """Whether a class name is a tooth ("Tooth", "teeth", "molar-tooth"), not a lesion."""
+def is_tooth_class(name: str, tooth_classes: Iterable[str] | None = None) -> bool:
+    """Whether a class is a tooth (lesions are placed on it), not a lesion.
+
+    The one rule for findings, active learning and colours. With `tooth_classes` (a model's
+    `DENTAL.FINDINGS.TOOTH_CLASSES`), a class is a tooth when its name is one of them, compared
+    case-insensitively. Without (a dataset's colours, where no config is at hand), any name that
+    mentions a tooth: "Tooth", "teeth", "molar-tooth".
+
+    Args:
+        name (str): a class name.
+        tooth_classes (Iterable[str] or None): the names that are teeth; None guesses by name.
+    """
     lowered = name.lower()
-    return "tooth" in lowered or "teeth" in lowered
+    if tooth_classes is None:
+        return "tooth" in lowered or "teeth" in lowered
+    return lowered in {tooth.lower() for tooth in tooth_classes}
 
 
 def thing_colors(thing_classes: list[str]) -> list[tuple[int, int, int]]:

@@ -15,6 +15,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 from torch.nn.parallel import DistributedDataParallel
 
+from ..config import DEFAULT_SCORE_THRESHOLD
 from ..visualize import draw_instances, side_by_side
 
 logger = logging.getLogger(__name__)
@@ -224,15 +225,7 @@ class EarlyStopping(_MetricPatienceHook):
             None where no checkpoint is written.
     """
 
-    def __init__(
-        self,
-        eval_period: int,
-        metric: str,
-        mode: str,
-        patience: int,
-        min_delta: float = 0.0,
-        checkpointer=None,
-    ):
+    def __init__(self, eval_period, metric, mode, patience, min_delta=0.0, checkpointer=None):
         super().__init__(eval_period, metric, mode, patience, min_delta=min_delta)
         self._checkpointer = checkpointer
         self.stopped_iter = None
@@ -349,7 +342,14 @@ class VisualizePredictions(EvalOnceHook):
         score_threshold (float): predictions below this score are not drawn.
     """
 
-    def __init__(self, period, dataset_dicts, dataset_name, read_image, score_threshold=0.5):
+    def __init__(
+        self,
+        period,
+        dataset_dicts,
+        dataset_name,
+        read_image,
+        score_threshold=DEFAULT_SCORE_THRESHOLD,
+    ):
         super().__init__(period)
         self._dicts = dataset_dicts
         self._metadata = MetadataCatalog.get(dataset_name)

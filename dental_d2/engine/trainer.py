@@ -194,7 +194,7 @@ class DentalTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return DentalEvaluator.from_config(cfg, dataset_name, output_dir=output_folder)
+        return DentalEvaluator(cfg, dataset_name, output_dir=output_folder)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):

@@ -8,10 +8,12 @@ import tempfile
 from collections import OrderedDict
 
 import detectron2.utils.comm as comm
+from detectron2.config import configurable
 from detectron2.evaluation import COCOEvaluator
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from .matching import match_predictions
 from .metrics import coco_summary, compute_detection_metrics, per_class_ap, run_coco_eval
 from .report import TaskEvaluation, log_class_table, write_outputs
@@ -23,10 +25,10 @@ def evaluate_task(
     coco_gt: COCO,
     results: list[dict],
     iou_type: str,
-    score_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     category_ids: list[int] | None = None,
-    coco: dict | None = None,
+    coco_ap: dict | None = None,
     coco_eval: COCOeval | None = None,
     progress: bool = False,
 ) -> TaskEvaluation:
@@ -40,18 +42,18 @@ def evaluate_task(
         iou_threshold (float): the least IoU of a match.
         category_ids (list[int] or None): the classes in report order; by default `coco_gt`'s in
             ascending id order.
-        coco (dict or None): COCO AP already computed (detectron2's COCOEvaluator results for the
+        coco_ap (dict or None): COCO AP already computed (detectron2's COCOEvaluator results for the
             task); None runs pycocotools' COCOeval here.
-        coco_eval (COCOeval or None): with `coco`, the COCOeval behind it, for per-class AP50;
+        coco_eval (COCOeval or None): with `coco_ap`, the COCOeval behind it, for per-class AP50;
             None when there were no results.
         progress (bool): show a progress bar while matching.
     """
     if category_ids is None:
         category_ids = sorted(coco_gt.getCatIds())
     names = {c: coco_gt.cats[c]["name"] for c in category_ids}
-    if coco is None:
+    if coco_ap is None:
         coco_eval = run_coco_eval(coco_gt, results, iou_type)
-        coco = coco_summary(coco_eval, names)
+        coco_ap = coco_summary(coco_eval, names)
     images = match_predictions(
         coco_gt, results, iou_type, score_threshold, iou_threshold, progress=progress
     )
@@ -63,7 +65,7 @@ def evaluate_task(
         score_threshold,
         iou_threshold,
     )
-    return TaskEvaluation(metrics, coco, per_class_ap(coco_eval, category_ids))
+    return TaskEvaluation(metrics, coco_ap, per_class_ap(coco_eval, category_ids))
 
 
 class DentalEvaluator(COCOEvaluator):
@@ -76,6 +78,9 @@ class DentalEvaluator(COCOEvaluator):
     and "precision", "recall", "f1", "precision-<class>", ... as fractions. The main process
     writes to `output_dir`: metrics.json, `<task>_pr_curves.png`, `<task>_confusion_matrix.png`,
     report.html, and COCOEvaluator's own files, each one whole (see `evaluate`).
+
+    Built from a config as detectron2's configurable classes are: `DentalEvaluator(cfg, name)`
+    (see `from_config`), or from explicit arguments.
 
     Args:
         dataset_name (str): a registered dataset with `thing_classes` (and
@@ -90,13 +95,14 @@ class DentalEvaluator(COCOEvaluator):
         num_report_images (int): best and worst images drawn, each.
     """
 
+    @configurable
     def __init__(
         self,
         dataset_name: str,
         output_dir: str,
         tasks: tuple[str, ...] | None = ("bbox", "segm"),
-        score_threshold: float = 0.5,
-        iou_threshold: float = 0.5,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+        iou_threshold: float = DEFAULT_IOU_THRESHOLD,
         distributed: bool = True,
         draw_images: bool = True,
         num_report_images: int = 4,
@@ -124,21 +130,22 @@ class DentalEvaluator(COCOEvaluator):
         )
 
     @classmethod
-    def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None):
-        """Builds the evaluator from `cfg.DENTAL.EVAL`, `cfg.MODEL.MASK_ON` and `cfg.OUTPUT_DIR`.
+    def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None) -> dict:
+        """The arguments of `__init__` from `cfg.DENTAL.EVAL`, `cfg.MODEL.MASK_ON` and
+        `cfg.OUTPUT_DIR`, as detectron2's `@configurable` wants: `DentalEvaluator(cfg, name)`.
 
         Args:
             cfg (CfgNode): a config with dental_d2's keys.
             dataset_name (str): the registered dataset to evaluate.
             output_dir (str or None): by default `<OUTPUT_DIR>/eval/<dataset_name>`.
         """
-        return cls(
-            dataset_name,
-            output_dir=output_dir or os.path.join(cfg.OUTPUT_DIR, "eval", dataset_name),
-            tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
-            score_threshold=cfg.DENTAL.EVAL.SCORE_THRESHOLD,
-            iou_threshold=cfg.DENTAL.EVAL.IOU_THRESHOLD,
-        )
+        return {
+            "dataset_name": dataset_name,
+            "output_dir": output_dir or os.path.join(cfg.OUTPUT_DIR, "eval", dataset_name),
+            "tasks": ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
+            "score_threshold": cfg.DENTAL.EVAL.SCORE_THRESHOLD,
+            "iou_threshold": cfg.DENTAL.EVAL.IOU_THRESHOLD,
+        }
 
     def reset(self):
         super().reset()
@@ -189,7 +196,7 @@ class DentalEvaluator(COCOEvaluator):
                 self._score_threshold,
                 self._iou_threshold,
                 category_ids=self._category_ids,
-                coco=self._results[task],
+                coco_ap=self._results[task],
                 coco_eval=coco_eval,
             )
             log_class_table(evaluation)

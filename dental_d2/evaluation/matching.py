@@ -7,6 +7,8 @@ import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from tqdm import tqdm
 
+from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
+
 IOU_TYPES = ("bbox", "segm")
 
 
@@ -130,8 +132,8 @@ def match_image(
     image_id: int,
     predictions: list[dict],
     iou_type: str,
-    score_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> ImageMatches:
     """Matches one image's predictions to its ground truth.
 
@@ -183,8 +185,8 @@ def match_predictions(
     coco_gt: COCO,
     results: list[dict],
     iou_type: str,
-    score_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     progress: bool = False,
 ) -> list[ImageMatches]:
     """Matches COCO results to ground truth, image by image (see `match_image` for the rule).

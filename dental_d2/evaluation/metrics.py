@@ -10,6 +10,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from .matching import ImageMatches
 
 logger = logging.getLogger(__name__)
@@ -154,13 +155,66 @@ class DetectionMetrics:
         return [*self.class_names, BACKGROUND]
 
 
+def _count_confusion(
+    confusion: np.ndarray,
+    image: ImageMatches,
+    kept_classes: np.ndarray,
+    kept: np.ndarray,
+    gt_classes: np.ndarray,
+) -> None:
+    """Adds one image to the (K + 1, K + 1) confusion matrix, background last.
+
+    Same-class matches go on the diagonal, cross-class matches off it, leftovers against
+    background; each ground truth and each kept prediction is counted once.
+
+    Args:
+        confusion (np.ndarray): the matrix, rows ground truth and columns predictions.
+        image (ImageMatches): the image's matches.
+        kept_classes (np.ndarray): class index of each kept prediction.
+        kept (np.ndarray): the kept predictions' indices in `image`.
+        gt_classes (np.ndarray): class index of each ground truth.
+    """
+    background = len(confusion) - 1
+    gt_used = np.zeros(len(gt_classes), dtype=bool)
+    for p, k in zip(kept, kept_classes):
+        if image.matched_gt[p] >= 0:
+            g = image.matched_gt[p]
+        elif image.cross_matched_gt[p] >= 0:
+            g = image.cross_matched_gt[p]
+        else:
+            confusion[background, k] += 1
+            continue
+        gt_used[g] = True
+        confusion[gt_classes[g], k] += 1
+    for g in np.flatnonzero(~gt_used):
+        confusion[gt_classes[g], background] += 1
+
+
+def _class_curves(
+    all_scores: list[list[float]], all_tp: list[list[bool]], num_gt: np.ndarray
+) -> tuple[list[tuple], list[tuple]]:
+    """Each class's PR curve and best-F1 threshold from its predictions' scores and hits.
+
+    Args:
+        all_scores (list[list[float]]): per class, the score of every prediction.
+        all_tp (list[list[bool]]): per class, whether each of them matched a ground truth.
+        num_gt (np.ndarray): per class, the number of ground truths.
+    """
+    curves, best = [], []
+    for scores, hits, count in zip(all_scores, all_tp, num_gt):
+        scores, hits = np.asarray(scores), np.asarray(hits)
+        curves.append(pr_curve(scores, hits, int(count)))
+        best.append(best_f1_threshold(scores, hits, int(count)))
+    return curves, best
+
+
 def compute_detection_metrics(
     images: list[ImageMatches],
     category_ids: list[int],
     class_names: list[str],
     iou_type: str,
-    score_threshold: float = 0.5,
-    iou_threshold: float = 0.5,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> DetectionMetrics:
     """Counts TP/FP/FN per class, per image and pooled, the confusion matrix and PR curves.
 
@@ -174,12 +228,8 @@ def compute_detection_metrics(
     """
     num_classes = len(category_ids)
     index = {cat_id: k for k, cat_id in enumerate(category_ids)}
-    background = num_classes
     confusion = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
-    tp = np.zeros(num_classes, dtype=np.int64)
-    fp = np.zeros(num_classes, dtype=np.int64)
-    fn = np.zeros(num_classes, dtype=np.int64)
-    num_gt = np.zeros(num_classes, dtype=np.int64)
+    counts = np.zeros((3, num_classes), dtype=np.int64)  # TP, FP, FN per class
     all_scores = [[] for _ in range(num_classes)]
     all_tp = [[] for _ in range(num_classes)]
     per_image = {}
@@ -187,48 +237,22 @@ def compute_detection_metrics(
     for image in images:
         pred_k = np.asarray([index[c] for c in image.pred_category_ids], dtype=np.int64)
         gt_k = np.asarray([index[c] for c in image.gt_category_ids], dtype=np.int64)
-        scores = image.scores
-        kept = scores >= score_threshold
-        for k, s, hit in zip(pred_k, scores, image.matched_gt >= 0):
-            all_scores[k].append(s)
-            all_tp[k].append(hit)
-        num_gt += np.bincount(gt_k, minlength=num_classes)
-
-        hit = image.matched_gt >= 0
+        kept, hit = image.scores >= score_threshold, image.matched_gt >= 0
+        for k, score, is_tp in zip(pred_k, image.scores, hit):
+            all_scores[k].append(score)
+            all_tp[k].append(is_tp)
+        image_gt = np.bincount(gt_k, minlength=num_classes)
         image_tp = np.bincount(pred_k[kept & hit], minlength=num_classes)
         image_fp = np.bincount(pred_k[kept & ~hit], minlength=num_classes)
-        image_fn = np.bincount(gt_k, minlength=num_classes) - image_tp
-        tp += image_tp
-        fp += image_fp
-        fn += image_fn
-        per_image[image.image_id] = ClassMetrics(
-            int(image_tp.sum()), int(image_fp.sum()), int(image_fn.sum())
-        )
+        image_counts = np.stack([image_tp, image_fp, image_gt - image_tp])
+        counts += image_counts
+        per_image[image.image_id] = ClassMetrics(*(int(n) for n in image_counts.sum(axis=1)))
+        _count_confusion(confusion, image, pred_k[kept], np.flatnonzero(kept), gt_k)
 
-        # Confusion: same-class matches on the diagonal, cross-class matches off it, leftovers
-        # against background. Each ground truth and each kept prediction is counted once.
-        gt_used = np.zeros(len(gt_k), dtype=bool)
-        for p in np.flatnonzero(kept):
-            if image.matched_gt[p] >= 0:
-                g = image.matched_gt[p]
-            elif image.cross_matched_gt[p] >= 0:
-                g = image.cross_matched_gt[p]
-            else:
-                confusion[background, pred_k[p]] += 1
-                continue
-            gt_used[g] = True
-            confusion[gt_k[g], pred_k[p]] += 1
-        for g in np.flatnonzero(~gt_used):
-            confusion[gt_k[g], background] += 1
-
-    curves, best = [], []
-    for k in range(num_classes):
-        curves.append(pr_curve(np.asarray(all_scores[k]), np.asarray(all_tp[k]), int(num_gt[k])))
-        best.append(
-            best_f1_threshold(np.asarray(all_scores[k]), np.asarray(all_tp[k]), int(num_gt[k]))
-        )
-    per_class = [ClassMetrics(int(tp[k]), int(fp[k]), int(fn[k])) for k in range(num_classes)]
-    pooled = ClassMetrics(int(tp.sum()), int(fp.sum()), int(fn.sum()))
+    num_gt = counts[0] + counts[2]  # TP + FN
+    curves, best = _class_curves(all_scores, all_tp, num_gt)
+    per_class = [ClassMetrics(*(int(n) for n in counts[:, k])) for k in range(num_classes)]
+    pooled = ClassMetrics(*(int(n) for n in counts.sum(axis=1)))
     return DetectionMetrics(
         iou_type=iou_type,
         category_ids=list(category_ids),

@@ -1,31 +1,23 @@
 """Evaluation outputs: metrics.json, a per-class table, PNG plots, one self-contained HTML page."""
 
-import base64
 import html
-import io
 import logging
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
-from detectron2.utils.visualizer import Visualizer
-from matplotlib import colormaps
-from PIL import Image
 from pycocotools.coco import COCO
 from tabulate import tabulate
 
-from ..data.image_io import read_image
-from ..errors import DentalError
 from ..file_io import atomic_write, write_bytes, write_json
 from .metrics import DetectionMetrics
-from .plots import plain_text, plot_confusion_matrix, plot_pr_curves
+from .plots import plot_confusion_matrix, plot_pr_curves
+from .report_images import data_uri, images_section
 
 logger = logging.getLogger(__name__)
 
 TASK_TITLES = {"segm": "Masks (segm)", "bbox": "Boxes (bbox)"}
-# Long side, in pixels, of each drawn image in the report.
-REPORT_IMAGE_SIZE = 512
 
 
 @dataclass
@@ -95,10 +87,10 @@ def format_class_table(evaluation: TaskEvaluation) -> str:
         for name, v in evaluation.per_class().items()
     ]
     pooled = evaluation.metrics.pooled
-    coco = evaluation.coco
+    coco_ap = evaluation.coco
     rows.append(
         ["(all)", pooled.tp, pooled.fp, pooled.fn, pooled.precision, pooled.recall, pooled.f1]
-        + [coco.get("AP", float("nan")), coco.get("AP50", float("nan"))]
+        + [coco_ap.get("AP", float("nan")), coco_ap.get("AP50", float("nan"))]
     )
     return tabulate(
         rows,
@@ -137,129 +129,6 @@ def metrics_dict(evaluations: dict[str, TaskEvaluation]) -> dict:
     return _json_safe({task: evaluation.to_dict() for task, evaluation in evaluations.items()})
 
 
-def ranked_images(metrics: DetectionMetrics, count: int = 4) -> tuple[list[int], list[int]]:
-    """The image ids with the best and the worst per-image F1 (pooled over classes).
-
-    Images with neither ground truth nor predictions are left out. Among equal F1s, more true
-    positives rank better and more errors (FP + FN) rank worse. The two lists do not overlap.
-
-    Args:
-        metrics (DetectionMetrics): the metrics of one task.
-        count (int): images in each list.
-    """
-    scored = [(i, c) for i, c in metrics.per_image.items() if c.tp + c.fp + c.fn > 0]
-    best = sorted(scored, key=lambda ic: (-ic[1].f1, -ic[1].tp, ic[0]))[:count]
-    chosen = {i for i, _ in best}
-    rest = [ic for ic in scored if ic[0] not in chosen]
-    worst = sorted(rest, key=lambda ic: (ic[1].f1, -(ic[1].fp + ic[1].fn), ic[0]))[:count]
-    return [i for i, _ in best], [i for i, _ in worst]
-
-
-def _class_colors(metrics: DetectionMetrics, thing_colors=None) -> dict[int, tuple]:
-    if thing_colors and len(thing_colors) == len(metrics.category_ids):
-        return {
-            c: tuple(v / 255 for v in thing_colors[k]) for k, c in enumerate(metrics.category_ids)
-        }
-    palette = colormaps["tab10"]
-    return {c: palette(k % 10)[:3] for k, c in enumerate(metrics.category_ids)}
-
-
-def _image_path(coco_gt: COCO, image_id: int, image_root: str | None) -> str:
-    file_name = coco_gt.imgs[image_id]["file_name"]
-    if image_root and not os.path.isabs(file_name):
-        return os.path.join(image_root, file_name)
-    return file_name
-
-
-def _draw(image: np.ndarray, instances: list[tuple], coco_gt: COCO, iou_type: str) -> np.ndarray:
-    scale = min(1.0, REPORT_IMAGE_SIZE / max(image.shape[:2]))
-    visualizer = Visualizer(image, scale=scale)
-    if not instances:
-        return visualizer.output.get_image()
-    annotations, labels, colors = zip(*instances)
-    boxes = np.asarray([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
-    masks = [coco_gt.annToRLE(a) for a in annotations] if iou_type == "segm" else None
-    return visualizer.overlay_instances(
-        boxes=boxes,
-        labels=[plain_text(label) for label in labels],
-        masks=masks,
-        assigned_colors=list(colors),
-    ).get_image()
-
-
-def draw_image_pair(
-    coco_gt: COCO,
-    metrics: DetectionMetrics,
-    image_id: int,
-    image_root: str | None = None,
-    thing_colors=None,
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Draws one image's ground truth and its predictions at the score threshold.
-
-    Ground truth nothing matched is labelled "missed"; predictions that matched nothing of their
-    class are labelled "FP" (with the class they overlap, for a wrong-class prediction).
-
-    Args:
-        coco_gt (COCO): the ground truth.
-        metrics (DetectionMetrics): the metrics of one task.
-        image_id (int): the image.
-        image_root (str or None): folder of the images when their file names are relative.
-        thing_colors (list or None): RGB 0-255 per class (detectron2 metadata), else a palette.
-
-    Returns:
-        tuple[np.ndarray, np.ndarray] or None: RGB drawings (ground truth, predictions), or None
-        when the image cannot be read.
-    """
-    path = _image_path(coco_gt, image_id, image_root)
-    try:
-        image = read_image(path, format="RGB")
-    except (DentalError, OSError) as e:
-        logger.warning(f"Image {image_id} is left out of the report: {e}")
-        return None
-    info = coco_gt.imgs[image_id]
-    height, width = int(info.get("height", image.shape[0])), int(info.get("width", image.shape[1]))
-    if image.shape[:2] != (height, width):
-        # Annotations are in the annotated size; draw on the image resized to it.
-        image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-
-    matches = next(m for m in metrics.images if m.image_id == image_id)
-    colors = _class_colors(metrics, thing_colors)
-    names = dict(zip(metrics.category_ids, metrics.class_names))
-    gt_hit = matches.gt_matched(metrics.score_threshold)
-    gt_instances = [
-        (a, names[a["category_id"]] + ("" if hit else " missed"), colors[a["category_id"]])
-        for a, hit in zip(matches.gt_annotations, gt_hit)
-    ]
-    pred_instances = []
-    kept = matches.kept(metrics.score_threshold)
-    for p, pred, same, cross in zip(
-        kept, matches.predictions, matches.matched_gt, matches.cross_matched_gt
-    ):
-        if not p:
-            continue
-        label = f"{names[pred['category_id']]} {pred['score']:.0%}"
-        if same < 0:
-            label += " FP"
-            if cross >= 0:
-                label += f" (is {names[matches.gt_annotations[cross]['category_id']]})"
-        pred_instances.append((pred, label, colors[pred["category_id"]]))
-    return (
-        _draw(image, gt_instances, coco_gt, metrics.iou_type),
-        _draw(image, pred_instances, coco_gt, metrics.iou_type),
-    )
-
-
-def _data_uri(data: bytes, mime: str) -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
-
-
-def _jpeg(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue()
-
-
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
@@ -295,13 +164,13 @@ def _task_section(task: str, evaluation: TaskEvaluation, pngs: dict[str, bytes])
         cells.append(v["best_f1_threshold"])
         rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
     p = m.pooled
-    coco = evaluation.coco
+    coco_ap = evaluation.coco
     total = ["all classes", sum(m.num_gt), p.tp, p.fp, p.fn, p.precision, p.recall, p.f1]
-    total += [coco.get("AP"), coco.get("AP50"), None]
+    total += [coco_ap.get("AP"), coco_ap.get("AP50"), None]
     rows.append('<tr class="total">' + "".join(f"<td>{_fmt(c)}</td>" for c in total) + "</tr>")
     coco_cells = "".join(
         f"<tr><td>{_fmt(k)}</td><td>{_fmt(v, 2)}</td></tr>"
-        for k, v in coco.items()
+        for k, v in coco_ap.items()
         if not k.startswith("AP-")
     )
     return f"""
@@ -311,45 +180,46 @@ Precision, recall and F1 are fractions; AP (COCO, IoU 0.50:0.95) and AP50 are pe
 <table><tr>{header}</tr>{"".join(rows)}</table>
 <details><summary>All COCO metrics</summary><table>{coco_cells}</table></details>
 <div class="plots">
-<img alt="{task} precision-recall curves" src="{_data_uri(pngs["pr"], "image/png")}">
-<img alt="{task} confusion matrix" src="{_data_uri(pngs["confusion"], "image/png")}">
+<img alt="{task} precision-recall curves" src="{data_uri(pngs["pr"], "image/png")}">
+<img alt="{task} confusion matrix" src="{data_uri(pngs["confusion"], "image/png")}">
 </div>"""
 
 
-def _images_section(
-    coco_gt: COCO,
-    evaluation: TaskEvaluation,
-    image_root: str | None,
-    thing_colors,
-    count: int,
+def _write_plots(
+    output_dir: str, task: str, metrics: DetectionMetrics, written: dict[str, str]
+) -> dict[str, bytes]:
+    """Writes the task's PR curves and confusion matrix as PNGs; returns their bytes by kind."""
+    pngs = {"pr": plot_pr_curves(metrics), "confusion": plot_confusion_matrix(metrics)}
+    for key, suffix in (("pr", "pr_curves"), ("confusion", "confusion_matrix")):
+        path = os.path.join(output_dir, f"{task}_{suffix}.png")
+        write_bytes(path, pngs[key])
+        written[f"{task}_{suffix}"] = path
+    return pngs
+
+
+def _page(
+    title: str, coco_gt: COCO, evaluations: dict[str, TaskEvaluation], sections: list[str]
 ) -> str:
-    m = evaluation.metrics
-    best, worst = ranked_images(m, count)
-    parts = [
-        f"<h2>Best and worst images ({TASK_TITLES.get(m.iou_type, m.iou_type)})</h2>",
-        '<p class="note">Ranked by the F1 of each image over all classes. Left: ground truth '
-        '("missed" = not found). Right: predictions at the score threshold ("FP" = false alarm; '
-        '"is X" = it lies on a ground truth of class X).</p>',
-    ]
-    drawn = 0
-    for title, image_ids in (("Best", best), ("Worst", worst)):
-        parts.append(f"<h3>{title}</h3>")
-        for image_id in image_ids:
-            pair = draw_image_pair(coco_gt, m, image_id, image_root, thing_colors)
-            if pair is None:
-                continue
-            drawn += 1
-            c = m.per_image[image_id]
-            name = os.path.basename(coco_gt.imgs[image_id]["file_name"])
-            parts.append(
-                f'<div class="pair"><div>{html.escape(name)}: F1 {c.f1:.2f} '
-                f"(TP {c.tp}, FP {c.fp}, FN {c.fn})</div>"
-                f'<img alt="ground truth" src="{_data_uri(_jpeg(pair[0]), "image/jpeg")}">'
-                f'<img alt="predictions" src="{_data_uri(_jpeg(pair[1]), "image/jpeg")}"></div>'
-            )
-    if not drawn:
-        parts.append('<p class="note">No image could be read, so none is shown.</p>')
-    return "\n".join(parts)
+    """The whole report.html: a heading, what was counted and how, then the sections."""
+    # Every task matched the same ground truth and predictions: count them from the first.
+    first = next(iter(evaluations.values())).metrics if evaluations else None
+    num_predictions = sum(len(i.predictions) for i in first.images) if first else 0
+    num_gt = sum(first.num_gt) if first else 0
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{_CSS}</style></head><body>
+<h1>Evaluation: {html.escape(title)}</h1>
+<p>{len(coco_gt.getImgIds())} images, {num_gt} ground-truth findings, {num_predictions}
+predictions (all scores).</p>
+<p class="note">A prediction is <b>found (TP)</b> when it overlaps a not-yet-claimed ground-truth
+finding of the same class enough (IoU at or above the threshold); predictions are taken from the
+most to the least confident. Other predictions are <b>false alarms (FP)</b>; ground truth nothing
+claimed is <b>missed (FN)</b>. Precision: share of predictions that are right. Recall: share of
+findings found. F1 balances the two. The best-F1 score threshold is the confidence cut-off that
+would have given the highest F1 on this data.</p>
+{"".join(sections)}
+</body></html>
+"""
 
 
 def write_outputs(
@@ -383,40 +253,18 @@ def write_outputs(
 
     sections = []
     for task, evaluation in evaluations.items():
-        pngs = {
-            "pr": plot_pr_curves(evaluation.metrics),
-            "confusion": plot_confusion_matrix(evaluation.metrics),
-        }
-        for key, suffix in (("pr", "pr_curves"), ("confusion", "confusion_matrix")):
-            path = os.path.join(output_dir, f"{task}_{suffix}.png")
-            write_bytes(path, pngs[key])
-            written[f"{task}_{suffix}"] = path
+        pngs = _write_plots(output_dir, task, evaluation.metrics, written)
         sections.append(_task_section(task, evaluation, pngs))
 
     if draw_images and evaluations:
         # One set of images, for masks when evaluated: they show what boxes show and more.
         main = evaluations.get("segm") or next(iter(evaluations.values()))
-        sections.append(_images_section(coco_gt, main, image_root, thing_colors, num_images))
+        heading = TASK_TITLES.get(main.metrics.iou_type, main.metrics.iou_type)
+        sections.append(
+            images_section(coco_gt, main.metrics, image_root, thing_colors, num_images, heading)
+        )
 
-    # Every task matched the same ground truth and predictions: count them from the first.
-    first = next(iter(evaluations.values())).metrics if evaluations else None
-    num_predictions = sum(len(i.predictions) for i in first.images) if first else 0
-    num_gt = sum(first.num_gt) if first else 0
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{_CSS}</style></head><body>
-<h1>Evaluation: {html.escape(title)}</h1>
-<p>{len(coco_gt.getImgIds())} images, {num_gt} ground-truth findings, {num_predictions}
-predictions (all scores).</p>
-<p class="note">A prediction is <b>found (TP)</b> when it overlaps a not-yet-claimed ground-truth
-finding of the same class enough (IoU at or above the threshold); predictions are taken from the
-most to the least confident. Other predictions are <b>false alarms (FP)</b>; ground truth nothing
-claimed is <b>missed (FN)</b>. Precision: share of predictions that are right. Recall: share of
-findings found. F1 balances the two. The best-F1 score threshold is the confidence cut-off that
-would have given the highest F1 on this data.</p>
-{"".join(sections)}
-</body></html>
-"""
+    page = _page(title, coco_gt, evaluations, sections)
     written["report"] = os.path.join(output_dir, "report.html")
     with atomic_write(written["report"], "w") as f:
         f.write(page)

@@ -91,9 +91,11 @@ class TorchBackend:
 class ExportedBackend:
     """Runs an exported graph image by image and pastes its masks like detectron2 does.
 
+    Subclasses load the graph in `load` and run it in `run`.
+
     Args:
-        cfg (CfgNode): the predictor's config; `MODEL.ROI_HEADS.SCORE_THRESH_TEST` filters
-            further what the graph kept.
+        cfg (CfgNode): the predictor's config; `MODEL.WEIGHTS` is the exported file and
+            `MODEL.ROI_HEADS.SCORE_THRESH_TEST` filters further what the graph kept.
         metadata (dict): the export's `model.json`.
     """
 
@@ -113,6 +115,16 @@ class ExportedBackend:
                 self.score_threshold,
             )
         self.keep_all = self.score_threshold <= exported_threshold
+        self.load(cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE)
+
+    def load(self, model_path: str, device: str) -> None:
+        """Loads the exported graph.
+
+        Args:
+            model_path (str): the exported file (`MODEL.WEIGHTS`).
+            device (str): `MODEL.DEVICE`, where the runtime can honour it.
+        """
+        raise NotImplementedError
 
     def run(self, image: torch.Tensor) -> list[np.ndarray | torch.Tensor]:
         """Runs the graph on one CHW float image; returns `OUTPUT_NAMES` in order."""
@@ -137,28 +149,23 @@ class ExportedBackend:
 
 
 class OnnxBackend(ExportedBackend):
-    """ONNX Runtime on the CPU (or CUDA when its provider is installed and asked for).
-
-    Args:
-        cfg (CfgNode): the predictor's config; `MODEL.WEIGHTS` is the `.onnx` file.
-        metadata (dict): the export's `model.json`.
-    """
+    """ONNX Runtime on the CPU (or CUDA when its provider is installed and asked for), for a
+    `.onnx` file; built as `ExportedBackend`."""
 
     name = "onnxruntime"
 
-    def __init__(self, cfg, metadata: dict):
-        super().__init__(cfg, metadata)
+    def load(self, model_path: str, device: str) -> None:
         try:
             import onnxruntime as ort
         except ImportError as e:
             raise DentalError(
-                f"{cfg.MODEL.WEIGHTS}: running an ONNX model needs onnxruntime; "
+                f"{model_path}: running an ONNX model needs onnxruntime; "
                 "pip install onnxruntime (or make install)"
             ) from e
         self.session = ort.InferenceSession(
-            cfg.MODEL.WEIGHTS,
+            model_path,
             sess_options=onnx_session_options(),
-            providers=onnx_providers(cfg.MODEL.DEVICE, ort.get_available_providers()),
+            providers=onnx_providers(device, ort.get_available_providers()),
         )
 
     def run(self, image: torch.Tensor) -> list[np.ndarray]:
@@ -187,18 +194,13 @@ def onnx_providers(device: str, available: list[str]) -> list[str]:
 
 
 class TorchScriptBackend(ExportedBackend):
-    """A TorchScript module traced by `tools/export_model.py --format torchscript`.
-
-    Args:
-        cfg (CfgNode): the predictor's config; `MODEL.WEIGHTS` is the `.ts` file.
-        metadata (dict): the export's `model.json`.
-    """
+    """A TorchScript module traced by `tools/export_model.py --format torchscript` (a `.ts`
+    file), on the CPU; built as `ExportedBackend`."""
 
     name = "torchscript"
 
-    def __init__(self, cfg, metadata: dict):
-        super().__init__(cfg, metadata)
-        self.module = torch.jit.load(cfg.MODEL.WEIGHTS, map_location="cpu").eval()
+    def load(self, model_path: str, device: str) -> None:
+        self.module = torch.jit.load(model_path, map_location="cpu").eval()
 
     def run(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         with torch.no_grad():

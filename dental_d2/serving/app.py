@@ -216,10 +216,10 @@ def _add_result_routes(app: FastAPI, service: PredictionService):
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.get("/results/{prediction_id}/coco.json")
-    async def coco(prediction_id: str, score_threshold: Threshold = None):
+    async def coco_json(prediction_id: str, score_threshold: Threshold = None):
         """A previous answer as a COCO dataset file (the format of predictions.coco.json)."""
         stored = stored_or_404(prediction_id)
-        data = service.coco(stored, service.threshold(score_threshold))
+        data = service.coco_json(stored, service.threshold(score_threshold))
         stem = os.path.splitext(stored.file_name)[0]
         disposition = f'attachment; filename="{stem}.predictions.coco.json"'
         return JSONResponse(data, headers={"Content-Disposition": disposition})

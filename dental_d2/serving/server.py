@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 import uvicorn
 
-from ..config import build_config
+from ..config import DEFAULT_SCORE_THRESHOLD, build_config
 from ..errors import DentalError
 from ..predictor import Predictor
 from .app import create_app
@@ -59,7 +59,7 @@ class ServeSettings:
     max_upload_mb: float = 20.0
     max_queue: int = 8
     max_megapixels: float = 25.0
-    confidence_threshold: float = 0.5
+    confidence_threshold: float = DEFAULT_SCORE_THRESHOLD
     min_score: float = 0.25
     device: str | None = None
 

@@ -1,7 +1,8 @@
 """The service behind the web app: uploads in; instances, findings, overlays and COCO out.
 
-Everything the page and the API show comes from `Predictor` and `dental_d2.visualize`, so an
-answer at a threshold is what `tools/visualize.py --confidence-threshold` writes for the image:
+Everything the page and the API show comes from `Predictor`, `dental_d2.inference` and
+`dental_d2.visualize`, so an answer at a threshold is what `tools/visualize.py
+--confidence-threshold` writes for the image:
 the same overlay, the same `predictions.coco.json` annotations, the same findings.
 """
 
@@ -20,10 +21,11 @@ import pycocotools.mask as mask_util
 import torch
 from detectron2.structures import Boxes, Instances
 
+from ..config import DEFAULT_SCORE_THRESHOLD
 from ..data.image_io import decode_image
 from ..errors import DentalError
 from ..findings import findings_to_dict
-from ..visualize import coco_dataset, instances_to_coco_annotations
+from ..inference import coco_dataset, instances_to_coco_annotations
 from .batching import BatchQueue
 
 logger = logging.getLogger(__name__)
@@ -122,7 +124,7 @@ class PredictionService:
         predictor,
         *,
         config_file: str = "",
-        score_threshold: float = 0.5,
+        score_threshold: float = DEFAULT_SCORE_THRESHOLD,
         max_upload_bytes: int = 20 << 20,
         max_pixels: int = 25_000_000,
         capacity: int = 8,
@@ -252,7 +254,7 @@ class PredictionService:
             raise DentalError(f"{stored.file_name}: the overlay could not be encoded as PNG")
         return encoded.tobytes()
 
-    def coco(self, stored: StoredPrediction, threshold: float) -> dict:
+    def coco_json(self, stored: StoredPrediction, threshold: float) -> dict:
         """The image's predictions as a COCO dataset, the format of predictions.coco.json."""
         image = {"id": 1, "file_name": stored.file_name}
         image.update(height=stored.height, width=stored.width)
