@@ -12,25 +12,15 @@ from detectron2.data.catalog import Metadata
 from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA
 from detectron2.structures import Instances
 
-from .checkpoint import read_class_names
-from .config import build_config
+from .config import DEFAULT_SCORE_THRESHOLD, build_config
 from .data import read_image
 from .errors import DentalError
 from .export import apply_export_metadata, build_backend, exported_format, read_export_metadata
 from .findings import Findings, findings_from_instances, summarize
+from .model_config import check_weights_exist, fall_back_to_cpu, model_class_names
 from .visualize import build_metadata, draw_instances
 
 logger = logging.getLogger(__name__)
-
-
-def _registered_class_names(cfg) -> list[str] | None:
-    """Returns the classes of an already registered dataset named in the config, if any."""
-    for name in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
-        if name in MetadataCatalog.list():
-            names = MetadataCatalog.get(name).get("thing_classes")
-            if names:
-                return list(names)
-    return None
 
 
 class Predictor:
@@ -42,7 +32,8 @@ class Predictor:
     knows the class names, so it can also place lesions on teeth and draw overlays.
 
     The class names come from the checkpoint (written by the dental trainer), else
-    `DENTAL.CLASS_NAMES`, else the metadata of a registered dataset in `DATASETS.TEST`/`TRAIN`.
+    `DENTAL.CLASS_NAMES`, else the metadata of a registered dataset in `DATASETS.TEST`/`TRAIN`
+    (`dental_d2.model_config.model_class_names`).
 
     `MODEL.WEIGHTS` may also be a model written by `tools/export_model.py`: a `.onnx` file runs
     with ONNX Runtime, a `.ts` file with TorchScript. Its `model.json` gives the classes, input
@@ -80,18 +71,14 @@ class Predictor:
         config_file: str,
         weights: str | None = None,
         opts: Sequence[str] = (),
-        confidence_threshold: float = 0.5,
+        confidence_threshold: float = DEFAULT_SCORE_THRESHOLD,
         device: str | None = None,
     ):
         cfg = build_config(config_file, opts)
         if weights is not None:
             cfg.MODEL.WEIGHTS = weights
         weights = cfg.MODEL.WEIGHTS
-        if weights and "://" not in weights and not os.path.isfile(weights):
-            raise DentalError(
-                f"{weights}: weights file not found; pass the model_final.pth of a training run "
-                "as MODEL.WEIGHTS"
-            )
+        check_weights_exist(cfg)
         metadata = read_export_metadata(weights) if exported_format(weights) else None
         if metadata:
             apply_export_metadata(cfg, metadata)
@@ -99,9 +86,7 @@ class Predictor:
             cfg.MODEL.WEIGHTS = weights
         if device is not None:
             cfg.MODEL.DEVICE = device
-        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-            logger.warning("CUDA is not available: predicting on the CPU")
-            cfg.MODEL.DEVICE = "cpu"
+        fall_back_to_cpu(cfg, "predicting")
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
         cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
         cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = confidence_threshold
@@ -110,7 +95,7 @@ class Predictor:
                 f"{config_file}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use BGR or RGB"
             )
 
-        self.class_names = self._class_names(cfg, config_file)
+        self.class_names = model_class_names(cfg, config_file)
         cfg.freeze()
         self.cfg = cfg
         self.metadata = self._metadata(cfg)
@@ -125,38 +110,6 @@ class Predictor:
         self.aug = T.ResizeShortestEdge(
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
-
-    @staticmethod
-    def _class_names(cfg, config_file: str) -> list[str]:
-        from_checkpoint = read_class_names(cfg.MODEL.WEIGHTS, cfg.DENTAL.ALLOW_PICKLE)
-        from_config = list(cfg.DENTAL.CLASS_NAMES)
-        if from_checkpoint:
-            if from_config and from_config != from_checkpoint:
-                logger.warning(
-                    "DENTAL.CLASS_NAMES %s differ from the classes saved in %s, %s: using the "
-                    "checkpoint's",
-                    from_config,
-                    cfg.MODEL.WEIGHTS,
-                    from_checkpoint,
-                )
-            names, source = from_checkpoint, cfg.MODEL.WEIGHTS
-        elif from_config:
-            names, source = from_config, f"DENTAL.CLASS_NAMES of {config_file}"
-        else:
-            names, source = _registered_class_names(cfg), "the registered dataset"
-        if not names:
-            raise DentalError(
-                f"{cfg.MODEL.WEIGHTS or config_file}: no class names in the checkpoint, the "
-                "config or a registered dataset; pass them as DENTAL.CLASS_NAMES "
-                "\"['Caries', 'Cavity', 'Crack', 'Tooth']\" (in contiguous-id order)"
-            )
-        num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
-        if len(names) != num_classes:
-            raise DentalError(
-                f"{source} names {len(names)} classes {names} but MODEL.ROI_HEADS.NUM_CLASSES is "
-                f"{num_classes} in {config_file}; set MODEL.ROI_HEADS.NUM_CLASSES {len(names)}"
-            )
-        return list(names)
 
     def _metadata(self, cfg) -> Metadata:
         for name in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):

@@ -15,14 +15,12 @@ Render an evaluation's saved predictions beside the ground truth::
         --predictions output/dental_r50/eval/dental_test/coco_instances_results.json --output vis/
 """
 
-import argparse
 import os
 import sys
 
-from detectron2.utils.logger import setup_logger
-
 from dental_d2 import DentalError
-from dental_d2.config import build_config
+from dental_d2.cli import add_config_overrides, setup_tool_logging, split_overrides, tool_parser
+from dental_d2.config import DEFAULT_SCORE_THRESHOLD, build_config
 from dental_d2.data.image_files import collect_images
 from dental_d2.export import exported_format
 from dental_d2.file_io import check_output_outside
@@ -38,7 +36,7 @@ def _exported_weights(opts) -> bool:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = tool_parser(__doc__)
     parser.add_argument("--config-file", metavar="FILE", help="a dental YAML config")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
@@ -54,22 +52,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--confidence-threshold",
         type=float,
-        default=0.5,
-        help="predictions scoring below this are not drawn or saved (default 0.5)",
+        default=DEFAULT_SCORE_THRESHOLD,
+        help="predictions scoring below this are not drawn or saved (default %(default)s)",
     )
-    parser.add_argument(
-        "opts",
-        nargs=argparse.REMAINDER,
-        help="config overrides as KEY VALUE pairs, at the end (e.g. MODEL.DEVICE cpu)",
-    )
+    add_config_overrides(parser, "MODEL.DEVICE cpu")
     args = parser.parse_args(argv)
     if args.input:
-        # `--input a.png MODEL.DEVICE cpu`: argparse gives the overrides to --input.
-        top_keys = set(build_config(None).keys())
-        for i, item in enumerate(args.input):
-            if item.split(".")[0] in top_keys and not os.path.exists(item):
-                args.input, args.opts = args.input[:i], args.input[i:] + args.opts
-                break
+        args.input, args.opts = split_overrides(args.input, args.opts)
         if not args.input:
             parser.error("--input needs at least one image, directory or glob pattern")
         if not args.config_file and not _exported_weights(args.opts):
@@ -81,8 +70,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logger(name="detectron2")
-    logger = setup_logger(name="dental_d2")
+    logger = setup_tool_logging()
     try:
         if args.input:
             images, failures = collect_images(args.input)

@@ -157,12 +157,13 @@ def register_from_config(cfg) -> list[str]:
     return list(MetadataCatalog.get(next(iter(names.values()))).thing_classes)
 
 
-def check_num_classes(cfg, thing_classes: list[str]) -> None:
-    """Checks that the model predicts as many classes as the dataset has.
+def check_num_classes(cfg, thing_classes: list[str], source: str = "the dataset") -> None:
+    """Checks that the model predicts as many classes as `source` names.
 
     Args:
         cfg (CfgNode): the config.
-        thing_classes (list[str]): the dataset's class names.
+        thing_classes (list[str]): the class names.
+        source (str): where they come from, for the message (a dataset, a checkpoint, ...).
 
     Raises:
         DentalError: `MODEL.ROI_HEADS.NUM_CLASSES` differs; the message gives the number to use.
@@ -171,7 +172,7 @@ def check_num_classes(cfg, thing_classes: list[str]) -> None:
     configured = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     if configured != expected:
         raise DentalError(
-            f"MODEL.ROI_HEADS.NUM_CLASSES is {configured} but the dataset "
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {configured} but {source} "
             f"has {expected} classes ({', '.join(thing_classes)}); set "
             f"MODEL.ROI_HEADS.NUM_CLASSES {expected}"
         )

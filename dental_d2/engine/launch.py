@@ -7,31 +7,21 @@ import multiprocessing
 import os
 import signal
 
-import torch
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import DentalCheckpointer, read_class_names
+from ..checkpoint import DentalCheckpointer
 from ..config import build_config, check_output_dir
 from ..data import check_num_classes, register_from_config
 from ..errors import DentalError
+from ..model_config import check_weights_exist, fall_back_to_cpu, model_class_names
 from .hooks import BestCheckpointer
 from .trainer import DentalTrainer
 
 logger = logging.getLogger(__name__)
-
-
-def _check_weights(cfg):
-    weights = cfg.MODEL.WEIGHTS
-    local = weights and "://" not in weights
-    if local and not os.path.isfile(weights):
-        raise DentalError(
-            f"MODEL.WEIGHTS {weights}: no such file; give the path of a checkpoint (a model_*.pth "
-            "of tools/train_net.py, or a detectron2:// model-zoo URL)"
-        )
 
 
 @contextlib.contextmanager
@@ -72,21 +62,16 @@ def prepare_dental_config(cfg, eval_only: bool = False):
         cfg (CfgNode): a mutable config with the dental keys.
         eval_only (bool): the model is evaluated, not trained.
     """
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: training and evaluating on the CPU")
-        cfg.MODEL.DEVICE = "cpu"
+    fall_back_to_cpu(cfg, "training and evaluating")
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise DentalError("SOLVER.AMP.ENABLED needs a CUDA GPU: set SOLVER.AMP.ENABLED False")
     if cfg.SOLVER.ACCUMULATION_STEPS < 1:
         raise DentalError("SOLVER.ACCUMULATION_STEPS must be at least 1")
-    _check_weights(cfg)
+    check_weights_exist(cfg)
     data_classes = register_from_config(cfg)
     if eval_only:
-        model_classes = read_class_names(cfg.MODEL.WEIGHTS, cfg.DENTAL.ALLOW_PICKLE) or list(
-            cfg.DENTAL.CLASS_NAMES
-        )
-        cfg.DENTAL.CLASS_NAMES = model_classes or data_classes
-        check_num_classes(cfg, cfg.DENTAL.CLASS_NAMES)
+        # The checkpoint's classes, else the config's, else the data's.
+        cfg.DENTAL.CLASS_NAMES = model_class_names(cfg, data_classes=data_classes)
         return
     check_num_classes(cfg, data_classes)
     cfg.DENTAL.CLASS_NAMES = data_classes

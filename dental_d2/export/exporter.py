@@ -14,9 +14,10 @@ import torch
 from detectron2.export import TracingAdapter
 from detectron2.modeling import build_model
 
-from ..checkpoint import DentalCheckpointer, read_class_names
+from ..checkpoint import DentalCheckpointer
 from ..errors import DentalError
 from ..file_io import write_bytes, write_json
+from ..model_config import check_weights_exist, model_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -39,31 +40,6 @@ def _raw_detections(model, image: torch.Tensor):
         instances.pred_classes,
         instances.pred_masks,
     )
-
-
-def export_class_names(cfg) -> list[str]:
-    """The class names of the model in `cfg`: its checkpoint's, else `DENTAL.CLASS_NAMES`.
-
-    Args:
-        cfg (CfgNode): the model's config.
-
-    Raises:
-        DentalError: when neither names the classes, or their count is not `NUM_CLASSES`.
-    """
-    from_weights = read_class_names(cfg.MODEL.WEIGHTS, cfg.DENTAL.ALLOW_PICKLE)
-    names = from_weights or list(cfg.DENTAL.CLASS_NAMES)
-    if not names:
-        raise DentalError(
-            f"{cfg.MODEL.WEIGHTS or 'MODEL.WEIGHTS'}: no class names in the checkpoint; pass "
-            "them as DENTAL.CLASS_NAMES \"['Caries', 'Cavity', 'Crack', 'Tooth']\""
-        )
-    if len(names) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        raise DentalError(
-            f"{cfg.MODEL.WEIGHTS or 'DENTAL.CLASS_NAMES'}: {len(names)} class names {names} but "
-            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; set "
-            f"MODEL.ROI_HEADS.NUM_CLASSES {len(names)}"
-        )
-    return names
 
 
 def export_metadata(cfg, fmt: str, class_names: list[str]) -> dict:
@@ -166,11 +142,9 @@ def export_model(cfg, output_dir: str, fmt: str = "onnx") -> str:
             f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} with MASK_ON "
             f"{cfg.MODEL.MASK_ON}: only Mask R-CNN (GeneralizedRCNN, MASK_ON True) is exported"
         )
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise DentalError(f"{weights}: weights file not found; pass a model_final.pth")
-    class_names = export_class_names(cfg)
-    if not weights:
+    check_weights_exist(cfg)
+    class_names = model_class_names(cfg)
+    if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting a model with random weights")
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, MODEL_FILES[fmt])
