@@ -8,7 +8,6 @@ from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import annotations_to_instances
@@ -29,6 +28,7 @@ from .evaluation.saved_results import (
 )
 from .file_io import make_output_dir, write_overlay
 from .findings import Findings, findings_from_instances, summarize
+from .instances import instance_arrays
 
 logger = logging.getLogger(__name__)
 
@@ -76,26 +76,19 @@ def draw_instances(
     Returns:
         np.ndarray: (H + band)xWx3 RGB uint8; HxWx3 without a summary.
     """
-    instances = instances.to("cpu")
-    prefix = "pred" if instances.has("pred_classes") or not instances.has("gt_classes") else "gt"
     visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
     if len(instances):
-        classes = instances.get(f"{prefix}_classes").tolist()
-        names = metadata.thing_classes
-        labels = [plain_text(names[c]) for c in classes]
+        fields = instance_arrays(instances)
+        classes = fields.classes.tolist()
+        labels = [plain_text(metadata.thing_classes[c]) for c in classes]
         if findings is not None:
             for tooth in findings.teeth:
                 labels[tooth.index] += f" {tooth.number}"
-        if instances.has("scores"):
-            scores = instances.scores.tolist()
-            labels = [f"{label} {score:.0%}" for label, score in zip(labels, scores)]
-        masks = instances.get(f"{prefix}_masks") if instances.has(f"{prefix}_masks") else None
-        if masks is not None and not isinstance(masks, torch.Tensor | np.ndarray):
-            masks = masks.tensor  # BitMasks
-        boxes = instances.get(f"{prefix}_boxes") if instances.has(f"{prefix}_boxes") else None
+        if fields.scores is not None:
+            labels = [f"{label} {score:.0%}" for label, score in zip(labels, fields.scores)]
         visualizer.overlay_instances(
-            boxes=boxes,
-            masks=None if masks is None else np.asarray(masks).astype(np.uint8),
+            boxes=fields.boxes,
+            masks=None if fields.masks is None else fields.masks.astype(np.uint8),
             labels=labels,
             assigned_colors=[np.array(metadata.thing_colors[c]) / 255.0 for c in classes],
             alpha=MASK_ALPHA,
