@@ -7,11 +7,13 @@ the pieces every one of them would otherwise write again live here.
 import argparse
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 
 from detectron2.utils.logger import setup_logger
 
 from .config import build_config
+from .errors import DentalError
 
 
 def tool_parser(doc: str, config_help: str | None = None) -> argparse.ArgumentParser:
@@ -76,3 +78,29 @@ def setup_tool_logging(with_detectron2: bool = True) -> logging.Logger:
     if with_detectron2:
         setup_logger(name="detectron2")
     return setup_logger(name="dental_d2", abbrev_name="dental")
+
+
+def run_tool(
+    parse_args: Callable,
+    body: Callable,
+    argv: Sequence[str] | None = None,
+    with_detectron2: bool = True,
+    errors: tuple[type[Exception], ...] = (DentalError,),
+) -> int:
+    """The `main(argv) -> int` of a tool: parse, set up logging, run, and turn an error the user
+    can fix into one `error: ...` line on stderr and exit status 1.
+
+    Args:
+        parse_args (Callable): `argv -> argparse.Namespace`.
+        body (Callable): `args -> int | None`, the tool's work; None counts as 0.
+        argv (Sequence[str] | None): the arguments; None reads `sys.argv`.
+        with_detectron2 (bool): also set up detectron2's logger.
+        errors (tuple): exceptions reported as one line (bugs still raise tracebacks).
+    """
+    args = parse_args(argv)
+    setup_tool_logging(with_detectron2)
+    try:
+        return body(args) or 0
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

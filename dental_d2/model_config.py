@@ -53,7 +53,10 @@ def _registered_class_names(cfg) -> list[str] | None:
 
 
 def model_class_names(
-    cfg, config_file: str | None = None, data_classes: list[str] | None = None
+    cfg,
+    config_file: str | None = None,
+    data_classes: list[str] | None = None,
+    from_registered: bool = True,
 ) -> list[str]:
     """The classes of the model in `cfg`, in contiguous-id order.
 
@@ -66,6 +69,8 @@ def model_class_names(
         cfg (CfgNode): the model's config.
         config_file (str | None): the config's file, for messages.
         data_classes (list[str] | None): the classes of the data the model is evaluated on.
+        from_registered (bool): fall back on a dataset registered in this process (the
+            exporter does not: what it writes must not depend on what ran before it).
 
     Raises:
         DentalError: no source names the classes, or not `MODEL.ROI_HEADS.NUM_CLASSES` of them.
@@ -85,8 +90,10 @@ def model_class_names(
         names, source = from_config, f"DENTAL.CLASS_NAMES of {config_file or 'the config'}"
     elif data_classes:
         names, source = data_classes, "the dataset"
-    else:
+    elif from_registered:
         names, source = _registered_class_names(cfg), "the registered dataset"
+    else:
+        names, source = None, None
     if not names:
         raise DentalError(
             f"{cfg.MODEL.WEIGHTS or config_file or 'the model'}: no class names in the "

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dental_d2 import cli
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOLS = REPO_ROOT / "tools"
 # A real Roboflow "COCO Segmentation" export (see ../shared/README.md).
@@ -111,6 +113,8 @@ def load_tool(name: str, monkeypatch):
     for setup in ("setup_logger", "setup_tool_logging"):
         if hasattr(module, setup):
             monkeypatch.setattr(module, setup, lambda *args, **kwargs: None)
+    # Tools that run through `cli.run_tool` set up logging there.
+    monkeypatch.setattr(cli, "setup_tool_logging", lambda *args, **kwargs: None)
     return module
 
 

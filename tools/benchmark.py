@@ -9,9 +9,8 @@ proposals and 100 detections per image. Prints one table and writes it as JSON (
 
 import sys
 
-from dental_d2 import DentalError
 from dental_d2.benchmark import TARGETS, format_table, run_benchmark
-from dental_d2.cli import add_config_overrides, setup_tool_logging, tool_parser
+from dental_d2.cli import add_config_overrides, run_tool, tool_parser
 
 
 def parse_args(argv=None):
@@ -37,26 +36,17 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_tool_logging()
-    try:
-        report = run_benchmark(
-            args.config_file,
-            args.opts,
-            args.output,
-            device=args.device,
-            images=args.images,
-            repeats=args.repeats,
-            train_iters=args.train_iters,
-            targets=tuple(args.only),
-        )
-    except DentalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> None:
+    options = {name: getattr(args, name) for name in ("device", "images", "repeats", "train_iters")}
+    report = run_benchmark(
+        args.config_file, args.opts, args.output, targets=tuple(args.only), **options
+    )
     print(format_table(report))
     print(f"written to {args.output}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,7 @@ Exits 0 when every split is usable, 1 with a one-line reason otherwise. Example:
 
 import sys
 
-from dental_d2 import DentalError
-from dental_d2.cli import setup_tool_logging, tool_parser
+from dental_d2.cli import run_tool, tool_parser
 from dental_d2.data.check import check_dataset, format_report, render_ground_truth
 
 
@@ -24,22 +23,19 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_tool_logging(with_detectron2=False)
-    try:
-        reports = check_dataset(args.root, args.name)
+def _run(args) -> None:
+    reports = check_dataset(args.root, args.name)
+    for report in reports:
+        print(format_report(report) + "\n")
+    if args.render:
         for report in reports:
-            print(format_report(report) + "\n")
-        if args.render:
-            for report in reports:
-                for path in render_ground_truth(report.dataset_name, args.render):
-                    print(f"drew {path}")
-    except DentalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+            for path in render_ground_truth(report.dataset_name, args.render):
+                print(f"drew {path}")
     print(f"{args.root}: usable ({len(reports)} splits)")
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv, with_detectron2=False)
 
 
 if __name__ == "__main__":

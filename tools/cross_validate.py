@@ -9,8 +9,7 @@ segm/bbox AP, AP50 and per-class P/R/F1). Run the same command again to resume.
 
 import sys
 
-from dental_d2 import DentalError
-from dental_d2.cli import add_config_overrides, setup_tool_logging, tool_parser
+from dental_d2.cli import add_config_overrides, run_tool, tool_parser
 from dental_d2.cross_validation import cross_validate
 
 
@@ -25,22 +24,19 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_tool_logging(with_detectron2=False)
-    try:
-        summary = cross_validate(
-            args.config_file, args.folds, seed=args.seed, opts=args.opts, num_gpus=args.num_gpus
-        )
-    except DentalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> None:
+    summary = cross_validate(
+        args.config_file, args.folds, seed=args.seed, opts=args.opts, num_gpus=args.num_gpus
+    )
     mean, std = summary["mean"], summary["std"]
     for key in ("segm/AP", "bbox/AP"):
         if mean.get(key) is not None:
             spread = f" ± {std[key]:.1f}" if std.get(key) is not None else ""
             print(f"{key}: {mean[key]:.1f}{spread} over {summary['num_folds']} folds")
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv, with_detectron2=False)
 
 
 if __name__ == "__main__":

@@ -12,8 +12,7 @@ Writes metrics.json, <task>_pr_curves.png, <task>_confusion_matrix.png and repor
 import os
 import sys
 
-from dental_d2 import DentalError
-from dental_d2.cli import setup_tool_logging, tool_parser
+from dental_d2.cli import run_tool, tool_parser
 from dental_d2.config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from dental_d2.evaluation import evaluate_files
 
@@ -52,22 +51,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_tool_logging(with_detectron2=False)
-    try:
-        metrics = evaluate_files(
-            args.gt,
-            args.predictions,
-            args.output,
-            image_root=args.images,
-            tasks=tuple(args.tasks) if args.tasks else None,
-            score_threshold=args.score_threshold,
-            iou_threshold=args.iou_threshold,
-        )
-    except DentalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> None:
+    metrics = evaluate_files(
+        args.gt,
+        args.predictions,
+        args.output,
+        image_root=args.images,
+        tasks=tuple(args.tasks) if args.tasks else None,
+        score_threshold=args.score_threshold,
+        iou_threshold=args.iou_threshold,
+    )
     for task, result in metrics.items():
         pooled = result["pooled"]
         print(
@@ -76,7 +69,10 @@ def main(argv=None) -> int:
             f"F1 {_number(pooled['f1'])}"
         )
     print(f"report: {os.path.join(args.output, 'report.html')}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv, with_detectron2=False)
 
 
 def _number(value, digits: int = 3) -> str:

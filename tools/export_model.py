@@ -9,8 +9,7 @@ writes `model.onnx` and `model.json` (classes, input format, sizes, score thresh
 
 import sys
 
-from dental_d2 import DentalError
-from dental_d2.cli import add_config_overrides, setup_tool_logging, tool_parser
+from dental_d2.cli import add_config_overrides, run_tool, tool_parser
 from dental_d2.config import build_config
 from dental_d2.export import MODEL_FILES, export_model
 
@@ -25,17 +24,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_tool_logging()
-    try:
-        cfg = build_config(args.config_file, args.opts)
-        path = export_model(cfg, args.output, args.format)
-    except DentalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> None:
+    cfg = build_config(args.config_file, args.opts)
+    path = export_model(cfg, args.output, args.format)
     print(path)
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv)
 
 
 if __name__ == "__main__":

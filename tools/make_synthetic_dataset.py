@@ -8,7 +8,7 @@ Example::
 import sys
 
 from dental_d2 import DentalError
-from dental_d2.cli import setup_tool_logging, tool_parser
+from dental_d2.cli import run_tool, tool_parser
 from dental_d2.data.synthetic import DEFAULT_COUNTS, DEFAULT_SIZE, generate_synthetic_dataset
 
 
@@ -26,25 +26,24 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_tool_logging(with_detectron2=False)
-    try:
-        counts = generate_synthetic_dataset(
-            args.output,
-            num_train=args.num_train,
-            num_valid=args.num_valid,
-            num_test=args.num_test,
-            size=args.size,
-            seed=args.seed,
-        )
-    except (DentalError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> None:
+    counts = generate_synthetic_dataset(
+        args.output,
+        num_train=args.num_train,
+        num_valid=args.num_valid,
+        num_test=args.num_test,
+        size=args.size,
+        seed=args.seed,
+    )
     print(f"wrote {args.output}")
     for split, (images, annotations) in counts.items():
         print(f"  {split}: {images} images, {annotations} annotations")
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(
+        parse_args, _run, argv, with_detectron2=False, errors=(DentalError, OSError, ValueError)
+    )
 
 
 if __name__ == "__main__":

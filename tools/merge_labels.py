@@ -11,9 +11,8 @@ tools/check_dataset.py before training.
 import os
 import sys
 
-from dental_d2 import DentalError
 from dental_d2.active_learning import merge_labelled
-from dental_d2.cli import setup_tool_logging, tool_parser
+from dental_d2.cli import run_tool, tool_parser
 
 
 def parse_args(argv=None):
@@ -28,17 +27,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_tool_logging(with_detectron2=False)
-    try:
-        added = merge_labelled(args.coco, args.images, args.into)
-    except DentalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> None:
+    added = merge_labelled(args.coco, args.images, args.into)
     print(f"added {added} images to {args.into}")
     print(f"check the export before training: tools/check_dataset.py {os.path.dirname(args.into)}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv, with_detectron2=False)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 
 from dental_d2 import DentalError
 from dental_d2.active_learning import rank_images, write_ranking
-from dental_d2.cli import add_config_overrides, setup_tool_logging, split_overrides, tool_parser
+from dental_d2.cli import add_config_overrides, run_tool, split_overrides, tool_parser
 from dental_d2.config import DEFAULT_SCORE_THRESHOLD
 from dental_d2.data.image_files import collect_images, relative_names
 from dental_d2.predictor import Predictor
@@ -59,32 +59,30 @@ def _check(args) -> None:
         raise DentalError(f"--output {args.output}: give a .csv file name")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_tool_logging()
-    try:
-        _check(args)
-        images, failures = collect_images(args.input)
-        floor = args.confidence_threshold - args.band
-        predictor = Predictor(args.config_file, opts=args.opts, confidence_threshold=floor)
-        ranked, unread = rank_images(predictor, images, args.confidence_threshold, args.band)
-        folder = os.path.dirname(os.path.abspath(args.output))
-        os.makedirs(folder, exist_ok=True)
-        write_ranking(
-            args.output,
-            os.path.join(folder, PRELABELS_FILE),
-            ranked,
-            dict(zip(images, relative_names(images))),
-            predictor.class_names,
-            args.top,
-            args.confidence_threshold,
-        )
-    except DentalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> int:
+    _check(args)
+    images, failures = collect_images(args.input)
+    floor = args.confidence_threshold - args.band
+    predictor = Predictor(args.config_file, opts=args.opts, confidence_threshold=floor)
+    ranked, unread = rank_images(predictor, images, args.confidence_threshold, args.band)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(folder, exist_ok=True)
+    write_ranking(
+        args.output,
+        os.path.join(folder, PRELABELS_FILE),
+        ranked,
+        dict(zip(images, relative_names(images))),
+        predictor.class_names,
+        args.top,
+        args.confidence_threshold,
+    )
     for failure in failures + unread:
         print(f"error: {failure}", file=sys.stderr)
     return 1 if failures or unread else 0
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv)
 
 
 if __name__ == "__main__":

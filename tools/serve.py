@@ -8,8 +8,7 @@ then open http://127.0.0.1:8000/ or `curl -F file=@photo.jpg http://127.0.0.1:80
 
 import sys
 
-from dental_d2 import DentalError
-from dental_d2.cli import add_config_overrides, setup_tool_logging, tool_parser
+from dental_d2.cli import add_config_overrides, run_tool, tool_parser
 from dental_d2.serving import ServeSettings, run
 
 # Options that set a ServeSettings field of the same name (defaults from ServeSettings).
@@ -41,21 +40,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_tool_logging()
+def _run(args) -> None:
     options = {flag[2:].replace("-", "_") for flag, _, _ in OPTIONS}
     settings = ServeSettings(
         config_file=args.config_file,
         opts=args.opts,
         **{name: value for name, value in vars(args).items() if name in options},
     )
-    try:
-        run(settings)
-    except DentalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    run(settings)
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv)
 
 
 if __name__ == "__main__":

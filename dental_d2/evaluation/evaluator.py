@@ -25,11 +25,12 @@ def evaluate_task(
     coco_gt: COCO,
     results: list[dict],
     iou_type: str,
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    *,
     category_ids: list[int] | None = None,
     coco_ap: dict | None = None,
     coco_eval: COCOeval | None = None,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     progress: bool = False,
 ) -> TaskEvaluation:
     """Matches results to ground truth and computes P/R/F1, the confusion matrix, PR curves and AP.
@@ -38,14 +39,14 @@ def evaluate_task(
         coco_gt (COCO): the ground truth (crowd annotations are ignored by P/R/F1).
         results (list[dict]): COCO results, category ids as in `coco_gt`.
         iou_type (str): "segm" or "bbox".
-        score_threshold (float): predictions scoring below it are not counted.
-        iou_threshold (float): the least IoU of a match.
         category_ids (list[int] or None): the classes in report order; by default `coco_gt`'s in
             ascending id order.
         coco_ap (dict or None): COCO AP already computed (detectron2's COCOEvaluator results for the
             task); None runs pycocotools' COCOeval here.
         coco_eval (COCOeval or None): with `coco_ap`, the COCOeval behind it, for per-class AP50;
             None when there were no results.
+        score_threshold (float): predictions scoring below it are not counted.
+        iou_threshold (float): the least IoU of a match.
         progress (bool): show a progress bar while matching.
     """
     if category_ids is None:
@@ -193,8 +194,8 @@ class DentalEvaluator(COCOEvaluator):
                 self._coco_api,
                 results,
                 task,
-                self._score_threshold,
-                self._iou_threshold,
+                score_threshold=self._score_threshold,
+                iou_threshold=self._iou_threshold,
                 category_ids=self._category_ids,
                 coco_ap=self._results[task],
                 coco_eval=coco_eval,

@@ -214,11 +214,10 @@ def evaluate_files(
         f"Evaluating {len(results)} results on {len(coco_gt.getImgIds())} images "
         f"({', '.join(tasks)}) with classes {_class_list(coco_gt.cats.values())}"
     )
+    thresholds = {"score_threshold": score_threshold, "iou_threshold": iou_threshold}
     evaluations = {}
     for task in tasks:
-        evaluations[task] = evaluate_task(
-            coco_gt, results, task, score_threshold, iou_threshold, progress=True
-        )
+        evaluations[task] = evaluate_task(coco_gt, results, task, progress=True, **thresholds)
         log_class_table(evaluations[task])
     write_outputs(
         output_dir,

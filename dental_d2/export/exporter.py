@@ -143,7 +143,7 @@ def export_model(cfg, output_dir: str, fmt: str = "onnx") -> str:
             f"{cfg.MODEL.MASK_ON}: only Mask R-CNN (GeneralizedRCNN, MASK_ON True) is exported"
         )
     check_weights_exist(cfg)
-    class_names = model_class_names(cfg)
+    class_names = model_class_names(cfg, from_registered=False)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting a model with random weights")
     os.makedirs(output_dir, exist_ok=True)
