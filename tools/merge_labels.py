@@ -29,8 +29,8 @@ def parse_args(argv=None):
 
 def _run(args) -> None:
     added = merge_labelled(args.coco, args.images, args.into)
-    print(f"added {added} images to {args.into}")
-    print(f"check the export before training: tools/check_dataset.py {os.path.dirname(args.into)}")
+    check = f"tools/check_dataset.py {os.path.dirname(args.into)}"
+    print(f"added {added} images to {args.into}\ncheck the export before training: {check}")
 
 
 def main(argv=None) -> int:
