@@ -145,10 +145,8 @@ def _dataset_metadata(cfg, dataset_name: str):
             f"{dataset_name}: no such dataset; registered from DENTAL.DATA_ROOT "
             f"{cfg.DENTAL.DATA_ROOT}: {', '.join(registered) or 'none'}; pass one as --dataset"
         )
-    metadata = MetadataCatalog.get(dataset_name)
-    if not metadata.get("thing_colors"):
-        metadata = build_metadata(metadata.thing_classes)
-    return metadata
+    # Registration gives every dataset its thing_colors and id mapping.
+    return MetadataCatalog.get(dataset_name)
 
 
 def _draw_pair(cfg, image_rgb, truth: Instances, predictions: Instances, metadata) -> np.ndarray:
