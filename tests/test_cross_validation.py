@@ -188,12 +188,12 @@ def test_tool_missing_data_root_is_one_line_error(tmp_path, capsys):
     assert len(err) == 1 and "data root not found" in err[0]
 
 
-# The demo model at 96 px, 8 iterations per fold, a checkpoint every 4.
+# The demo model at 96 px, 16 iterations per fold, a checkpoint every 4.
 FAST = [
     "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
     "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_EPOCHS", "0", "SOLVER.MAX_ITER", "8",
-    "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "4", "TEST.EVAL_PERIOD", "8",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_EPOCHS", "0", "SOLVER.MAX_ITER", "16",
+    "SOLVER.WARMUP_ITERS", "2", "SOLVER.CHECKPOINT_PERIOD", "4", "TEST.EVAL_PERIOD", "16",
     "DATALOADER.NUM_WORKERS", "0", "DENTAL.EVAL.NUM_VIS_IMAGES", "0",
     "TEST.IMS_PER_BATCH", "2", "DENTAL.LOG_PERIOD", "1",
 ]  # fmt: skip
