@@ -69,6 +69,17 @@ def test_segm_only_results_are_read_by_both_with_the_mask_box(tmp_path, gt_path)
     assert int(instances.pred_masks.sum()) == 16 * 35
 
 
+def test_uncompressed_rle_results_are_drawn_with_the_mask_box():
+    # Column-major runs on a 4x5 image: 6 off, 2 on (column 1, rows 2-3), 2 off, 2 on
+    # (column 2, rows 2-3), 8 off.
+    rle = {"size": [4, 5], "counts": [6, 2, 2, 2, 8]}
+    assert box_from_segmentation(rle) == [1.0, 2.0, 2.0, 2.0]
+    results = [{"image_id": 0, "category_id": 1, "score": 0.7, "segmentation": rle}]
+    instances = results_to_instances(results, (4, 5), {1: 0})
+    assert instances.pred_boxes.tensor.tolist() == [[1.0, 2.0, 3.0, 4.0]]
+    assert int(instances.pred_masks.sum()) == 4
+
+
 def test_polygon_results_become_masks_for_drawing():
     polygon = [[4, 4, 40, 4, 40, 40, 4, 40]]
     results = [{"image_id": 0, "category_id": 1, "score": 0.7, "segmentation": polygon}]

@@ -242,12 +242,13 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> dict:
 
 
 def box_from_segmentation(segmentation) -> list[float]:
-    """The [x, y, w, h] box of an RLE (its pixels) or of polygons (their points' extent)."""
+    """The [x, y, w, h] box of an RLE (its pixels; compressed or not) or of polygons (their
+    points' extent)."""
     if isinstance(segmentation, dict):
-        rle = dict(segmentation)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-        return [float(v) for v in mask_util.toBbox(rle)]
+        rle = segmentation_to_rle(segmentation, *segmentation["size"])
+        return [
+            float(v) for v in mask_util.toBbox({**rle, "counts": rle["counts"].encode("ascii")})
+        ]
     points = np.concatenate([np.asarray(p, dtype=np.float64) for p in segmentation]).reshape(-1, 2)
     x0, y0 = points.min(axis=0)
     x1, y1 = points.max(axis=0)
