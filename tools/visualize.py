@@ -15,11 +15,11 @@ Render an evaluation's saved predictions beside the ground truth::
         --predictions output/dental_r50/eval/dental_test/coco_instances_results.json --output vis/
 """
 
+import logging
 import os
 import sys
 
-from dental_d2 import DentalError
-from dental_d2.cli import add_config_overrides, setup_tool_logging, split_overrides, tool_parser
+from dental_d2.cli import add_config_overrides, run_tool, split_overrides, tool_parser
 from dental_d2.config import DEFAULT_SCORE_THRESHOLD, build_config
 from dental_d2.data.image_files import collect_images
 from dental_d2.export import exported_format
@@ -27,6 +27,8 @@ from dental_d2.file_io import check_output_outside
 from dental_d2.inference import predict_images
 from dental_d2.predictor import Predictor
 from dental_d2.visualize import render_saved_predictions
+
+logger = logging.getLogger("dental_d2")
 
 
 def _exported_weights(opts) -> bool:
@@ -68,35 +70,32 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    logger = setup_tool_logging()
-    try:
-        if args.input:
-            images, failures = collect_images(args.input)
-            folders = [p for p in args.input if os.path.isdir(p)]
-            check_output_outside(args.output, folders, images)
-            predictor = Predictor(
-                args.config_file, opts=args.opts, confidence_threshold=args.confidence_threshold
-            )
-            failures += predict_images(predictor, images, args.output)
-        else:
-            cfg = build_config(args.config_file, args.opts)
-            failures = render_saved_predictions(
-                cfg,
-                args.predictions,
-                args.dataset,
-                args.output,
-                confidence_threshold=args.confidence_threshold,
-            )
-    except DentalError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def _run(args) -> int:
+    if args.input:
+        images, failures = collect_images(args.input)
+        folders = [p for p in args.input if os.path.isdir(p)]
+        check_output_outside(args.output, folders, images)
+        predictor = Predictor(
+            args.config_file, opts=args.opts, confidence_threshold=args.confidence_threshold
+        )
+        failures += predict_images(predictor, images, args.output)
+    else:
+        failures = render_saved_predictions(
+            build_config(args.config_file, args.opts),
+            args.predictions,
+            args.dataset,
+            args.output,
+            confidence_threshold=args.confidence_threshold,
+        )
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     if failures:
         logger.info("%d input(s) failed, see the error lines", len(failures))
     return 1 if failures else 0
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv)
 
 
 if __name__ == "__main__":
