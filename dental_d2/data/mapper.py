@@ -35,6 +35,44 @@ def _ignore_stop_signals_in_worker():
     _worker_ignores_stop_signals = True
 
 
+def build_train_augmentations(cfg) -> list:
+    """Training augmentations: resize, then crop, flip and colour jitter.
+
+    detectron2's `DatasetMapper` crops before resizing; here the crop comes after, so a crop
+    of a large photo keeps its lesions at the scale the model sees at test time while costing
+    only the crop's pixels.
+
+    Args:
+        cfg (CfgNode): INPUT.MIN_SIZE_TRAIN, MAX_SIZE_TRAIN, MIN_SIZE_TRAIN_SAMPLING, CROP,
+            RANDOM_FLIP and COLOR_JITTER.
+    """
+    augmentations = [
+        T.ResizeShortestEdge(
+            cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
+        )
+    ]
+    if cfg.INPUT.CROP.ENABLED:
+        augmentations.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    if cfg.INPUT.RANDOM_FLIP != "none":
+        augmentations.append(
+            T.RandomFlip(
+                horizontal=cfg.INPUT.RANDOM_FLIP == "horizontal",
+                vertical=cfg.INPUT.RANDOM_FLIP == "vertical",
+            )
+        )
+    strength = cfg.INPUT.COLOR_JITTER
+    if strength > 0:
+        low, high = 1.0 - strength, 1.0 + strength
+        augmentations += [
+            T.RandomBrightness(low, high),
+            T.RandomContrast(low, high),
+            # detectron2's saturation weights the channels as RGB; BGR images get nearly the
+            # same grey, which is all a jitter needs.
+            T.RandomSaturation(low, high),
+        ]
+    return augmentations
+
+
 class DentalDatasetMapper(DatasetMapper):
     """A `DatasetMapper` that reads images with `dental_d2.data.read_image`.
 
@@ -45,6 +83,13 @@ class DentalDatasetMapper(DatasetMapper):
     and other tools export) gets bitmasks instead; detectron2's mask loss takes both, image by
     image. Build it as the parent: `DentalDatasetMapper(cfg, is_train=True)`.
     """
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        if is_train:
+            ret["augmentations"] = build_train_augmentations(cfg)
+        return ret
 
     def load_image(self, dataset_dict: dict) -> np.ndarray:
         """Reads the dict's image in `self.image_format` and checks its size.

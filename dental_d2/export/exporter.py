@@ -12,7 +12,7 @@ import warnings
 
 import torch
 from detectron2.export import TracingAdapter
-from detectron2.modeling import build_model
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_model
 
 from ..checkpoint import DentalCheckpointer
 from ..errors import DentalError
@@ -137,10 +137,12 @@ def export_model(cfg, output_dir: str, fmt: str = "onnx") -> str:
     """
     if fmt not in MODEL_FILES:
         raise DentalError(f"unknown export format {fmt!r}; use one of {sorted(MODEL_FILES)}")
-    if cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" or not cfg.MODEL.MASK_ON:
+    architecture = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)
+    if not issubclass(architecture, GeneralizedRCNN) or not cfg.MODEL.MASK_ON:
         raise DentalError(
             f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE} with MASK_ON "
-            f"{cfg.MODEL.MASK_ON}: only Mask R-CNN (GeneralizedRCNN, MASK_ON True) is exported"
+            f"{cfg.MODEL.MASK_ON}: only Mask R-CNN (DentalRCNN or GeneralizedRCNN, MASK_ON True) "
+            "is exported"
         )
     check_weights_exist(cfg)
     class_names = model_class_names(cfg, from_registered=False)
