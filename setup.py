@@ -39,6 +39,12 @@ PROJECT_REQUIREMENTS = [
     # tools/export_model.py writes ONNX; Predictor runs .onnx files with ONNX Runtime.
     "onnx>=1.15",
     "onnxruntime>=1.17",
+    # DICOM radiographs (dental_d2/data/dicom.py); pylibjpeg and its plug-ins are pydicom's
+    # decoders for JPEG and JPEG 2000 compressed pixel data.
+    "pydicom>=3.0",
+    "pylibjpeg>=2.0",
+    "pylibjpeg-libjpeg>=2.1",
+    "pylibjpeg-openjpeg>=2.3",
 ]
 
 # Tests and benchmarks. httpx drives the API in-process (TestClient) and in bench_serve.py;
