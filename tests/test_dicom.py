@@ -11,7 +11,9 @@ import sys
 import numpy as np
 import pydicom
 import pytest
-from conftest import load_tool
+from conftest import load_tool, tiny_coco
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog
 from dicom_support import (
     PATIENT_BIRTH_DATE,
     PATIENT_ID,
@@ -24,8 +26,8 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from serve_support import CONFIG, OPTS, ROOT, build_predictor
 
-from dental_d2 import DentalError
-from dental_d2.data import image_size, read_image
+from dental_d2 import DentalError, add_dental_config
+from dental_d2.data import DentalDatasetMapper, image_size, read_image
 from dental_d2.data.image_files import collect_images
 from dental_d2.data.image_io import decode_image
 from dental_d2.serving import PredictionService, create_app
@@ -245,3 +247,25 @@ def test_service_answers_a_dicom_upload_and_logs_only_a_request_id(tmp_path):
         assert secret not in body
     overlay = Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"])))
     assert not overlay.getexif() and overlay.size[0] == 60
+
+
+def test_a_coco_export_of_radiographs_checks_and_maps_for_training(tmp_path, capsys, monkeypatch):
+    coco = tiny_coco()
+    root = tmp_path / "export" / "train"
+    root.mkdir(parents=True)
+    for image in coco["images"]:
+        image["file_name"] = image["file_name"].replace(".jpg", ".dcm")
+        write_dicom(root / image["file_name"], ramp(48, 64, 4095, np.uint16))
+    (root / "_annotations.coco.json").write_text(json.dumps(coco))
+    tool = load_tool("check_dataset", monkeypatch)
+    render = tmp_path / "render"
+    assert tool.main([str(root.parent), "--name", "dicom_export", "--render", str(render)]) == 0
+    assert "3 images, 4 annotations" in capsys.readouterr().out
+    assert len(list(render.iterdir())) == 3
+    cfg = get_cfg()
+    add_dental_config(cfg)
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.MODEL.MASK_ON = (48,), 64, True
+    record = DatasetCatalog.get("dicom_export_train")[0]
+    mapped = DentalDatasetMapper(cfg, is_train=True)(record)
+    assert mapped["image"].shape == (3, 48, 64) and len(mapped["instances"]) == 2
+    assert_no_patient_data(render)

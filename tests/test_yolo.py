@@ -15,6 +15,7 @@ from detectron2.data.datasets.coco import convert_to_coco_dict
 from PIL import Image
 
 from dental_d2 import DentalError, add_dental_config
+from dental_d2.cross_validation.splits import pool_images
 from dental_d2.data import register_from_config
 from dental_d2.data.roboflow import load_roboflow_split
 from dental_d2.data.yolo import load_yolo_split
@@ -221,3 +222,9 @@ def test_dentalai_round_trip_keeps_every_polygon_within_half_a_pixel(
                 assert np.abs(np.subtract(a["bbox"], b["bbox"])).max() <= 0.5
                 compared += 1
     assert compared > 20
+
+
+def test_cross_validation_asks_for_a_coco_export(name, tmp_path):
+    root = make_yolo(tmp_path / "yolo")
+    with pytest.raises(DentalError, match=r"convert this YOLO export first: .* --to coco"):
+        pool_images(str(root), name=name)
