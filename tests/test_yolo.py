@@ -16,7 +16,7 @@ from PIL import Image
 
 from dental_d2 import DentalError, add_dental_config
 from dental_d2.cross_validation.splits import pool_images
-from dental_d2.data import register_from_config
+from dental_d2.data import register_dental_splits, register_from_config
 from dental_d2.data.roboflow import load_roboflow_split
 from dental_d2.data.yolo import load_yolo_split
 
@@ -228,3 +228,22 @@ def test_cross_validation_asks_for_a_coco_export(name, tmp_path):
     root = make_yolo(tmp_path / "yolo")
     with pytest.raises(DentalError, match=r"convert this YOLO export first: .* --to coco"):
         pool_images(str(root), name=name)
+
+
+def test_roboflow_yolo_layout_with_parent_relative_paths(name, tmp_path):
+    # Roboflow's YOLO export: split folders holding images/ and labels/, and paths in
+    # data.yaml written relative to a folder above the export.
+    root = tmp_path / "roboflow"
+    data = {"train": "../train/images", "val": "../valid/images", "nc": 2, "names": ["a", "b"]}
+    for split in ("train", "valid"):
+        write_image(root / split / "images" / "x.jpg")
+        (root / split / "labels").mkdir()
+        (root / split / "labels" / "x.txt").write_text(TOOTH)
+    (root / "data.yaml").write_text(yaml.safe_dump(data))
+    assert register_dental_splits(root, name) == {
+        "train": f"{name}_train",
+        "valid": f"{name}_valid",
+    }
+    (record,) = DatasetCatalog.get(f"{name}_valid")
+    assert record["file_name"] == str(root / "valid" / "images" / "x.jpg")
+    assert record["annotations"][0]["category_id"] == 1
