@@ -23,6 +23,7 @@ from dicom_support import (
 )
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from serve_support import CONFIG, OPTS, ROOT, build_predictor
 
@@ -80,6 +81,22 @@ def test_windowed_16bit_radiograph_is_shown_through_rescale_then_window(tmp_path
     expected = np.clip((pixels.astype(float) - 1000) * 255 / 1000, 0, 255)
     assert np.abs(image - expected).max() <= 1.5
     assert image[pixels <= 990].max() == 0 and image[pixels >= 2010].min() == 255
+
+
+def test_voi_lut_is_applied_and_its_output_range_spans_black_to_white(tmp_path):
+    pixels = ramp(high=4095, dtype=np.uint16)
+    path = write_dicom(tmp_path / "lut.dcm", pixels)
+    dataset = pydicom.dcmread(path)
+    lut = Dataset()
+    # 2048 entries from input 1000 on, falling from 60000 to 0: an inverting LUT.
+    lut.LUTDescriptor = [2048, 1000, 16]
+    lut.LUTData = np.linspace(60000, 0, 2048).astype(np.uint16).tobytes()
+    dataset.VOILUTSequence = [lut]
+    dataset.save_as(path)
+    image = read_image(path, format="RGB")[:, :, 0].astype(float)
+    expected = 255 - np.clip((pixels.astype(float) - 1000) * 255 / 2047, 0, 255)
+    assert np.abs(image - expected).max() <= 1.5
+    assert image[pixels < 1000].min() == 255 and image[pixels > 3047].max() == 0
 
 
 def test_rgb_and_jpeg_compressed_colour(tmp_path):

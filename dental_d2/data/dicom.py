@@ -110,21 +110,25 @@ def dicom_size(source, name=None) -> tuple[int, int]:
 
 
 def _display_range(dataset: pydicom.Dataset, modality: np.ndarray) -> tuple[float, float] | None:
-    """The output values of the VOI transform for the darkest and the brightest input, or None
-    when the file has no VOI LUT and no window (or they map everything to one value).
+    """The least and the greatest value the file's VOI transform gives (shown black and
+    white), or None when the file has no VOI LUT and no window (or they give one value).
 
-    Asking pydicom for the ends keeps its rules (VOI LUT before window, LINEAR, LINEAR_EXACT,
-    SIGMOID) in one place; an inverting VOI LUT gives a reversed range, which inverts the image.
+    pydicom applies the transform to probe inputs, so its rules (VOI LUT before window, LINEAR,
+    LINEAR_EXACT, SIGMOID) stay in one place: the whole input domain of a VOI LUT, or values
+    far below and above the image for a window (whose output is clipped to its range).
     """
-    if not (dataset.get("VOILUTSequence") or "WindowCenter" in dataset):
-        return None
-    low, high = float(modality.min()), float(modality.max())
-    span = max(high - low, 1.0)
-    ends = np.array([low - 1e3 * span, high + 1e3 * span])
     if dataset.get("VOILUTSequence"):
-        ends = np.clip(ends, np.iinfo(np.int64).min >> 1, np.iinfo(np.int64).max >> 1)
-        ends = ends.astype(np.int64)
-    dark, bright = (float(v) for v in apply_voi_lut(ends, dataset))
+        descriptor = dataset.VOILUTSequence[0].LUTDescriptor
+        entries = int(descriptor[0]) or 65536  # 0 stands for 2**16 entries
+        probe = np.arange(int(descriptor[1]), int(descriptor[1]) + entries)
+    elif "WindowCenter" in dataset:
+        low, high = float(modality.min()), float(modality.max())
+        span = max(high - low, 1.0)
+        probe = np.array([low - 1e3 * span, high + 1e3 * span])
+    else:
+        return None
+    shown = apply_voi_lut(probe, dataset)
+    dark, bright = float(shown.min()), float(shown.max())
     return None if dark == bright else (dark, bright)
 
 
