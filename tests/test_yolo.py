@@ -2,13 +2,16 @@
 COCO <-> YOLO round trip on the shared DentalAI export."""
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import yaml
-from conftest import load_tool, tool_error_lines
+from conftest import REPO_ROOT, load_tool, tool_error_lines
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
@@ -18,6 +21,7 @@ from dental_d2 import DentalError, add_dental_config
 from dental_d2.cross_validation.splits import pool_images
 from dental_d2.data import register_dental_splits, register_from_config
 from dental_d2.data.roboflow import load_roboflow_split
+from dental_d2.data.synthetic import generate_synthetic_dataset
 from dental_d2.data.yolo import load_yolo_split
 
 # Image a: a Tooth square (4,4)-(40,40) and a Caries triangle, on 64x48 (WxH).
@@ -247,3 +251,31 @@ def test_roboflow_yolo_layout_with_parent_relative_paths(name, tmp_path):
     (record,) = DatasetCatalog.get(f"{name}_valid")
     assert record["file_name"] == str(root / "valid" / "images" / "x.jpg")
     assert record["annotations"][0]["category_id"] == 1
+
+
+@pytest.mark.slow
+def test_train_net_learns_from_a_yolo_export(convert_tool, tmp_path):
+    coco = tmp_path / "coco"
+    generate_synthetic_dataset(str(coco), num_train=12, num_valid=4, num_test=4, size=128, seed=3)
+    yolo, output = tmp_path / "yolo", tmp_path / "train"
+    assert convert_tool.main([str(coco), "--to", "yolo", "--output", str(yolo)]) == 0
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file",
+         str(REPO_ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml"),
+         "DENTAL.DATA_ROOT", str(yolo), "OUTPUT_DIR", str(output), "SOLVER.MAX_ITER", "30",
+         "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1000"],
+        capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
+        env=dict(os.environ, OMP_NUM_THREADS="2"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(output / "metrics.json") as f:
+        rows = [row for row in map(json.loads, f) if "total_loss" in row]
+    assert rows[-1]["total_loss"] < 0.8 * rows[0]["total_loss"], rows
+    # The test split was evaluated against the YOLO labels, all four classes present.
+    truth = json.loads(
+        (output / "eval" / "dental_test" / "dental_test_coco_format.json").read_text()
+    )
+    source = json.loads((coco / "test" / "_annotations.coco.json").read_text())
+    assert len(truth["annotations"]) == len(source["annotations"])
+    metrics = json.loads((output / "eval" / "dental_test" / "metrics.json").read_text())
+    assert set(metrics["segm"]["per_class"]) == {"Caries", "Cavity", "Crack", "Tooth"}
