@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import yaml
 from conftest import REPO_ROOT, load_tool, tool_error_lines
@@ -279,3 +280,20 @@ def test_train_net_learns_from_a_yolo_export(convert_tool, tmp_path):
     assert len(truth["annotations"]) == len(source["annotations"])
     metrics = json.loads((output / "eval" / "dental_test" / "metrics.json").read_text())
     assert set(metrics["segm"]["per_class"]) == {"Caries", "Cavity", "Crack", "Tooth"}
+
+
+def test_rle_masks_and_multi_polygon_objects_become_polygon_lines(convert_tool, make_export, coco):
+    mask = np.zeros((48, 64), np.uint8)
+    mask[4:40, 4:40] = 1
+    rle = mask_util.encode(np.asfortranarray(mask))
+    coco["annotations"][0]["segmentation"] = {"size": [48, 64], "counts": rle["counts"].decode()}
+    coco["annotations"][1]["segmentation"].append([30, 30, 40, 30, 40, 40])
+    root = make_export(coco=coco)
+    yolo = root.parent / "yolo"
+    assert convert_tool.main([str(root), "--to", "yolo", "--output", str(yolo)]) == 0
+    lines = (yolo / "labels" / "train" / "img0.txt").read_text().splitlines()
+    assert len(lines) == 3  # the RLE's outline, and one line per polygon of the other object
+    traced = load_yolo_split(yolo / "data.yaml", "train").dataset_dicts[0]["annotations"][0]
+    outline = mask_util.frPyObjects(traced["segmentation"], 48, 64)
+    iou = mask_util.iou(outline, [rle], [0])[0][0]
+    assert iou > 0.9 and traced["category_id"] == 1  # Tooth
