@@ -4,8 +4,8 @@ A label file holds one object a line, `class x1 y1 x2 y2 ...` (a polygon) or `cl
 (a box, which has no mask), coordinates normalised to 0..1 of the image's size. The records
 are made by the same code as the COCO loader's (`roboflow.split_from_coco`), so training,
 evaluation and `tools/check_dataset.py` see no difference. The layout and the way paths are
-resolved follow Ultralytics' `check_det_dataset` and `img2label_paths`; Ultralytics itself is
-not a dependency (AGPL-3.0, and it brings its own training stack) for reading text files.
+resolved follow Ultralytics' `check_det_dataset` and `img2label_paths`. Ultralytics itself is
+not a dependency: it is AGPL-3.0 and brings its own training stack, too much for text files.
 """
 
 import copy
