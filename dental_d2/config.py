@@ -57,7 +57,9 @@ def _add_model_config(cfg):
 def _add_data_config(cfg):
     """cfg.DENTAL: the dataset, its classes, weight loading and logging."""
     cfg.DENTAL = CN()
-    # Root of a Roboflow "COCO Segmentation" export with train/, valid/ and test/ folders.
+    # Root of a Roboflow "COCO Segmentation" export (train/, valid/ and test/ folders, each with
+    # _annotations.coco.json) or of a YOLO-seg export (data.yaml, images/, labels/), told apart
+    # by their files.
     cfg.DENTAL.DATA_ROOT = os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "dental")
     # Registered dataset names are <DATASET_NAME>_train, <DATASET_NAME>_valid, <DATASET_NAME>_test.
     cfg.DENTAL.DATASET_NAME = "dental"

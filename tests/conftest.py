@@ -15,6 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOLS = REPO_ROOT / "tools"
 # A real Roboflow "COCO Segmentation" export (see ../shared/README.md).
 CALCULUS_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "calculus-segment-v10"
+# Real intraoral photos with the project's four classes, as a Roboflow-style COCO export.
+DENTALAI_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "dentalai"
 ANNOTATION_FILE = "_annotations.coco.json"
 
 
@@ -89,16 +91,27 @@ def coco() -> dict:
     return tiny_coco()
 
 
-@pytest.fixture
-def calculus_root() -> Path:
-    """The shared real Roboflow export. CI always has ../shared, so there its absence fails;
-    a checkout without it elsewhere skips these tests."""
-    if not CALCULUS_ROOT.is_dir():
-        message = f"shared dataset not found at {CALCULUS_ROOT} (needs ../shared beside the repo)"
+def _shared_dataset(root: Path) -> Path:
+    """A shared real export. CI always has ../shared, so there its absence fails; a checkout
+    without it elsewhere skips the test."""
+    if not root.is_dir():
+        message = f"shared dataset not found at {root} (needs ../shared beside the repo)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return CALCULUS_ROOT
+    return root
+
+
+@pytest.fixture
+def calculus_root() -> Path:
+    """The shared real Roboflow export (see `_shared_dataset`)."""
+    return _shared_dataset(CALCULUS_ROOT)
+
+
+@pytest.fixture
+def dentalai_root() -> Path:
+    """The shared DentalAI export, COCO with four classes (see `_shared_dataset`)."""
+    return _shared_dataset(DENTALAI_ROOT)
 
 
 def load_tool(name: str, monkeypatch):

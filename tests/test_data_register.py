@@ -89,7 +89,7 @@ def test_a_name_taken_by_other_code_is_not_overwritten(make_export, name):
 
 def test_root_without_splits(tmp_path, name):
     (tmp_path / "images").mkdir()
-    with pytest.raises(DentalError, match="no train/, valid/ or test/ folder"):
+    with pytest.raises(DentalError, match=r"neither a COCO export .* nor a YOLO-seg export"):
         register_dental_splits(tmp_path, name)
     with pytest.raises(DentalError, match="data root not found"):
         register_dental_splits(tmp_path / "missing", name)

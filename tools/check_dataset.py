@@ -1,4 +1,4 @@
-"""Checks a Roboflow COCO Segmentation export before training and summarises each split.
+"""Checks a Roboflow COCO Segmentation or a YOLO-seg export before training, split by split.
 
 Exits 0 when every split is usable, 1 with a one-line reason otherwise. Example::
 
@@ -13,7 +13,9 @@ from dental_d2.data.check import check_dataset, format_report, render_ground_tru
 
 def parse_args(argv=None):
     parser = tool_parser(__doc__)
-    parser.add_argument("root", help="the export's folder, holding train/, valid/ and test/")
+    parser.add_argument(
+        "root", help="the export's folder: COCO train/, valid/, test/, or YOLO with data.yaml"
+    )
     parser.add_argument(
         "--render", metavar="OUT", help="draw the ground truth of 3 images per split into OUT"
     )

@@ -42,7 +42,10 @@ def parse_args(argv=None):
     parser.add_argument("--config-file", metavar="FILE", help="a dental YAML config")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--input", nargs="+", metavar="PATH", help="image files, directories or glob patterns"
+        "--input",
+        nargs="+",
+        metavar="PATH",
+        help="image files (JPEG, PNG, TIFF, DICOM, ...), directories or glob patterns",
     )
     source.add_argument(
         "--predictions",

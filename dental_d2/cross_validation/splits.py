@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..data.coco_json import read_coco_json
-from ..data.register import SPLITS, register_dental_splits
+from ..data.register import SPLITS, export_layout, register_dental_splits
 from ..data.roboflow import ANNOTATION_FILE
 from ..errors import DentalError
 from ..file_io import write_json
@@ -88,6 +88,12 @@ def pool_images(root: str, name: str = "dental") -> tuple[list[PooledImage], lis
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     registered = register_dental_splits(root, name)
+    if export_layout(root)[0] != "coco":
+        raise DentalError(
+            f"{root}: cross-validation writes its folds as COCO files and reads a COCO export; "
+            f"convert this YOLO export first: python tools/convert_dataset.py {root} --to coco "
+            "--output DIR, then pass DENTAL.DATA_ROOT DIR"
+        )
     if "train" not in registered:
         raise DentalError(
             f"{root}: no train/ split; cross-validation pools train/ and valid/ of a Roboflow "

@@ -1,4 +1,4 @@
-"""Checks a Roboflow export before training: counts, sizes, repairs, ground-truth drawings."""
+"""Checks a Roboflow COCO or YOLO-seg export before training: counts, sizes, repairs, drawings."""
 
 import logging
 import os
@@ -12,8 +12,8 @@ from tabulate import tabulate
 from ..errors import DentalError
 from ..file_io import write_image
 from .image_io import read_image
-from .register import register_dental_splits
-from .roboflow import load_roboflow_json, load_roboflow_split, short_name
+from .register import load_registered_split, register_dental_splits
+from .roboflow import short_name
 
 __all__ = ["SplitReport", "check_dataset", "format_report", "render_ground_truth"]
 
@@ -30,7 +30,7 @@ class SplitReport:
     Attributes:
         split (str): "train", "valid" or "test".
         dataset_name (str): the registered detectron2 name.
-        json_file (str): the split's annotation file.
+        json_file (str): the split's annotation file (a YOLO export's data.yaml).
         num_images (int): images listed (all kept, with or without annotations).
         num_annotations (int): annotations kept after repairs.
         class_counts (dict[str, tuple[int, int]]): class -> (annotations, images with one).
@@ -56,7 +56,8 @@ def check_dataset(root, name: str = "dental") -> list[SplitReport]:
     """Registers, loads and validates every split of an export (decoding every image).
 
     Args:
-        root (str or os.PathLike): the export's folder (train/, valid/, test/).
+        root (str or os.PathLike): the export's folder (COCO train/, valid/, test/; or YOLO
+            data.yaml).
         name (str): prefix of the registered dataset names.
 
     Returns:
@@ -68,7 +69,7 @@ def check_dataset(root, name: str = "dental") -> list[SplitReport]:
     reports = []
     for split, dataset_name in register_dental_splits(root, name).items():
         metadata = MetadataCatalog.get(dataset_name)
-        loaded = load_roboflow_split(metadata.roboflow_json, metadata.image_root)
+        loaded = load_registered_split(dataset_name)
         annotations, images_with, mask_kinds = Counter(), Counter(), Counter()
         for record in loaded.dataset_dicts:
             ids = [a["category_id"] for a in record["annotations"]]
@@ -148,7 +149,7 @@ def render_ground_truth(dataset_name: str, output_dir, num_images: int = 3) -> l
         list[str]: the files written.
     """
     metadata = MetadataCatalog.get(dataset_name)
-    records = load_roboflow_json(metadata.roboflow_json, metadata.image_root)
+    records = load_registered_split(dataset_name).dataset_dicts
     chosen = [d for d in records if d["annotations"]][:num_images]
     chosen += [d for d in records if not d["annotations"]][: num_images - len(chosen)]
     try:

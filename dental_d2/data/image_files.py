@@ -6,15 +6,18 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from ..errors import DentalError
+from .dicom import DICOM_SUFFIXES, is_dicom_file
 
-# Files a directory given as input contributes (compared case-insensitively).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# Files a directory given as input contributes (compared case-insensitively); other files count
+# when they are DICOM (PACS and sensor software often write them without an extension).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES)
 
 
 def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     """Expands files, directories and glob patterns into image paths.
 
-    A directory contributes its images (IMAGE_EXTENSIONS, not recursive), sorted; a glob
+    A directory contributes its images (IMAGE_EXTENSIONS, and DICOM files of any name; not
+    recursive), sorted; a glob
     pattern (`**` recurses) its matching images, sorted; a file is taken as given. A path
     reached twice is kept once.
 
@@ -36,14 +39,10 @@ def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
             found = sorted(
                 os.path.join(item, name)
                 for name in os.listdir(item)
-                if _is_image_name(name) and os.path.isfile(os.path.join(item, name))
+                if is_image_file(os.path.join(item, name))
             )
         else:
-            found = sorted(
-                p
-                for p in glob.glob(item, recursive=True)
-                if _is_image_name(p) and os.path.isfile(p)
-            )
+            found = sorted(p for p in glob.glob(item, recursive=True) if is_image_file(p))
         if not found:
             problems.append(
                 f"{item}: matched no image; pass an existing file, a directory or a glob pattern"
@@ -61,8 +60,18 @@ def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
     return paths, problems
 
 
-def _is_image_name(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+def is_image_file(path: str) -> bool:
+    """Whether a path is a file with an image extension, or a DICOM file of any name.
+
+    Args:
+        path (str): a path.
+    """
+    if not os.path.isfile(path):
+        return False
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        return True
+    # PACS exports name files by their DICOM instance UID ("1.2.840....3"), so any ending counts.
+    return is_dicom_file(path)
 
 
 def relative_names(paths: Sequence[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Reading dental images (8/16-bit, grayscale, alpha, EXIF-rotated) into HxWx3 uint8 arrays."""
+"""Reading dental images (8/16-bit, grayscale, alpha, EXIF-rotated, DICOM) as HxWx3 uint8."""
 
 import functools
 import io
@@ -10,6 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from ..errors import DentalError
+from . import dicom
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -66,7 +67,7 @@ def _open(path, name=None) -> Image.Image:
         raise _too_large(name, "too many") from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         # PIL names the stream it could not identify; an in-memory one has no useful name.
-        reason = "unknown format" if isinstance(e, UnidentifiedImageError) else _one_line(e)
+        reason = "unknown format" if isinstance(e, UnidentifiedImageError) else one_line(e)
         raise DentalError(
             f"{name}: not a readable image ({reason}); replace the file or re-export it"
         ) from e
@@ -77,7 +78,8 @@ def _open(path, name=None) -> Image.Image:
     return image
 
 
-def _one_line(error: Exception) -> str:
+def one_line(error: Exception) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
     return " ".join(str(error).split()) or type(error).__name__
 
 
@@ -128,6 +130,8 @@ def read_image(path, format: str = "BGR") -> np.ndarray:
     - 16-bit, 32-bit and float images (I;16, I, F) are stretched linearly from the image's own
       min..max to 0..255 (see `to_uint8`); a constant image becomes black.
     - Alpha (RGBA, LA, PA, P with a transparent colour) is composited on black.
+    - DICOM (`.dcm`, or any file with the DICOM preamble) is read by `dicom.read_dicom`:
+      grayscale as a viewer shows it (rescale, then the file's window), colour as RGB.
 
     Args:
         path (str or os.PathLike): the image file.
@@ -141,7 +145,23 @@ def read_image(path, format: str = "BGR") -> np.ndarray:
     """
     if format not in ("BGR", "RGB"):
         raise ValueError(f"read_image supports format 'BGR' or 'RGB', got {format!r}")
+    if _is_dicom_path(path):
+        return _in_format(dicom.read_dicom(path), format)
     return _decode(_open(path), path, format)
+
+
+# Endings of the files PIL reads; any other file is first checked for the DICOM preamble.
+_PIL_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp")
+
+
+def _is_dicom_path(path) -> bool:
+    if os.fspath(path).lower().endswith(_PIL_SUFFIXES):
+        return False
+    return dicom.is_dicom_file(path)
+
+
+def _in_format(rgb: np.ndarray, format: str) -> np.ndarray:
+    return np.ascontiguousarray(rgb[:, :, ::-1] if format == "BGR" else rgb)
 
 
 def _decode(image: Image.Image, name, format: str) -> np.ndarray:
@@ -154,12 +174,10 @@ def _decode(image: Image.Image, name, format: str) -> np.ndarray:
             rgb = _to_rgb_array(image)
         except (OSError, ValueError, SyntaxError) as e:
             raise DentalError(
-                f"{name}: image is corrupt or truncated ({_one_line(e)}); replace the file or "
+                f"{name}: image is corrupt or truncated ({one_line(e)}); replace the file or "
                 "re-export it"
             ) from e
-    if format == "BGR":
-        rgb = rgb[:, :, ::-1]
-    return np.ascontiguousarray(rgb)
+    return _in_format(rgb, format)
 
 
 def decode_image(
@@ -171,7 +189,7 @@ def decode_image(
     claims a huge image (a decompression bomb) costs no memory.
 
     Args:
-        data (bytes): the encoded image (JPEG, PNG, TIFF, BMP, ...).
+        data (bytes): the encoded image (JPEG, PNG, TIFF, BMP, DICOM, ...).
         name (str): what error messages call it, e.g. the uploaded file's name.
         format (str): channel order of the result, "BGR" or "RGB".
         max_pixels (int | None): the most pixels (width x height) to decode; None for PIL's
@@ -188,6 +206,8 @@ def decode_image(
         raise ValueError(f"decode_image supports format 'BGR' or 'RGB', got {format!r}")
     if not data:
         raise DentalError(f"{name}: the file is empty; send the image's bytes")
+    if dicom.has_dicom_preamble(data[:132]) or name.lower().endswith(dicom.DICOM_SUFFIXES):
+        return _in_format(dicom.read_dicom(data, name, max_pixels), format)
     image = _open(io.BytesIO(data), name)
     width, height = image.size
     if max_pixels is not None and width * height > max_pixels:
@@ -208,6 +228,8 @@ def image_size(path) -> tuple[int, int]:
     Raises:
         DentalError: the file is missing or not an image.
     """
+    if _is_dicom_path(path):
+        return dicom.dicom_size(path)
     with _open(path) as image:
         width, height = image.size
         if _exif_orientation(image) in _TRANSPOSING_ORIENTATIONS:
@@ -229,12 +251,14 @@ def decode_check(path) -> tuple[int, int]:
     Raises:
         DentalError: the file is missing, not an image, corrupt or truncated.
     """
+    if _is_dicom_path(path):
+        return dicom.read_dicom(path).shape[:2]
     with _open(path) as image:
         try:
             image.load()
         except (OSError, ValueError, SyntaxError) as e:
             raise DentalError(
-                f"{path}: image is corrupt or truncated ({_one_line(e)}); replace the file or "
+                f"{path}: image is corrupt or truncated ({one_line(e)}); replace the file or "
                 "re-export it"
             ) from e
         width, height = image.size

@@ -1,4 +1,5 @@
-"""Registers the train/valid/test splits of a Roboflow export in detectron2's catalogs."""
+"""Registers the train/valid/test splits of a Roboflow COCO or a YOLO-seg export in detectron2's
+catalogs; the layout is told by its files."""
 
 import functools
 import logging
@@ -8,9 +9,23 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..errors import DentalError
 from .categories import contiguous_id_map, thing_colors
-from .roboflow import ANNOTATION_FILE, load_roboflow_json, read_thing_categories
+from .roboflow import (
+    ANNOTATION_FILE,
+    RoboflowSplit,
+    load_roboflow_json,
+    load_roboflow_split,
+    read_thing_categories,
+)
+from .yolo import find_data_yaml, load_yolo_json, load_yolo_split, read_data_yaml
 
-__all__ = ["SPLITS", "check_num_classes", "register_dental_splits", "register_from_config"]
+__all__ = [
+    "SPLITS",
+    "check_num_classes",
+    "export_layout",
+    "load_registered_split",
+    "register_dental_splits",
+    "register_from_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -23,29 +38,57 @@ _REGISTERED: dict[str, tuple] = {}
 
 
 def _split_files(root: str) -> dict[str, str]:
-    if not os.path.isdir(root):
-        raise DentalError(
-            f"{root}: data root not found; set DENTAL.DATA_ROOT to the folder of a Roboflow "
-            "'COCO Segmentation' export (with train/, valid/, test/)"
-        )
+    """Split -> annotation file of a COCO export; empty when no split folder has one."""
     files = {}
     for split in SPLITS:
-        folder = os.path.join(root, split)
-        if not os.path.isdir(folder):
-            continue
-        json_file = os.path.join(folder, ANNOTATION_FILE)
-        if not os.path.isfile(json_file):
-            raise DentalError(
-                f"{json_file}: not found although the split folder exists; export the dataset in "
-                "'COCO Segmentation' format or remove the folder"
-            )
-        files[split] = json_file
-    if not files:
-        raise DentalError(
-            f"{root}: no train/, valid/ or test/ folder with {ANNOTATION_FILE}; set "
-            "DENTAL.DATA_ROOT to the folder of a Roboflow 'COCO Segmentation' export"
-        )
+        json_file = os.path.join(root, split, ANNOTATION_FILE)
+        if os.path.isfile(json_file):
+            files[split] = json_file
     return files
+
+
+def export_layout(root) -> tuple[str, dict[str, str] | str]:
+    """Tells a Roboflow COCO export from a YOLO-seg export by their files.
+
+    A COCO export has `_annotations.coco.json` in `train/`, `valid/` or `test/`; a YOLO export
+    has a `data.yaml` (or `root` is one). A folder with both is read as COCO.
+
+    Args:
+        root (str or os.PathLike): the export's folder (or a YOLO data.yaml).
+
+    Returns:
+        tuple: ("coco", {split: annotation file}) or ("yolo", the data.yaml).
+
+    Raises:
+        DentalError: `root` does not exist, is neither layout, or has a COCO split folder
+            without its annotation file.
+    """
+    root = os.fspath(root)
+    if not os.path.exists(root):
+        raise DentalError(
+            f"{root}: data root not found; set DENTAL.DATA_ROOT to the folder of a Roboflow "
+            "'COCO Segmentation' export (with train/, valid/, test/) or of a YOLO-seg export "
+            "(with data.yaml)"
+        )
+    files = _split_files(root) if os.path.isdir(root) else {}
+    yaml_file = find_data_yaml(root)
+    if yaml_file and not files:
+        return "yolo", yaml_file
+    for split in SPLITS:
+        if split not in files and os.path.isdir(os.path.join(root, split)):
+            raise DentalError(
+                f"{os.path.join(root, split, ANNOTATION_FILE)}: not found although the split "
+                "folder exists; export the dataset in 'COCO Segmentation' format (or as YOLO-seg, "
+                "with its data.yaml) or remove the folder"
+            )
+    if files:
+        if yaml_file:
+            logger.info(f"{root}: has COCO annotations and {yaml_file}; reading the COCO files")
+        return "coco", files
+    raise DentalError(
+        f"{root}: neither a COCO export (train/, valid/ or test/ with {ANNOTATION_FILE}) nor a "
+        "YOLO-seg export (data.yaml); set DENTAL.DATA_ROOT to the folder of either"
+    )
 
 
 def _signature(files: dict[str, str]) -> tuple:
@@ -87,27 +130,32 @@ def _unregister(dataset_name: str) -> None:
 
 
 def register_dental_splits(root, name: str = "dental") -> dict[str, str]:
-    """Registers each split folder of a Roboflow export as `<name>_<split>`.
+    """Registers each split of a Roboflow COCO or YOLO-seg export as `<name>_<split>`.
 
-    Split folders that are absent are not registered. The JSON files are parsed now, to learn
-    the classes and reject empty or malformed files; images are checked when a dataset is first
-    loaded with `DatasetCatalog.get`. Calling again with the same root is a no-op; with another
-    root (or changed files) the old `<name>_*` entries are replaced.
+    The layout is found by `export_layout`. Split folders (COCO) or data.yaml keys (YOLO
+    `train`, `val`, `test`) that are absent are not registered. The annotation files are read
+    now only as far as the classes (COCO JSON files are parsed, to reject empty or malformed
+    ones; of a YOLO export only data.yaml); labels and images are read and checked when a
+    dataset is first loaded with `DatasetCatalog.get`. Calling again with the same root is a
+    no-op; with another root (or changed files) the old `<name>_*` entries are replaced.
 
     Args:
         root (str or os.PathLike): folder holding `train/`, `valid/`, `test/`, each with an
-            `_annotations.coco.json` and its images.
+            `_annotations.coco.json` and its images; or a YOLO export's folder (or data.yaml).
         name (str): prefix of the registered dataset names.
 
     Returns:
         dict[str, str]: split ("train", "valid", "test") -> registered dataset name.
 
     Raises:
-        DentalError: no split folder, a split folder without annotations, an unreadable JSON,
-            splits with different classes, or a name taken by other code.
+        DentalError: neither layout, a split folder without annotations, an unreadable
+            annotation file, splits with different classes, or a name taken by other code.
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-    files = _split_files(root)
+    layout, found = export_layout(root)
+    if layout == "yolo":
+        return _register_yolo(root, found, name)
+    files = found
     names = {split: f"{name}_{split}" for split in files}
     signature = (root, _signature(files))
     if _already_registered(name, names, signature):
@@ -142,6 +190,51 @@ def register_dental_splits(root, name: str = "dental") -> dict[str, str]:
         _REGISTERED[dataset_name] = signature
     logger.info(f"Registered {', '.join(names.values())} from {root} with classes {first_classes}")
     return names
+
+
+def _register_yolo(root: str, yaml_file: str, name: str) -> dict[str, str]:
+    export = read_data_yaml(yaml_file)
+    names = {split: f"{name}_{split}" for split in export.splits}
+    stat = os.stat(export.yaml_file)
+    signature = (root, export.yaml_file, stat.st_mtime_ns, stat.st_size)
+    if _already_registered(name, names, signature):
+        return names
+    categories = [{"id": i, "name": class_name} for i, class_name in enumerate(export.names)]
+    for split in SPLITS:
+        _unregister(f"{name}_{split}")
+    for split, dataset_name in names.items():
+        DatasetCatalog.register(
+            dataset_name, functools.partial(load_yolo_json, export.yaml_file, split)
+        )
+        MetadataCatalog.get(dataset_name).set(
+            **_get_meta(categories),
+            yolo_yaml=export.yaml_file,
+            yolo_split=split,
+            evaluator_type="coco",
+            dental_root=root,
+        )
+        _REGISTERED[dataset_name] = signature
+    logger.info(
+        f"Registered {', '.join(names.values())} from {export.yaml_file} (YOLO) with classes "
+        f"{export.names}"
+    )
+    return names
+
+
+def load_registered_split(dataset_name: str, check_images: bool = True) -> RoboflowSplit:
+    """Loads a split registered by `register_dental_splits`, whichever its layout.
+
+    Args:
+        dataset_name (str): e.g. "dental_train".
+        check_images (bool): also decode every image.
+
+    Returns:
+        RoboflowSplit: cached; treat it as read-only.
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    if metadata.get("yolo_yaml"):
+        return load_yolo_split(metadata.yolo_yaml, metadata.yolo_split, check_images)
+    return load_roboflow_split(metadata.roboflow_json, metadata.image_root, check_images)
 
 
 def register_from_config(cfg) -> list[str]:

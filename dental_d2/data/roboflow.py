@@ -66,10 +66,10 @@ _MAX_LISTED_IDS = 10
 
 @dataclass
 class RoboflowSplit:
-    """One split of an export, loaded and validated.
+    """One split of an export (Roboflow COCO or YOLO), loaded and validated.
 
     Attributes:
-        json_file (str): the annotation file.
+        json_file (str): the annotation file (a YOLO export's data.yaml).
         image_root (str): the folder the images' `file_name`s are relative to.
         categories (list[dict]): the real classes (Roboflow's superclass dropped), by id.
         dataset_dicts (list[dict]): detectron2 dataset dicts, one per image, in JSON order.
@@ -289,13 +289,44 @@ def _read_split(json_file: str, image_root: str, check_images: bool) -> Roboflow
     if not coco["images"]:
         raise DentalError(f"{json_file}: lists no images; {REEXPORT}")
     categories = _thing_categories(coco, json_file)
-    images = _index_images(coco, json_file)
+    return split_from_coco(coco, categories, json_file, image_root, check_images)
+
+
+def split_from_coco(
+    coco: dict,
+    categories: list[dict],
+    source: str,
+    image_root: str,
+    check_images: bool,
+    label: str | None = None,
+    notes: tuple[str, ...] = (),
+) -> RoboflowSplit:
+    """Validates and repairs a COCO dataset held in memory and makes its detectron2 records.
+
+    The one path from annotations to records: the Roboflow loader reads a JSON file into it,
+    the YOLO loader (`dental_d2.data.yolo`) its label files, so both give the same records,
+    checks and repair lines.
+
+    Args:
+        coco (dict): with `images` (`id`, `file_name` relative to `image_root`, `height`,
+            `width`) and `annotations` (`id`, `image_id`, `category_id`, `segmentation`,
+            optional `bbox`).
+        categories (list[dict]): the classes (`id`, `name`), in contiguous-id order.
+        source (str): the annotation file, named by messages.
+        image_root (str): the folder of the images.
+        check_images (bool): also decode every image and compare its size with the record.
+        label (str or None): what log lines call the split; None for "<split>/<file>".
+        notes (tuple[str, ...]): lines the caller found (before the repair lines).
+
+    Raises:
+        DentalError: an unusable record; the message names `source` and the record.
+    """
+    images = _index_images(coco, source)
     repairs = {kind: [] for kind in _REPAIR_ORDER}
-    per_image = _convert_annotations(
-        coco, images, contiguous_id_map(categories), json_file, repairs
-    )
+    per_image = _convert_annotations(coco, images, contiguous_id_map(categories), source, repairs)
+    name = label or short_name(source)
     if check_images:
-        check_image_files(list(images.values()), image_root, json_file, short_name(json_file))
+        check_image_files(list(images.values()), image_root, source, name)
     dataset_dicts = [
         {
             "file_name": os.path.join(image_root, image["file_name"]),
@@ -306,15 +337,31 @@ def _read_split(json_file: str, image_root: str, check_images: bool) -> Roboflow
         }
         for image_id, image in images.items()
     ]
-    repair_lines = [
+    repair_lines = list(notes) + [
         kind.format(n=len(ids), ids=_format_ids(ids)) for kind, ids in repairs.items() if ids
     ]
-    name = short_name(json_file)
     for line in repair_lines:
         logger.warning(f"{name}: {line}")
     num_annotations = sum(len(d["annotations"]) for d in dataset_dicts)
     logger.info(f"Loaded {len(dataset_dicts)} images, {num_annotations} annotations from {name}")
-    return RoboflowSplit(json_file, image_root, categories, dataset_dicts, repair_lines)
+    return RoboflowSplit(source, image_root, categories, dataset_dicts, repair_lines)
+
+
+def cached_split(key: tuple, build) -> RoboflowSplit:
+    """Returns the split cached under `key`, or builds, caches and returns it.
+
+    Args:
+        key (tuple): identifies the files read (paths with modification times and sizes).
+        build (Callable[[], RoboflowSplit]): loads the split.
+    """
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    split = build()
+    _CACHE[key] = split
+    while len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return split
 
 
 def load_roboflow_split(json_file, image_root=None, check_images: bool = True) -> RoboflowSplit:
@@ -350,15 +397,7 @@ def load_roboflow_split(json_file, image_root=None, check_images: bool = True) -
             f"{json_file}: annotation file not found; check the data root or re-export the dataset"
         )
     key = _cache_key(json_file, image_root, check_images)
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-
-    split = _read_split(json_file, image_root, check_images)
-    _CACHE[key] = split
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return split
+    return cached_split(key, lambda: _read_split(json_file, image_root, check_images))
 
 
 def load_roboflow_json(json_file, image_root=None, check_images: bool = True) -> list[dict]:

@@ -181,6 +181,14 @@ def _add_predict_route(app: FastAPI, service: PredictionService):
                 image = await run_in_threadpool(service.decode, data, name)
                 compact = await asyncio.wrap_future(slot.submit(image))
                 stored = service.store(name, data, image, compact)
+                # The result id names the request: an upload's file name may be a patient's.
+                logger.info(
+                    "request %s: %dx%d image, %d detections",
+                    stored.id,
+                    stored.height,
+                    stored.width,
+                    len(stored.scores),
+                )
                 return await _answer(service, stored, threshold, overlay, image)
 
 
