@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # detectron2's Python code comes from this PyPI wheel (no official release exists); its compiled
 # ops are not used. Set SKIP_DETECTRON2=1 when detectron2 is already installed in .venv
-# (for example a source build with compiled CUDA ops, see README.md).
+# (for example a source build with compiled CUDA ops, see docs/install.md).
 DETECTRON2_WHEEL := sal-detectron2==0.7.2
 DETECTRON2_DIR := $(VENV)/detectron2
 SKIP_DETECTRON2 ?= 0

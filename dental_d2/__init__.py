@@ -15,7 +15,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "dental_d2 needs detectron2, which is not installed: run `make install` in the project "
-        "root (see README.md, section Installing)"
+        "root (see docs/install.md)"
     ) from e
 
 from .config import add_dental_config  # noqa: E402

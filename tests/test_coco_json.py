@@ -63,7 +63,7 @@ def test_segm_only_results_are_read_by_both_with_the_mask_box(tmp_path, gt_path)
     (offline,) = load_results(str(path), load_ground_truth(str(gt_path)))
     assert offline["bbox"] == pytest.approx([44, 5, 16, 35])
 
-    results = load_coco_results(str(path))  # refused before: the renderer required a bbox
+    results = load_coco_results(str(path))  # the renderer takes the box from the mask
     instances = results_to_instances(results, (48, 64), {1: 0, 2: 1})
     assert instances.pred_boxes.tensor.tolist() == [[44.0, 5.0, 60.0, 40.0]]
     assert int(instances.pred_masks.sum()) == 16 * 35

@@ -85,7 +85,7 @@ def test_decompression_bomb_is_named(check_dataset, make_export, capsys):
 
 
 def test_polygon_far_outside_the_image_is_named(check_dataset, make_export, coco, capsys):
-    # Slightly outside (2 px of 64): repaired, the box clipped, as before.
+    # Slightly outside (2 px of 64): kept, with the box clipped to the image.
     coco["annotations"][3]["segmentation"] = [[10, 10, 66, 10, 66, 40, 10, 40]]
     coco["annotations"][3]["bbox"] = [10, 10, 56, 30]
     root = make_export(coco=coco, name="near")

@@ -3,7 +3,7 @@
 No model is needed::
 
     python tools/evaluate.py --gt datasets/dental/test/_annotations.coco.json \\
-        --predictions output/inference/coco_instances_results.json \\
+        --predictions output/dental_r50/eval/dental_test/coco_instances_results.json \\
         --images datasets/dental/test --output output/eval_test
 
 Writes metrics.json, <task>_pr_curves.png, <task>_confusion_matrix.png and report.html.

@@ -1,7 +1,7 @@
 """The models a benchmark compares, built so that each does the same work per image.
 
 Random weights (nothing is downloaded) would let each model keep a different number of boxes,
-so the work is equalised as in the issue that asked for the benchmark: both box regressors'
+so the work is equalised, for a comparison of runtimes and not of weights: both box regressors'
 final layers are zeroed (proposals are anchors, detections are proposals), every score
 threshold is 0, and each model keeps 1000 proposals and 100 detections per image.
 """

@@ -212,8 +212,10 @@ class EarlyStopping(_MetricPatienceHook):
 
     Training ends cleanly: `model_final` is written, the current iteration becomes the last
     one so every hook's `after_train` runs as at a normal end, and the caller exits 0. Put it
-    after the hooks that produce the metric, and last among hooks so the writers log the
-    iteration it stops at.
+    after the hooks that produce the metric. The hooks after it (in `DentalTrainer`: the best
+    checkpoint, the periodic checkpoint, the writers and the signal hook) skip `after_step` at
+    the stopping iteration, which costs nothing: it stops only on an evaluation that set no new
+    best, and the writers log that iteration in their `after_train`.
 
     Args:
         eval_period (int): the period of the evaluation that produces the metric.

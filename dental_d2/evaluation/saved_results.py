@@ -28,14 +28,14 @@ def load_coco_results(path: str) -> list[dict]:
     each detection needs ids, a score, and a bbox or a segmentation.
 
     Args:
-        path (str): e.g. OUTPUT_DIR/inference/coco_instances_results.json.
+        path (str): e.g. OUTPUT_DIR/eval/dental_test/coco_instances_results.json.
 
     Raises:
         DentalError: when the file is missing, not JSON or not a list of detections.
     """
     return read_coco_results(
         path,
-        "pass the coco_instances_results.json that evaluation wrote under OUTPUT_DIR/inference/",
+        "pass the coco_instances_results.json that evaluation wrote in OUTPUT_DIR/eval/<dataset>/",
     )
 
 
