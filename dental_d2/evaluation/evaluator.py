@@ -1,5 +1,6 @@
 """DentalEvaluator: detectron2's COCO AP plus per-class P/R/F1, plots and an HTML report."""
 
+import contextlib
 import itertools
 import logging
 import os
@@ -167,6 +168,7 @@ class DentalEvaluator(COCOEvaluator):
         self._output_dir = tempfile.mkdtemp(prefix=".coco-", dir=final_dir)
         try:
             results = super().evaluate(img_ids)
+            self._remove_conversion_lock(final_dir)
             for name in os.listdir(self._output_dir):
                 os.replace(os.path.join(self._output_dir, name), os.path.join(final_dir, name))
             if results:
@@ -175,6 +177,14 @@ class DentalEvaluator(COCOEvaluator):
         finally:
             shutil.rmtree(self._output_dir, ignore_errors=True)
             self._output_dir = final_dir
+
+    def _remove_conversion_lock(self, output_dir: str):
+        # detectron2's convert_to_coco_json holds an iopath file lock, `<json>.lock`, while it
+        # writes `<dataset>_coco_format.json` in __init__, and leaves the lock file behind. Every
+        # process built its evaluator before the gathering in evaluate(), so none holds it now.
+        lock = os.path.join(output_dir, f"{self._dataset_name}_coco_format.json.lock")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
 
     def _eval_predictions(self, predictions, img_ids=None):
         # Runs in the main process only, on the gathered predictions. COCOEvaluator maps their
