@@ -17,7 +17,12 @@ from .data import read_image
 from .errors import DentalError
 from .export import apply_export_metadata, build_backend, exported_format, read_export_metadata
 from .findings import Findings, findings_from_instances, summarize
-from .model_config import check_weights_exist, fall_back_to_cpu, model_class_names
+from .model_config import (
+    check_weights_exist,
+    check_weights_given,
+    fall_back_to_cpu,
+    model_class_names,
+)
 from .visualize import build_metadata, draw_instances
 
 logger = logging.getLogger(__name__)
@@ -54,6 +59,8 @@ class Predictor:
         confidence_threshold (float): detections scoring below this are dropped.
         device (str | None): "cpu", "cuda", "cuda:1"...; None keeps `MODEL.DEVICE`, falling
             back to the CPU when CUDA is not available.
+        require_weights (str | None): refuse an empty `MODEL.WEIGHTS` with a `DentalError`
+            saying that this (e.g. "visualizing") needs a trained model; None allows it.
 
     Attributes:
         cfg (CfgNode): the frozen config.
@@ -73,11 +80,14 @@ class Predictor:
         opts: Sequence[str] = (),
         confidence_threshold: float = DEFAULT_SCORE_THRESHOLD,
         device: str | None = None,
+        require_weights: str | None = None,
     ):
         cfg = build_config(config_file, opts)
         if weights is not None:
             cfg.MODEL.WEIGHTS = weights
         weights = cfg.MODEL.WEIGHTS
+        if require_weights:
+            check_weights_given(cfg, require_weights)
         check_weights_exist(cfg)
         metadata = read_export_metadata(weights) if exported_format(weights) else None
         if metadata:
