@@ -237,7 +237,8 @@ def test_tools_refuse_empty_weights(monkeypatch, tmp_path, capsys, tool, doing):
     argv = {
         "visualize": ["--input", str(photo), "--output", str(output)],
         "rank_for_labeling": ["--input", str(photo), "--output", str(output / "ranking.csv")],
-        "serve": ["--port", "1"],  # refused before anything listens
+        # Refused before anything listens; a port no socket takes, should it get that far.
+        "serve": ["--port", "-1"],
     }[tool]
     main = load_tool(tool, monkeypatch).main
     assert main(["--config-file", str(CONFIG), *argv, *TINY_MODEL]) == 1
