@@ -64,6 +64,7 @@ class Predictor:
 
     Attributes:
         cfg (CfgNode): the frozen config.
+        score_threshold (float): the confidence threshold, the least score predicted.
         class_names (list[str]): the classes, in contiguous-id order.
         metadata (Metadata): class names and colours for drawing.
         model (nn.Module | None): the PyTorch model, in eval mode; None for an exported one.
@@ -105,6 +106,7 @@ class Predictor:
                 f"{config_file}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use BGR or RGB"
             )
 
+        self.score_threshold = confidence_threshold
         self.class_names = model_class_names(cfg, config_file)
         cfg.freeze()
         self.cfg = cfg
@@ -177,12 +179,14 @@ class Predictor:
             min_overlap=self.cfg.DENTAL.FINDINGS.MIN_OVERLAP,
         )
 
-    def draw(self, image, instances: Instances) -> np.ndarray:
+    def draw(self, image, instances: Instances, score_threshold: float | None = None) -> np.ndarray:
         """Draws predictions and the one-line findings summary on an image.
 
         Args:
             image (str | np.ndarray): a path or an HxWx3 BGR uint8 array.
             instances (Instances): the image's predictions.
+            score_threshold (float | None): the least score among `instances`, for the summary;
+                None means `score_threshold`, the predictor's.
 
         Returns:
             np.ndarray: the overlay, HxWx3 RGB uint8.
@@ -193,7 +197,9 @@ class Predictor:
             instances,
             self.metadata,
             findings=findings,
-            summary=summarize(findings),
+            summary=summarize(
+                findings, self.score_threshold if score_threshold is None else score_threshold
+            ),
         )
 
     @staticmethod

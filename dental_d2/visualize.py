@@ -149,17 +149,22 @@ def _dataset_metadata(cfg, dataset_name: str):
     return MetadataCatalog.get(dataset_name)
 
 
-def _draw_pair(cfg, image_rgb, truth: Instances, predictions: Instances, metadata) -> np.ndarray:
+def _draw_pair(
+    cfg, image_rgb, truth: Instances, predictions: Instances, metadata, score_threshold: float
+) -> np.ndarray:
     """Ground truth on the left, predictions on the right, each with its findings summary."""
     panels = []
-    for title, instances in (("ground truth", truth), ("predictions", predictions)):
+    for title, instances, threshold in (
+        ("ground truth", truth, None),
+        ("predictions", predictions, score_threshold),
+    ):
         findings = findings_from_instances(
             instances,
             metadata.thing_classes,
             tooth_classes=cfg.DENTAL.FINDINGS.TOOTH_CLASSES,
             min_overlap=cfg.DENTAL.FINDINGS.MIN_OVERLAP,
         )
-        summary = f"{title}: {summarize(findings)}"
+        summary = f"{title}: {summarize(findings, threshold)}"
         panels.append(
             draw_instances(image_rgb, instances, metadata, findings=findings, summary=summary)
         )
@@ -215,7 +220,7 @@ def render_saved_predictions(
         size = image_rgb.shape[:2]
         truth = annotations_to_instances(record.get("annotations", []), size, mask_format="bitmask")
         predictions = results_to_instances(by_image[record["image_id"]], size, id_map)
-        pair = _draw_pair(cfg, image_rgb, truth, predictions, metadata)
+        pair = _draw_pair(cfg, image_rgb, truth, predictions, metadata, confidence_threshold)
         write_overlay(os.path.join(output_dir, name), pair)
     logger.info("wrote %d images to %s", len(records) - len(failures), output_dir)
     return failures

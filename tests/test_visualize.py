@@ -10,6 +10,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from conftest import load_tool
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
@@ -44,6 +45,14 @@ TINY = [
 def predictor():
     torch.manual_seed(0)
     return Predictor(CONFIG, opts=[*TINY, "TEST.IMS_PER_BATCH", "2"], confidence_threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def weights(predictor, tmp_path_factory):
+    """The random model as a weights file: the tool refuses to run without one."""
+    path = tmp_path_factory.mktemp("weights") / "model.pth"
+    torch.save({"model": predictor.model.state_dict()}, path)
+    return str(path)
 
 
 def noise(height, width, channels=3, seed=0):
@@ -164,6 +173,28 @@ def test_predict_images_writes_overlays_coco_and_findings(predictor, tmp_path):
     assert counted == len(coco.getAnnIds())
 
 
+def test_tool_says_at_what_score_nothing_was_found(weights, monkeypatch, tmp_path):
+    Image.fromarray(noise(48, 64)).save(tmp_path / "photo.jpg")
+    visualize = load_tool("visualize", monkeypatch)
+    # Every class a tooth: whatever the random model finds, no lesion is among it.
+    argv = [
+        "--config-file", CONFIG, "--input", str(tmp_path / "photo.jpg"), *TINY,
+        "MODEL.WEIGHTS", weights, "DENTAL.FINDINGS.TOOTH_CLASSES", str(CLASSES),
+    ]  # fmt: skip
+    summaries = {}
+    for threshold in ("0.0", "0.999"):
+        output = tmp_path / threshold
+        assert (
+            visualize.main([*argv, "--confidence-threshold", threshold, "--output", str(output)])
+            == 0
+        )
+        findings = json.loads((output / FINDINGS_FILE).read_text())
+        assert findings["score_threshold"] == float(threshold)
+        summaries[threshold] = findings["images"][0]["summary"]
+    assert summaries["0.0"].endswith(" teeth; no lesion found at score >= 0"), summaries
+    assert summaries["0.999"] == "no tooth or lesion found at score >= 0.999", summaries
+
+
 def test_render_saved_predictions_side_by_side(make_export, tmp_path):
     # conftest's tiny export: dataset ids 1 Caries and 2 Tooth, a tooth at x 4..40 in img0.
     root = make_export(splits=("test",))
@@ -207,14 +238,14 @@ def run_tool(*args):
     )
 
 
-def test_tool_skips_a_corrupt_image_and_exits_1(tmp_path):
+def test_tool_skips_a_corrupt_image_and_exits_1(weights, tmp_path):
     folder = tmp_path / "in"
     write_image_kinds(folder)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out"
     result = run_tool(
         "--config-file", CONFIG, "--input", str(folder), "--output", str(out),
-        "--confidence-threshold", "0.0", *TINY,
+        "--confidence-threshold", "0.0", *TINY, "MODEL.WEIGHTS", weights,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -228,10 +259,10 @@ def test_tool_skips_a_corrupt_image_and_exits_1(tmp_path):
     assert len(coco.dataset["images"]) == 4
 
 
-def test_tool_reports_no_images_in_one_line(tmp_path):
+def test_tool_reports_no_images_in_one_line(weights, tmp_path):
     result = run_tool(
         "--config-file", CONFIG, "--input", str(tmp_path / "*.png"),
-        "--output", str(tmp_path / "out"), *TINY,
+        "--output", str(tmp_path / "out"), *TINY, "MODEL.WEIGHTS", weights,
     )  # fmt: skip
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
