@@ -58,6 +58,24 @@ def loading_weights(weights: str):
         ) from e
 
 
+def checkpoint_iteration(path: str) -> int | None:
+    """The training iteration stored in a `.pth` written by the trainer, else None.
+
+    The file is memory-mapped, so only the few bytes of the iteration are read.
+
+    Args:
+        path (str): a local checkpoint; other paths (URLs, `.pkl`, exported models) give None.
+    """
+    if not path.endswith(".pth") or not os.path.isfile(path):
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a torn or foreign file: the report says no iteration, the load says why
+        return None
+    iteration = checkpoint.get("iteration") if isinstance(checkpoint, dict) else None
+    return iteration if isinstance(iteration, int) else None
+
+
 class ClassNamesCheckpointable:
     """A checkpointable holding the class names, in contiguous-id order, that a model predicts.
 

@@ -113,6 +113,26 @@ def test_log_file_is_plain_and_the_run_ends_with_a_summary(trained):
     assert (output / "eval" / "dental_valid" / "dental_valid_coco_format.json").is_file()
 
 
+def test_reports_say_what_they_scored(trained, export):
+    output, _ = trained
+    best = torch.load(output / "model_best.pth", map_location="cpu", weights_only=True)
+    rows = {}
+    for dataset in ("dental_valid", "dental_test"):
+        page = (output / "eval" / dataset / "report.html").read_text(encoding="utf-8")
+        rows[dataset] = dict(re.findall(r"<tr><th>(\w[\w ]*)</th><td>([^<]*)</td></tr>", page))
+        split = dataset.removeprefix("dental_")
+        assert rows[dataset]["Data"] == f"{dataset} ({export / split / '_annotations.coco.json'})"
+        assert rows[dataset]["Config"] == str(output / "config.yaml")
+        assert {"Date", "Thresholds"} <= set(rows[dataset])
+    # the validation split last evaluated after training; the test split with model_best.pth
+    assert rows["dental_valid"]["Model"] == (
+        f"the model being trained in {output}, after iteration 29"
+    )
+    assert rows["dental_test"]["Model"] == (
+        f"{output / 'model_best.pth'} (iteration {best['iteration']})"
+    )
+
+
 def test_command_line_max_iter_beats_the_files_max_epochs(export, tmp_path):
     config = tmp_path / "epochs.yaml"
     config.write_text(f'_BASE_: "{CONFIG}"\nSOLVER:\n  MAX_EPOCHS: 50\n')

@@ -127,6 +127,15 @@ def _load_weights(cfg, model, path: str, resume: bool = False):
         ).resume_or_load(path, resume=resume)
 
 
+def _scoring(cfg, weights: str):
+    """`cfg` with MODEL.WEIGHTS naming the file of the weights scored, for the reports."""
+    scored = cfg.clone()
+    scored.defrost()
+    scored.MODEL.WEIGHTS = weights
+    scored.freeze()
+    return scored
+
+
 def score_chosen_model(cfg, trainer):
     """Scores DATASETS.TEST with the weights validation chose, as the reference notebooks
     restored their best weights: `model_best.pth` when it exists, else the final model.
@@ -135,6 +144,8 @@ def score_chosen_model(cfg, trainer):
     the chosen model's results go to `eval/<dataset>/` and are returned.
     """
     best_path = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
+    # The weights in memory are those PeriodicCheckpointer saved when training ended.
+    final = _scoring(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     # The best checkpointer runs in the main process only.
     best = [hook for hook in trainer._hooks if isinstance(hook, BestCheckpointer)]
     best_iter = comm.all_gather(best[0].best_iter if best else None)[0]
@@ -143,14 +154,14 @@ def score_chosen_model(cfg, trainer):
     # The evaluation after the last iteration is stored at max_iter: the final weights.
     if not tests_best_checkpoint(best_iter, final_iter):
         logger.info(f"Evaluating the final model on {', '.join(cfg.DATASETS.TEST)}")
-        return DentalTrainer.test(cfg, trainer.model)
+        return DentalTrainer.test(final, trainer.model)
     final_dir = os.path.join(cfg.OUTPUT_DIR, "eval", "final")
     final_evaluators = [
-        DentalTrainer.build_evaluator(cfg, name, os.path.join(final_dir, name))
+        DentalTrainer.build_evaluator(final, name, os.path.join(final_dir, name))
         for name in cfg.DATASETS.TEST
     ]
     logger.info(f"Evaluating the final model (iteration {final_iter}) into eval/final/")
-    DentalTrainer.test(cfg, trainer.model, final_evaluators)
+    DentalTrainer.test(final, trainer.model, final_evaluators)
     logger.info(
         f"Evaluating model_best.pth (iteration {best_iter}, chosen by "
         f"{cfg.SOLVER.EARLY_STOPPING.METRIC}) on {', '.join(cfg.DATASETS.TEST)}: these are the "
@@ -158,7 +169,7 @@ def score_chosen_model(cfg, trainer):
     )
     model = DentalTrainer.build_model(cfg)
     _load_weights(cfg, model, best_path)
-    return DentalTrainer.test(cfg, model)
+    return DentalTrainer.test(_scoring(cfg, best_path), model)
 
 
 def main(args):
