@@ -19,6 +19,7 @@ from .config import DEFAULT_SCORE_THRESHOLD
 from .data import read_image, register_from_config
 from .data.categories import thing_colors
 from .data.image_files import overlay_names
+from .drawing import draw_overlay, label_points
 from .errors import DentalError
 from .evaluation.plots import plain_text
 from .evaluation.saved_results import (
@@ -31,9 +32,6 @@ from .findings import Findings, findings_from_instances, summarize
 from .instances import instance_arrays
 
 logger = logging.getLogger(__name__)
-
-# Mask fill opacity: low enough that the enamel under a lesion stays visible.
-MASK_ALPHA = 0.4
 
 
 def build_metadata(class_names: Sequence[str]) -> Metadata:
@@ -63,7 +61,8 @@ def draw_instances(
     """Draws masks, boxes, class names and scores with detectron2's Visualizer.
 
     Colours come from `metadata.thing_colors` (one per class, not jittered, so a class looks
-    the same in every image). Teeth are labelled with their number from `findings`.
+    the same in every image). Teeth are labelled with their number from `findings`. Masks are
+    outlined and labels placed clear of each other by `dental_d2.drawing.draw_overlay`.
 
     Args:
         image_rgb (np.ndarray): HxWx3 RGB uint8.
@@ -86,17 +85,17 @@ def draw_instances(
                 labels[tooth.index] += f" {tooth.number}"
         if fields.scores is not None:
             labels = [f"{label} {score:.0%}" for label, score in zip(labels, fields.scores)]
-        visualizer.overlay_instances(
+        draw_overlay(
+            visualizer,
             boxes=fields.boxes,
             masks=None if fields.masks is None else fields.masks.astype(np.uint8),
             labels=labels,
-            assigned_colors=[np.array(metadata.thing_colors[c]) / 255.0 for c in classes],
-            alpha=MASK_ALPHA,
+            colors=[np.array(metadata.thing_colors[c]) / 255.0 for c in classes],
         )
     overlay = visualizer.get_output().get_image()
     if summary:
-        # The Visualizer's own default text size for an image of this size.
-        font_size = max(np.sqrt(overlay.shape[0] * overlay.shape[1]) // 90, 10)
+        # The labels' type size.
+        font_size = label_points(overlay.shape[0], overlay.shape[1])
         overlay = np.concatenate([summary_band(summary, overlay.shape[1], font_size), overlay])
     return overlay
 
