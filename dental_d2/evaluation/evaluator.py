@@ -84,7 +84,9 @@ def describe_evaluation(cfg, dataset_name: str) -> dict[str, str]:
         dataset_name (str): the registered dataset evaluated.
     """
     try:
-        iteration = get_event_storage().iter
+        # After the last iteration (the evaluation that ends training) the storage counts one
+        # more than the iterations run.
+        iteration = min(get_event_storage().iter, cfg.SOLVER.MAX_ITER - 1)
         model = f"the model being trained in {cfg.OUTPUT_DIR}, after iteration {iteration}"
     except AssertionError:  # detectron2's way of saying that no training storage is open
         weights = cfg.MODEL.WEIGHTS or "random weights (MODEL.WEIGHTS is empty)"
