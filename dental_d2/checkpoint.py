@@ -7,6 +7,7 @@ plain containers only) and a pickle is loaded only from detectron2's model zoo
 (`detectron2://` URLs) or when the user sets `DENTAL.ALLOW_PICKLE True`.
 """
 
+import contextlib
 import logging
 import os
 import pickle
@@ -15,6 +16,7 @@ import re
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .config import OFFLINE_CONFIG
 from .errors import DentalError
 from .file_io import atomic_write
 from .modeling import IMAGENET_SCHEME, backbone_weights
@@ -32,6 +34,47 @@ _RESUMABLE = re.compile(r"model_(\d{7}|final)\.pth")
 _TEMPORARY = re.compile(r"\.(model_\w+\.pth|last_checkpoint)\.\w+\.tmp")
 # URL schemes of detectron2's model zoo, whose pickles are trusted without opt-in.
 TRUSTED_SCHEMES = ("detectron2",)
+
+
+@contextlib.contextmanager
+def loading_weights(weights: str):
+    """Turns a failed download of `weights` (MODEL.WEIGHTS) into one line that says what to do.
+
+    The line gives every step of the fix at once: a downloaded model-zoo `.pkl` is a pickle,
+    which loads from a local path only with DENTAL.ALLOW_PICKLE True.
+
+    Args:
+        weights (str): the URL or path being loaded.
+    """
+    try:
+        yield
+    except OSError as e:  # urllib's URLError and HTTPError are OSErrors
+        local = "pass its local path"
+        if weights.endswith(".pkl"):
+            local += " with DENTAL.ALLOW_PICKLE True (a .pkl is a pickle)"
+        raise DentalError(
+            f"MODEL.WEIGHTS {weights}: cannot be loaded ({getattr(e, 'reason', e)}); download "
+            f"it once where there is internet and {local}, or train with no internet from "
+            f"{OFFLINE_CONFIG}"
+        ) from e
+
+
+def checkpoint_iteration(path: str) -> int | None:
+    """The training iteration stored in a `.pth` written by the trainer, else None.
+
+    The file is memory-mapped, so only the few bytes of the iteration are read.
+
+    Args:
+        path (str): a local checkpoint; other paths (URLs, `.pkl`, exported models) give None.
+    """
+    if not path.endswith(".pth") or not os.path.isfile(path):
+        return None
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a torn or foreign file: the report says no iteration, the load says why
+        return None
+    iteration = checkpoint.get("iteration") if isinstance(checkpoint, dict) else None
+    return iteration if isinstance(iteration, int) else None
 
 
 class ClassNamesCheckpointable:

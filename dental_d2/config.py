@@ -1,5 +1,6 @@
 """Config keys that dental_d2 adds to detectron2's defaults."""
 
+import difflib
 import os
 import re
 import tempfile
@@ -19,6 +20,10 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 DEFAULT_IOU_THRESHOLD = 0.5
 # Class names that are teeth (see `dental_d2.data.categories.is_tooth_class`).
 DEFAULT_TOOTH_CLASSES = ("Tooth",)
+# The config that trains with no internet: it downloads no pretrained weights.
+OFFLINE_CONFIG = "configs/dental_lite0.yaml"
+# The project's configs/ folder, whose files a "config file not found" message lists.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def add_dental_config(cfg):
@@ -162,17 +167,74 @@ def _one_line(error: Exception) -> str:
     return message
 
 
+# fvcore (file) and yacs (command line) name a key that is not in the config so.
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+def _config_keys(node, prefix: str = "") -> list[str]:
+    """Every full key of a config, e.g. "SOLVER.EARLY_STOPPING.METRIC"."""
+    keys = []
+    for name, value in node.items():
+        if isinstance(value, CN):
+            keys += _config_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def unknown_key_hint(cfg, message: str) -> str | None:
+    """For a yacs/fvcore "Non-existent key" message, the unknown key and the nearest known one.
+
+    Args:
+        cfg (CfgNode): the config the key was merged into.
+        message (str): the exception's text.
+
+    Returns:
+        str | None: e.g. "unknown config key SOLVER.MAX_EPOCH; did you mean SOLVER.MAX_EPOCHS?",
+        or None when `message` is about something else.
+    """
+    found = _UNKNOWN_KEY.search(message)
+    if not found:
+        return None
+    key = found.group(1).strip("'\"")
+    # difflib's ratio, as Python's own "did you mean" for names; 0.6 is its usual cut-off.
+    close = difflib.get_close_matches(key, _config_keys(cfg), n=1, cutoff=0.6)
+    if close:
+        return f"unknown config key {key}; did you mean {close[0]}?"
+    return (
+        f"unknown config key {key}; see dental_d2/config.py and detectron2's config/defaults.py "
+        "for the keys"
+    )
+
+
+def existing_configs(folder: str = CONFIGS_DIR) -> list[str]:
+    """The project's config files a run can start from (not the `Base-*` ones), as paths
+    relative to the working directory when they lie below it.
+
+    Args:
+        folder (str): the configs folder.
+    """
+    found = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name.endswith(".yaml") and not name.startswith("Base-"):
+                path = os.path.join(root, name)
+                relative = os.path.relpath(path)
+                found.append(path if relative.startswith("..") else relative)
+    return sorted(found)
+
+
 def _merge_file(cfg, config_file: str) -> None:
     if not os.path.isfile(config_file):
-        raise DentalError(f"{config_file}: config file not found; pass --config-file PATH.yaml")
+        configs = existing_configs()
+        listing = f"one of {', '.join(configs)}" if configs else "PATH.yaml"
+        raise DentalError(f"{config_file}: config file not found; pass --config-file {listing}")
     try:
         # Plain YAML only: a config file never gets to build Python objects (run code).
         cfg.merge_from_file(config_file, allow_unsafe=False)
     except KeyError as e:
-        raise DentalError(
-            f"{config_file}: unknown config key {e}; see dental_d2/config.py and detectron2's "
-            "config/defaults.py for the keys"
-        ) from e
+        hint = unknown_key_hint(cfg, str(e)) or f"unknown config key {e}"
+        raise DentalError(f"{config_file}: {hint}") from e
     except yaml.YAMLError as e:
         raise DentalError(f"{config_file}: not valid YAML ({_one_line(e)}); fix the file") from e
     except OSError as e:  # a missing or unreadable _BASE_
@@ -260,6 +322,15 @@ def build_config(config_file: str | None, opts: Sequence[str] = ()):
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, AssertionError) as e:
         # yacs raises these for unknown keys and for values of the wrong type.
-        raise DentalError(f"bad config override: {_one_line(e)}") from e
+        hint = unknown_key_hint(cfg, str(e)) or _one_line(e)
+        raise DentalError(f"bad config override: {hint}") from e
+    # Training's length comes from the command line when it sets one of the two (see
+    # dental_d2.engine.launch); both there is ambiguous.
+    if cfg.SOLVER.MAX_EPOCHS > 0 and {"SOLVER.MAX_EPOCHS", "SOLVER.MAX_ITER"} <= set(opts[0::2]):
+        raise DentalError(
+            f"SOLVER.MAX_EPOCHS {cfg.SOLVER.MAX_EPOCHS} and SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER} "
+            "are both on the command line; give one of them (SOLVER.MAX_EPOCHS 0 lets "
+            "SOLVER.MAX_ITER decide)"
+        )
     check_config(cfg)
     return cfg

@@ -244,17 +244,22 @@ def findings_from_instances(
     )
 
 
-def summarize(findings: Findings) -> str:
+def summarize(findings: Findings, score_threshold: float | None = None) -> str:
     """Returns a one-line summary, e.g. "5 teeth; tooth 2: caries 0.91, crack 0.55".
 
-    Lesions on no tooth follow as "unassigned: ..."; an image with neither teeth nor lesions
-    reads "no findings".
+    Lesions on no tooth follow as "unassigned: ...". For predictions, an absence says what was
+    looked for and at what confidence: "4 teeth; no lesion found at score >= 0.5", "no tooth
+    or lesion found at score >= 0.5"; a model that misses lesions must not read as a negative
+    finding. Ground truth reads "no lesions" and "no findings".
 
     Args:
         findings (Findings): one image's findings.
+        score_threshold (float | None): the least score of the predictions the findings come
+            from; None for ground truth.
     """
+    at_score = "" if score_threshold is None else f" found at score >= {score_threshold:g}"
     if not findings.teeth and not findings.unassigned:
-        return "no findings"
+        return "no findings" if score_threshold is None else f"no tooth or lesion{at_score}"
 
     def lesions_text(lesions):
         return ", ".join(
@@ -268,11 +273,11 @@ def summarize(findings: Findings) -> str:
     if findings.unassigned:
         parts.append(f"{UNASSIGNED}: {lesions_text(findings.unassigned)}")
     elif n and len(parts) == 1:
-        parts.append("no lesions")
+        parts.append("no lesions" if score_threshold is None else f"no lesion{at_score}")
     return "; ".join(parts)
 
 
-def findings_to_dict(findings: Findings) -> dict:
+def findings_to_dict(findings: Findings, score_threshold: float | None = None) -> dict:
     """Returns the JSON form of one image's findings (`teeth`, `unassigned`, `summary`).
 
     Lesions carry `class`, `score`, `overlap`, `box` (XYXY pixels) and `instance`, the index of
@@ -280,6 +285,7 @@ def findings_to_dict(findings: Findings) -> dict:
 
     Args:
         findings (Findings): one image's findings.
+        score_threshold (float | None): as `summarize`'s.
     """
 
     def lesion_dict(lesion):
@@ -292,7 +298,7 @@ def findings_to_dict(findings: Findings) -> dict:
         }
 
     return {
-        "summary": summarize(findings),
+        "summary": summarize(findings, score_threshold),
         "teeth": [
             {
                 "number": t.number,

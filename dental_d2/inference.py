@@ -123,7 +123,7 @@ def _draw_overlay(predictor, image_bgr: np.ndarray, instances: Instances, path: 
         instances,
         predictor.metadata,
         findings=findings,
-        summary=summarize(findings),
+        summary=summarize(findings, predictor.score_threshold),
     )
     write_overlay(path, overlay)
     return findings
@@ -140,6 +140,8 @@ def _write_prediction_files(predictor, output_dir, images, annotations, findings
         {
             "tooth_classes": list(findings_cfg.TOOTH_CLASSES),
             "min_overlap": findings_cfg.MIN_OVERLAP,
+            # The least score of a prediction, so that "no lesion found" says at what confidence.
+            "score_threshold": predictor.score_threshold,
             "images": findings_images,
         },
         indent=2,
@@ -188,7 +190,11 @@ def predict_images(predictor, image_paths: Sequence[str], output_dir: str) -> li
                     instances, image_id, first_id=len(annotations) + 1
                 )
                 findings_images.append(
-                    {"file": file_names[k], "overlay": overlays[k], **findings_to_dict(findings)}
+                    {
+                        "file": file_names[k],
+                        "overlay": overlays[k],
+                        **findings_to_dict(findings, predictor.score_threshold),
+                    }
                 )
                 progress.update(1)
     _write_prediction_files(predictor, output_dir, images, annotations, findings_images)

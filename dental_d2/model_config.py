@@ -30,6 +30,21 @@ def check_weights_exist(cfg) -> None:
         )
 
 
+def check_weights_given(cfg, doing: str) -> None:
+    """Refuses an empty `MODEL.WEIGHTS` where a trained model is needed: a model with random
+    weights evaluates, draws and ranks without error, and everything it says is noise.
+
+    Args:
+        cfg (CfgNode): the config.
+        doing (str): what needs the trained model, for the message, e.g. "evaluating".
+    """
+    if not cfg.MODEL.WEIGHTS:
+        raise DentalError(
+            f"MODEL.WEIGHTS is empty: {doing} needs a trained model, not random weights; pass "
+            "MODEL.WEIGHTS output/.../model_final.pth (or an exported model.onnx)"
+        )
+
+
 def fall_back_to_cpu(cfg, doing: str) -> None:
     """Sets `MODEL.DEVICE cpu`, with a warning, when the config asks for CUDA and there is none.
 

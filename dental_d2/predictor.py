@@ -17,7 +17,12 @@ from .data import read_image
 from .errors import DentalError
 from .export import apply_export_metadata, build_backend, exported_format, read_export_metadata
 from .findings import Findings, findings_from_instances, summarize
-from .model_config import check_weights_exist, fall_back_to_cpu, model_class_names
+from .model_config import (
+    check_weights_exist,
+    check_weights_given,
+    fall_back_to_cpu,
+    model_class_names,
+)
 from .visualize import build_metadata, draw_instances
 
 logger = logging.getLogger(__name__)
@@ -54,9 +59,12 @@ class Predictor:
         confidence_threshold (float): detections scoring below this are dropped.
         device (str | None): "cpu", "cuda", "cuda:1"...; None keeps `MODEL.DEVICE`, falling
             back to the CPU when CUDA is not available.
+        require_weights (str | None): refuse an empty `MODEL.WEIGHTS` with a `DentalError`
+            saying that this (e.g. "visualizing") needs a trained model; None allows it.
 
     Attributes:
         cfg (CfgNode): the frozen config.
+        score_threshold (float): the confidence threshold, the least score predicted.
         class_names (list[str]): the classes, in contiguous-id order.
         metadata (Metadata): class names and colours for drawing.
         model (nn.Module | None): the PyTorch model, in eval mode; None for an exported one.
@@ -73,11 +81,14 @@ class Predictor:
         opts: Sequence[str] = (),
         confidence_threshold: float = DEFAULT_SCORE_THRESHOLD,
         device: str | None = None,
+        require_weights: str | None = None,
     ):
         cfg = build_config(config_file, opts)
         if weights is not None:
             cfg.MODEL.WEIGHTS = weights
         weights = cfg.MODEL.WEIGHTS
+        if require_weights:
+            check_weights_given(cfg, require_weights)
         check_weights_exist(cfg)
         metadata = read_export_metadata(weights) if exported_format(weights) else None
         if metadata:
@@ -95,6 +106,7 @@ class Predictor:
                 f"{config_file}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use BGR or RGB"
             )
 
+        self.score_threshold = confidence_threshold
         self.class_names = model_class_names(cfg, config_file)
         cfg.freeze()
         self.cfg = cfg
@@ -167,12 +179,14 @@ class Predictor:
             min_overlap=self.cfg.DENTAL.FINDINGS.MIN_OVERLAP,
         )
 
-    def draw(self, image, instances: Instances) -> np.ndarray:
+    def draw(self, image, instances: Instances, score_threshold: float | None = None) -> np.ndarray:
         """Draws predictions and the one-line findings summary on an image.
 
         Args:
             image (str | np.ndarray): a path or an HxWx3 BGR uint8 array.
             instances (Instances): the image's predictions.
+            score_threshold (float | None): the least score among `instances`, for the summary;
+                None means `score_threshold`, the predictor's.
 
         Returns:
             np.ndarray: the overlay, HxWx3 RGB uint8.
@@ -183,7 +197,9 @@ class Predictor:
             instances,
             self.metadata,
             findings=findings,
-            summary=summarize(findings),
+            summary=summarize(
+                findings, self.score_threshold if score_threshold is None else score_threshold
+            ),
         )
 
     @staticmethod

@@ -19,6 +19,7 @@ from .config import DEFAULT_SCORE_THRESHOLD
 from .data import read_image, register_from_config
 from .data.categories import thing_colors
 from .data.image_files import overlay_names
+from .drawing import draw_overlay, label_points
 from .errors import DentalError
 from .evaluation.plots import plain_text
 from .evaluation.saved_results import (
@@ -31,9 +32,6 @@ from .findings import Findings, findings_from_instances, summarize
 from .instances import instance_arrays
 
 logger = logging.getLogger(__name__)
-
-# Mask fill opacity: low enough that the enamel under a lesion stays visible.
-MASK_ALPHA = 0.4
 
 
 def build_metadata(class_names: Sequence[str]) -> Metadata:
@@ -63,7 +61,8 @@ def draw_instances(
     """Draws masks, boxes, class names and scores with detectron2's Visualizer.
 
     Colours come from `metadata.thing_colors` (one per class, not jittered, so a class looks
-    the same in every image). Teeth are labelled with their number from `findings`.
+    the same in every image). Teeth are labelled with their number from `findings`. Masks are
+    outlined and labels placed clear of each other by `dental_d2.drawing.draw_overlay`.
 
     Args:
         image_rgb (np.ndarray): HxWx3 RGB uint8.
@@ -86,17 +85,17 @@ def draw_instances(
                 labels[tooth.index] += f" {tooth.number}"
         if fields.scores is not None:
             labels = [f"{label} {score:.0%}" for label, score in zip(labels, fields.scores)]
-        visualizer.overlay_instances(
+        draw_overlay(
+            visualizer,
             boxes=fields.boxes,
             masks=None if fields.masks is None else fields.masks.astype(np.uint8),
             labels=labels,
-            assigned_colors=[np.array(metadata.thing_colors[c]) / 255.0 for c in classes],
-            alpha=MASK_ALPHA,
+            colors=[np.array(metadata.thing_colors[c]) / 255.0 for c in classes],
         )
     overlay = visualizer.get_output().get_image()
     if summary:
-        # The Visualizer's own default text size for an image of this size.
-        font_size = max(np.sqrt(overlay.shape[0] * overlay.shape[1]) // 90, 10)
+        # The labels' type size.
+        font_size = label_points(overlay.shape[0], overlay.shape[1])
         overlay = np.concatenate([summary_band(summary, overlay.shape[1], font_size), overlay])
     return overlay
 
@@ -149,17 +148,22 @@ def _dataset_metadata(cfg, dataset_name: str):
     return MetadataCatalog.get(dataset_name)
 
 
-def _draw_pair(cfg, image_rgb, truth: Instances, predictions: Instances, metadata) -> np.ndarray:
+def _draw_pair(
+    cfg, image_rgb, truth: Instances, predictions: Instances, metadata, score_threshold: float
+) -> np.ndarray:
     """Ground truth on the left, predictions on the right, each with its findings summary."""
     panels = []
-    for title, instances in (("ground truth", truth), ("predictions", predictions)):
+    for title, instances, threshold in (
+        ("ground truth", truth, None),
+        ("predictions", predictions, score_threshold),
+    ):
         findings = findings_from_instances(
             instances,
             metadata.thing_classes,
             tooth_classes=cfg.DENTAL.FINDINGS.TOOTH_CLASSES,
             min_overlap=cfg.DENTAL.FINDINGS.MIN_OVERLAP,
         )
-        summary = f"{title}: {summarize(findings)}"
+        summary = f"{title}: {summarize(findings, threshold)}"
         panels.append(
             draw_instances(image_rgb, instances, metadata, findings=findings, summary=summary)
         )
@@ -215,7 +219,7 @@ def render_saved_predictions(
         size = image_rgb.shape[:2]
         truth = annotations_to_instances(record.get("annotations", []), size, mask_format="bitmask")
         predictions = results_to_instances(by_image[record["image_id"]], size, id_map)
-        pair = _draw_pair(cfg, image_rgb, truth, predictions, metadata)
+        pair = _draw_pair(cfg, image_rgb, truth, predictions, metadata, confidence_threshold)
         write_overlay(os.path.join(output_dir, name), pair)
     logger.info("wrote %d images to %s", len(records) - len(failures), output_dir)
     return failures

@@ -187,9 +187,12 @@ def test_prelabels_hold_the_top_images_confident_detections(scripted_predictor, 
 
 
 def test_tool_writes_ranking_and_prelabels(images, tmp_path):
+    # The tool needs a weights file: the demo model's random weights.
+    weights = tmp_path / "model.pth"
+    torch.save({"model": Predictor(CONFIG, opts=TINY).model.state_dict()}, weights)
     output = tmp_path / "out" / "ranking.csv"
     argv = ["--config-file", CONFIG, "--input", os.path.dirname(images[0]), "--output",
-            str(output), "--top", "3", *TINY]  # fmt: skip
+            str(output), "--top", "3", *TINY, "MODEL.WEIGHTS", str(weights)]  # fmt: skip
     assert rank_tool.main(argv) == 0
     with open(output) as f:
         rows = list(csv.DictReader(f))

@@ -1,8 +1,10 @@
 """tools/evaluate.py on a tiny Roboflow-style export: outputs written, bad input one error line."""
 
+import datetime
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -119,6 +121,16 @@ def test_evaluate_tool_writes_metrics_plots_and_report(export, tmp_path):
         }  # fmt: skip
     page = (output / "report.html").read_text(encoding="utf-8")
     assert page.count('src="data:image/jpeg') >= 2 and 'src="http' not in page
+    # it says what it scored, when, at which thresholds, and what best-F1 means
+    assert f"<th>Predictions</th><td>{results_path}</td>" in page
+    assert f"<th>Ground truth</th><td>{gt_path}</td>" in page
+    date = re.search(r"<th>Date</th><td>(\d{4}-\d\d-\d\d \d\d:\d\d) UTC</td>", page)
+    assert date, page[:2000]
+    written = datetime.datetime.strptime(date.group(1), "%Y-%m-%d %H:%M")
+    age = datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - written
+    assert abs(age.total_seconds()) < 600
+    assert "<th>Thresholds</th><td>a prediction counts at score &gt;= 0.5; it matches a " in page
+    assert "keeping only the predictions scoring at least this gives the highest F1" in page
 
 
 def test_evaluate_tool_bad_input_prints_one_line(export, tmp_path):

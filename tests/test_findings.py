@@ -78,6 +78,11 @@ def test_lesions_without_teeth_and_teeth_without_lesions():
     assert summarize(empty) == "no findings"
     assert findings_to_dict(empty) == {"summary": "no findings", "teeth": [], "unassigned": []}
 
+    # Predictions say what was looked for and at what confidence: a miss is no negative finding.
+    assert summarize(teeth_only, 0.5) == "2 teeth; no lesion found at score >= 0.5"
+    assert summarize(empty, 0.25) == "no tooth or lesion found at score >= 0.25"
+    assert findings_to_dict(empty, 0.5)["summary"] == "no tooth or lesion found at score >= 0.5"
+
 
 def test_teeth_are_numbered_by_mask_centroid_not_box():
     # An L-shaped tooth whose box starts at x=0 but whose mass lies at the right.

@@ -156,9 +156,15 @@ def _write_config(path: Path, text: str) -> str:
         ("", ["SOLVER.CHECKPOINT_PERIOD", "-5"], "SOLVER.CHECKPOINT_PERIOD is -5"),
         ("", ["SOLVER.EARLY_STOPPING.MODE", "lowest"], "SOLVER.EARLY_STOPPING.MODE is 'lowest'"),
         ("SOLVER:\n  PLATEAU:\n    MODE: Max\n", [], "SOLVER.PLATEAU.MODE is 'Max'"),
+        ("SOLVER:\n  MAX_EPOCH: 3\n", [], "unknown config key SOLVER.MAX_EPOCH; did you mean "
+         "SOLVER.MAX_EPOCHS?"),
+        ("", ["SOLVER.MAX_EPOCH", "3"], "unknown config key SOLVER.MAX_EPOCH; did you mean "
+         "SOLVER.MAX_EPOCHS?"),
+        ("", ["SOLVER.MAX_EPOCHS", "2", "SOLVER.MAX_ITER", "9"], "SOLVER.MAX_EPOCHS 2 and "
+         "SOLVER.MAX_ITER 9 are both on the command line; give one of them"),
     ],
     ids=["yaml-syntax", "yaml-type", "yaml-python-tag", "period-0", "period-neg", "es-mode",
-         "plateau-mode"],
+         "plateau-mode", "file-key-misspelt", "override-key-misspelt", "iter-and-epochs"],
 )  # fmt: skip
 def test_train_net_refuses_a_bad_config_at_start_up(
     train_net, tmp_path, capsys, body, opts, expected
@@ -169,6 +175,17 @@ def test_train_net_refuses_a_bad_config_at_start_up(
     line = one_error_line(capsys)
     assert expected in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_config_file_lists_the_configs_that_exist(train_net, tmp_path, capsys):
+    assert train_net.main(["--config-file", str(tmp_path / "dental_r5O.yaml")]) == 1
+    line = one_error_line(capsys)
+    assert "dental_r5O.yaml: config file not found; pass --config-file one of" in line, line
+    listed = line.split("one of ", 1)[1].split(", ")
+    for config in ("dental_r50.yaml", "quick_schedules/dental_demo_cpu.yaml"):
+        assert any(path.endswith(f"configs/{config}") for path in listed), line
+    assert all(Path(path).is_file() for path in listed), line
+    assert not any("Base-" in path for path in listed), line
 
 
 def test_train_net_refuses_an_unwritable_output_dir(train_net, tmp_path, capsys):
@@ -190,6 +207,44 @@ def test_train_net_yaml_error_has_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {config}: not valid YAML (") and "line 3" in last, last
+
+
+# empty MODEL.WEIGHTS: a random model would score, draw, rank and serve without complaint
+
+# The demo config at a small size, for the tiny exports of conftest (classes Caries, Tooth).
+TINY_MODEL = [
+    "MODEL.WEIGHTS", "", "MODEL.ROI_HEADS.NUM_CLASSES", "2", "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.MAX_SIZE_TEST", "64", "DENTAL.CLASS_NAMES", "['Caries', 'Tooth']",
+]  # fmt: skip
+
+
+def test_eval_only_refuses_empty_weights(train_net, make_export, tmp_path, capsys, restore_loggers):
+    root = make_export(splits=("train", "valid", "test"))
+    argv = ["--config-file", str(CONFIG), "--eval-only", *TINY_MODEL, "DENTAL.DATA_ROOT", str(root),
+            "DENTAL.DATASET_NAME", "guard_eval", "OUTPUT_DIR", str(tmp_path / "out")]  # fmt: skip
+    assert train_net.main(argv) == 1
+    line = one_error_line(capsys)
+    assert line.startswith("error: MODEL.WEIGHTS is empty: evaluating (--eval-only) needs a "), line
+    assert not (tmp_path / "out" / "eval").exists()
+
+
+@pytest.mark.parametrize("tool, doing", [("visualize", "visualizing"), ("rank_for_labeling",
+                                         "ranking"), ("serve", "serving")])  # fmt: skip
+def test_tools_refuse_empty_weights(monkeypatch, tmp_path, capsys, tool, doing):
+    photo = tmp_path / "a.jpg"
+    Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(photo)
+    output = tmp_path / "out"
+    argv = {
+        "visualize": ["--input", str(photo), "--output", str(output)],
+        "rank_for_labeling": ["--input", str(photo), "--output", str(output / "ranking.csv")],
+        # Refused before anything listens; a port no socket takes, should it get that far.
+        "serve": ["--port", "-1"],
+    }[tool]
+    main = load_tool(tool, monkeypatch).main
+    assert main(["--config-file", str(CONFIG), *argv, *TINY_MODEL]) == 1
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: MODEL.WEIGHTS is empty: {doing} needs a trained model"), line
+    assert not output.exists()
 
 
 # class names with &, $ and <

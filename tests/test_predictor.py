@@ -9,6 +9,7 @@ from detectron2.structures import Instances
 
 from dental_d2 import DentalError
 from dental_d2.checkpoint import CLASS_NAMES_KEY
+from dental_d2.drawing import relative_luminance
 from dental_d2.predictor import Predictor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,12 +85,16 @@ def test_draw_returns_an_rgb_overlay_and_findings(predictor):
     ) == len(instances)
 
 
-def test_metadata_colours_teeth_neutral(predictor):
+def test_metadata_colours_stand_out_on_white_enamel(predictor):
     assert predictor.metadata.thing_classes == CLASSES
     colors = predictor.metadata.thing_colors
-    tooth = colors[CLASSES.index("Tooth")]
-    assert max(tooth) - min(tooth) < 40  # ivory/grey: nearly equal channels
-    assert len(set(colors[:3])) == 3
+    # WCAG contrast ratio against white: at least 3:1 for the teeth, 2:1 for lesions (whose
+    # outlines lie on the teeth's blue as often as on enamel).
+    white = relative_luminance((1.0, 1.0, 1.0))
+    contrast = [(white + 0.05) / (relative_luminance(np.array(c) / 255) + 0.05) for c in colors]
+    assert contrast[CLASSES.index("Tooth")] >= 3.0, colors
+    assert min(contrast[:3]) >= 2.0, colors
+    assert len(set(colors)) == 4
 
 
 def test_missing_config_and_weights_are_named(tmp_path):

@@ -4,6 +4,7 @@ resume are in test_reliability.py)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,10 @@ CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 
 
-def _train_net(*args, timeout=600):
+def _train_net(*args, timeout=600, config=CONFIG):
     env = dict(os.environ, OMP_NUM_THREADS="2")
     return subprocess.run(
-        [sys.executable, TRAIN_NET, "--config-file", CONFIG, *args],
+        [sys.executable, TRAIN_NET, "--config-file", str(config), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -82,6 +83,72 @@ def test_training_loss_falls_and_everything_is_written(trained):
     assert "copypaste: Task: segm" in result.stdout + result.stderr
     metrics = json.loads((output / "eval" / "dental_test" / "metrics.json").read_text())
     assert set(metrics["segm"]["per_class"]) == set(CLASSES)
+
+
+def test_log_file_is_plain_and_the_run_ends_with_a_summary(trained):
+    output, result = trained
+    log = (output / "log.txt").read_text()
+    # detectron2 logs the config highlighted in colour and the class histograms in cyan
+    assert "Running with full config" in log and "Distribution of instances" in log
+    assert "\x1b[" not in log
+    assert "SOLVER.MAX_ITER 30 (command line) decides the length of training" in log
+    # evaluations after iterations 14 and 29: first left out and said so, then counted
+    assert re.search(r"eta: \d+:\d\d:\d\d \+ 2 evaluations  iter: 4 ", log), log[-3000:]
+    assert re.search(r"eta: \d+:\d\d:\d\d with 1 evaluation  iter: 19 ", log), log[-3000:]
+    summary = log[log.index("Training summary") :]
+    best = torch.load(output / "model_best.pth", map_location="cpu", weights_only=True)
+    assert (
+        f"best checkpoint: {output / 'model_best.pth'}, iteration {best['iteration']} "
+        "(validation_loss "
+    ) in summary
+    table = summary[summary.index("test scores on dental_test (segm") :]
+    for name in [*CLASSES, "(all)"]:
+        assert re.search(rf"\| {re.escape(name)} +\| +(n/a|\d+\.\d{{3}}) +\|", table), table
+    report = output / "eval" / "dental_test" / "report.html"
+    assert f"report: {report}" in summary and report.is_file()
+    assert f"--output {output / 'overlays' / 'dental_test'}" in summary
+    assert f"tensorboard --logdir {output}" in summary
+    # detectron2's conversion to COCO json leaves a lock file; none is left
+    assert not list(output.rglob("*.lock"))
+    assert (output / "eval" / "dental_valid" / "dental_valid_coco_format.json").is_file()
+
+
+def test_reports_say_what_they_scored(trained, export):
+    output, _ = trained
+    best = torch.load(output / "model_best.pth", map_location="cpu", weights_only=True)
+    rows = {}
+    for dataset in ("dental_valid", "dental_test"):
+        page = (output / "eval" / dataset / "report.html").read_text(encoding="utf-8")
+        rows[dataset] = dict(re.findall(r"<tr><th>(\w[\w ]*)</th><td>([^<]*)</td></tr>", page))
+        split = dataset.removeprefix("dental_")
+        assert rows[dataset]["Data"] == f"{dataset} ({export / split / '_annotations.coco.json'})"
+        assert rows[dataset]["Config"] == str(output / "config.yaml")
+        assert {"Date", "Thresholds"} <= set(rows[dataset])
+    # the validation split last evaluated after training; the test split with model_best.pth
+    assert rows["dental_valid"]["Model"] == (
+        f"the model being trained in {output}, after iteration 29"
+    )
+    assert rows["dental_test"]["Model"] == (
+        f"{output / 'model_best.pth'} (iteration {best['iteration']})"
+    )
+
+
+def test_command_line_max_iter_beats_the_files_max_epochs(export, tmp_path):
+    config = tmp_path / "epochs.yaml"
+    config.write_text(f'_BASE_: "{CONFIG}"\nSOLVER:\n  MAX_EPOCHS: 50\n')
+    output = tmp_path / "out"
+    result = _train_net(
+        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(output), "SOLVER.MAX_ITER", "3",
+        "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()", "TEST.VALIDATION_LOSS", "False",
+        "DENTAL.EVAL.NUM_VIS_IMAGES", "0", config=config,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "SOLVER.MAX_ITER 3 (command line) decides the length of training, not SOLVER.MAX_EPOCHS "
+        "50 (config): SOLVER.MAX_ITER 3, TEST.EVAL_PERIOD 6 (one epoch: 6 iterations)"
+    ) in result.stdout + result.stderr
+    final = torch.load(output / "model_final.pth", map_location="cpu", weights_only=True)
+    assert final["iteration"] == 2
 
 
 def math_finite(value):
@@ -233,6 +300,9 @@ def test_undownloadable_weights_is_one_line_error(tmp_path, export):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: MODEL.WEIGHTS http://127.0.0.1:9/model_final.pkl: cannot be")
+    # every step of the fix at once: the local .pkl is a pickle, and the config needing none
+    assert "pass its local path with DENTAL.ALLOW_PICKLE True" in last, last
+    assert "train with no internet from configs/dental_lite0.yaml" in last, last
     assert "Traceback" not in result.stderr
 
 
@@ -250,7 +320,7 @@ def test_test_split_is_scored_with_the_best_model(export, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "Early stopping at iteration 8: lr" in log
-    assert "Evaluating model_best.pth (iteration 4, chosen by lr)" in log
+    assert "Evaluating model_best.pth (iteration 3, chosen by lr)" in log
     best = torch.load(output / "model_best.pth", map_location="cpu", weights_only=True)
     assert best["iteration"] == 3
     # the best checkpoint holds the early-stopping state after counting its own evaluation

@@ -63,6 +63,9 @@ def test_eval_only_with_tta_scores_plain_and_augmented(tmp_path):
     export = tmp_path / "export"
     generate_synthetic_dataset(str(export), num_train=2, num_valid=1, num_test=2, size=96, seed=2)
     output = tmp_path / "eval"
+    # --eval-only needs a weights file: the demo model's random weights.
+    weights = tmp_path / "model.pth"
+    torch.save({"model": Predictor(CONFIG, opts=TTA).model.state_dict()}, weights)
     result = subprocess.run(
         [
             sys.executable,
@@ -71,6 +74,8 @@ def test_eval_only_with_tta_scores_plain_and_augmented(tmp_path):
             CONFIG,
             "--eval-only",
             *TTA,
+            "MODEL.WEIGHTS",
+            str(weights),
             "DENTAL.DATA_ROOT",
             str(export),
             "OUTPUT_DIR",

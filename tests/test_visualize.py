@@ -10,13 +10,17 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from conftest import load_tool
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from pycocotools.coco import COCO
 
 from dental_d2 import DentalError
 from dental_d2.config import build_config
+from dental_d2.data.categories import LESION_COLORS, TOOTH_COLOR
 from dental_d2.data.image_files import collect_images, overlay_names
+from dental_d2.drawing import draw_overlay, relative_luminance
 from dental_d2.inference import (
     FINDINGS_FILE,
     PREDICTIONS_FILE,
@@ -44,6 +48,14 @@ TINY = [
 def predictor():
     torch.manual_seed(0)
     return Predictor(CONFIG, opts=[*TINY, "TEST.IMS_PER_BATCH", "2"], confidence_threshold=0.0)
+
+
+@pytest.fixture(scope="module")
+def weights(predictor, tmp_path_factory):
+    """The random model as a weights file: the tool refuses to run without one."""
+    path = tmp_path_factory.mktemp("weights") / "model.pth"
+    torch.save({"model": predictor.model.state_dict()}, path)
+    return str(path)
 
 
 def noise(height, width, channels=3, seed=0):
@@ -90,13 +102,69 @@ def test_draw_instances_uses_class_colours_and_summary():
     # The summary is on a band above the image: black with white text.
     band, drawn = overlay[: overlay.shape[0] - 64], overlay[-64:]
     assert len(band) >= 10 and band.min() < 30 and band.max() > 200
-    # The caries is filled with its class colour (Okabe-Ito orange: red > blue).
+    # The caries is filled with its class colour (Okabe-Ito orange: red > blue) over the
+    # tooth's blue.
     red, _, blue = drawn[25, 20].astype(int)
-    assert red > blue + 40
+    tooth_red, _, tooth_blue = drawn[50, 30].astype(int)
+    assert red - blue > tooth_red - tooth_blue + 60 and tooth_blue > tooth_red + 30
     # No mask at the right edge: the image shows through unchanged.
     np.testing.assert_array_equal(drawn[60, 90], [60, 60, 60])
     no_summary = draw_instances(image, hand_built_instances(), metadata)
     assert no_summary.shape == image.shape
+
+
+def _contrast(rgb_a, rgb_b) -> float:
+    """WCAG contrast ratio of two RGB 0-255 colours."""
+    lighter, darker = sorted(
+        (relative_luminance(np.asarray(c) / 255.0) for c in (rgb_a, rgb_b)), reverse=True
+    )
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def test_tooth_outline_contrasts_with_white_enamel():
+    enamel = (245, 243, 238)
+    image = np.full((96, 160, 3), enamel, dtype=np.uint8)
+    instances = Instances((96, 160))
+    masks = torch.zeros((1, 96, 160), dtype=torch.bool)
+    masks[0, 20:76, 40:100] = True
+    instances.pred_masks = masks
+    instances.pred_boxes = Boxes(torch.tensor([[40.0, 20.0, 100.0, 76.0]]))
+    instances.pred_classes = torch.tensor([CLASSES.index("Tooth")])
+    instances.scores = torch.tensor([0.97])
+    overlay = draw_instances(image, instances, build_metadata(CLASSES))
+    # The outline across the mask's left edge: WCAG's 3:1 for graphics against the enamel.
+    across_edge = overlay[48, 36:45]
+    assert max(_contrast(pixel, enamel) for pixel in across_edge) >= 3.0, across_edge
+    # Inside, the fill tints the enamel and leaves it visible.
+    inside = overlay[60, 70].astype(int)
+    assert inside.mean() > 120 and abs(inside - enamel).max() > 20, inside
+
+
+def test_labels_keep_clear_of_each_other_and_of_the_image_edge():
+    height, width = 160, 200
+    visualizer = Visualizer(np.full((height, width, 3), 240, np.uint8))
+    # Four narrow teeth side by side, the last at the right edge, and a small lesion on it:
+    # each label is wider than its tooth.
+    boxes = [[72.0 + 32 * k, 50.0, 102.0 + 32 * k, 110.0] for k in range(4)] + [[188, 70, 198, 80]]
+    labels = [f"Tooth {k + 1} 9{k}%" for k in range(4)] + ["Cavity missed"]
+    colors = [np.array(TOOTH_COLOR) / 255] * 4 + [np.array(LESION_COLORS[1]) / 255]
+    output = draw_overlay(visualizer, boxes=np.array(boxes), labels=labels, colors=colors)
+    output.get_image()  # draws, which lays out the chips
+    renderer = output.canvas.get_renderer()
+    chips = {
+        text.get_text(): text.get_bbox_patch().get_window_extent(renderer)
+        for text in output.ax.texts
+    }
+    assert sorted(chips) == sorted(labels)
+    for label, chip in chips.items():
+        # inside the picture (figure pixels, y up), nothing cut off at an edge
+        assert chip.x0 >= -0.5 and chip.x1 <= width + 0.5, (label, chip)
+        assert chip.y0 >= -0.5 and chip.y1 <= height + 0.5, (label, chip)
+        for other_label, other in chips.items():
+            overlap_x = min(chip.x1, other.x1) - max(chip.x0, other.x0)
+            overlap_y = min(chip.y1, other.y1) - max(chip.y0, other.y0)
+            if other_label != label:
+                assert overlap_x <= 0.5 or overlap_y <= 0.5, (label, chip, other_label, other)
 
 
 def test_coco_annotations_round_trip_through_pycocotools(tmp_path):
@@ -164,6 +232,28 @@ def test_predict_images_writes_overlays_coco_and_findings(predictor, tmp_path):
     assert counted == len(coco.getAnnIds())
 
 
+def test_tool_says_at_what_score_nothing_was_found(weights, monkeypatch, tmp_path):
+    Image.fromarray(noise(48, 64)).save(tmp_path / "photo.jpg")
+    visualize = load_tool("visualize", monkeypatch)
+    # Every class a tooth: whatever the random model finds, no lesion is among it.
+    argv = [
+        "--config-file", CONFIG, "--input", str(tmp_path / "photo.jpg"), *TINY,
+        "MODEL.WEIGHTS", weights, "DENTAL.FINDINGS.TOOTH_CLASSES", str(CLASSES),
+    ]  # fmt: skip
+    summaries = {}
+    for threshold in ("0.0", "0.999"):
+        output = tmp_path / threshold
+        assert (
+            visualize.main([*argv, "--confidence-threshold", threshold, "--output", str(output)])
+            == 0
+        )
+        findings = json.loads((output / FINDINGS_FILE).read_text())
+        assert findings["score_threshold"] == float(threshold)
+        summaries[threshold] = findings["images"][0]["summary"]
+    assert summaries["0.0"].endswith(" teeth; no lesion found at score >= 0"), summaries
+    assert summaries["0.999"] == "no tooth or lesion found at score >= 0.999", summaries
+
+
 def test_render_saved_predictions_side_by_side(make_export, tmp_path):
     # conftest's tiny export: dataset ids 1 Caries and 2 Tooth, a tooth at x 4..40 in img0.
     root = make_export(splits=("test",))
@@ -185,9 +275,13 @@ def test_render_saved_predictions_side_by_side(make_export, tmp_path):
     left_right = cv2.imread(str(tmp_path / "out" / "img0.jpg"))[-48:, :, ::-1].astype(int)
     assert left_right.shape == (48, 64 + 4 + 64, 3)
     left, right = left_right[:, :64], left_right[:, 68:]
-    # The predicted tooth (ivory) is on the right panel only, the true one on the left only.
-    assert right[30, 52].min() > left[30, 52].min() + 20
-    assert left[30, 30].min() > right[30, 30].min() + 20
+
+    # The predicted tooth (blue) is on the right panel only, the true one on the left only.
+    def blueness(pixel):
+        return pixel[2] - pixel[0]
+
+    assert blueness(right[30, 52]) > blueness(left[30, 52]) + 20
+    assert blueness(left[30, 30]) > blueness(right[30, 30]) + 20
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{**results[0], "category_id": 3}]))
@@ -207,14 +301,14 @@ def run_tool(*args):
     )
 
 
-def test_tool_skips_a_corrupt_image_and_exits_1(tmp_path):
+def test_tool_skips_a_corrupt_image_and_exits_1(weights, tmp_path):
     folder = tmp_path / "in"
     write_image_kinds(folder)
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     out = tmp_path / "out"
     result = run_tool(
         "--config-file", CONFIG, "--input", str(folder), "--output", str(out),
-        "--confidence-threshold", "0.0", *TINY,
+        "--confidence-threshold", "0.0", *TINY, "MODEL.WEIGHTS", weights,
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -228,10 +322,10 @@ def test_tool_skips_a_corrupt_image_and_exits_1(tmp_path):
     assert len(coco.dataset["images"]) == 4
 
 
-def test_tool_reports_no_images_in_one_line(tmp_path):
+def test_tool_reports_no_images_in_one_line(weights, tmp_path):
     result = run_tool(
         "--config-file", CONFIG, "--input", str(tmp_path / "*.png"),
-        "--output", str(tmp_path / "out"), *TINY,
+        "--output", str(tmp_path / "out"), *TINY, "MODEL.WEIGHTS", weights,
     )  # fmt: skip
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]

@@ -63,7 +63,9 @@ def _run(args) -> int:
     _check(args)
     images, failures = collect_images(args.input)
     floor = args.confidence_threshold - args.band
-    predictor = Predictor(args.config_file, opts=args.opts, confidence_threshold=floor)
+    predictor = Predictor(
+        args.config_file, opts=args.opts, confidence_threshold=floor, require_weights="ranking"
+    )
     ranked, unread = rank_images(predictor, images, args.confidence_threshold, args.band)
     folder = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(folder, exist_ok=True)

@@ -79,7 +79,10 @@ def _run(args) -> int:
         folders = [p for p in args.input if os.path.isdir(p)]
         check_output_outside(args.output, folders, images)
         predictor = Predictor(
-            args.config_file, opts=args.opts, confidence_threshold=args.confidence_threshold
+            args.config_file,
+            opts=args.opts,
+            confidence_threshold=args.confidence_threshold,
+            require_weights="visualizing",
         )
         failures += predict_images(predictor, images, args.output)
     else:

@@ -53,16 +53,18 @@ def contiguous_id_map(categories: list[dict]) -> dict[int, int]:
     return {c["id"]: i for i, c in enumerate(sorted(categories, key=lambda c: c["id"]))}
 
 
-# Drawing colour of tooth classes: a neutral light grey-ivory, so lesions stand out.
-TOOTH_COLOR = (225, 220, 205)
-# Okabe-Ito colour-blind-safe palette (RGB), given to the other classes in class order.
+# Drawing colours from the Okabe-Ito colour-blind-safe palette (RGB). Teeth are blue: a cool
+# colour that stands out on white enamel and on pink gums, and leaves the warm ones to lesions.
+TOOTH_COLOR = (0, 114, 178)  # blue
+# Given to the other classes in class order: warm and strong first (caries, cavity, crack of
+# the dental data), none close to the teeth's blue; yellow, faint on enamel, comes last.
 LESION_COLORS = (
-    (230, 159, 0),  # orange
     (213, 94, 0),  # vermillion
-    (0, 114, 178),  # blue
-    (0, 158, 115),  # bluish green
+    (230, 159, 0),  # orange
     (204, 121, 167),  # reddish purple
-    (86, 180, 233),  # sky blue
+    (0, 158, 115),  # bluish green
+    (120, 60, 20),  # brown (not Okabe-Ito: a seventh colour far from the others)
+    (0, 0, 0),  # black
     (240, 228, 66),  # yellow
 )
 

@@ -4,6 +4,7 @@ import contextlib
 import logging
 import math
 import operator
+import time
 
 import numpy as np
 import torch
@@ -55,6 +56,7 @@ class EvalOnceHook(hooks.EvalHook):
     After an early stop, the iteration just evaluated in `after_step` becomes the last one and
     `after_train` would evaluate it again; this hook skips that second pass (its results are
     already in the storage). Subclasses compute in `_evaluate` instead of passing a function.
+    `last_seconds` is how long the last evaluation took (None before the first), for the ETA.
 
     Args:
         eval_period (int): run every `eval_period` iterations and after training.
@@ -65,6 +67,7 @@ class EvalOnceHook(hooks.EvalHook):
     def __init__(self, eval_period: int, eval_function=None):
         super().__init__(eval_period, eval_function or self._evaluate)
         self._last_eval_iter = None
+        self.last_seconds = None
 
     def _evaluate(self):
         raise NotImplementedError
@@ -73,7 +76,9 @@ class EvalOnceHook(hooks.EvalHook):
         if self._last_eval_iter == self.trainer.iter:
             return
         self._last_eval_iter = self.trainer.iter
+        start = time.perf_counter()
         super()._do_eval()
+        self.last_seconds = time.perf_counter() - start
 
 
 class ValidationLoss(EvalOnceHook):

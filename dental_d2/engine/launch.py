@@ -13,55 +13,82 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import DentalCheckpointer
+from ..checkpoint import DentalCheckpointer, loading_weights
 from ..config import build_config, check_output_dir
 from ..data import check_num_classes, register_from_config
 from ..errors import DentalError
-from ..model_config import check_weights_exist, fall_back_to_cpu, model_class_names
+from ..model_config import (
+    check_weights_exist,
+    check_weights_given,
+    fall_back_to_cpu,
+    model_class_names,
+)
 from .hooks import BestCheckpointer
+from .progress import log_training_summary, plain_log_files, tests_best_checkpoint
 from .trainer import DentalTrainer
 
 logger = logging.getLogger(__name__)
 
 
-@contextlib.contextmanager
-def _loading_weights(cfg):
-    """Turns a failed download of MODEL.WEIGHTS into one line that says what to do."""
-    try:
-        yield
-    except OSError as e:  # urllib's URLError and HTTPError are OSErrors
-        raise DentalError(
-            f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: cannot be loaded ({getattr(e, 'reason', e)}); "
-            "download it once where there is internet and pass its local path, or train from "
-            "scratch (MODEL.WEIGHTS '' with GroupNorm, as the demo config)"
-        ) from e
+def _decide_length(cfg, command_line: set[str]):
+    """Sets the length of training from SOLVER.MAX_EPOCHS or SOLVER.MAX_ITER and logs which.
 
+    What the command line sets wins over the config file: SOLVER.MAX_ITER given there beats
+    the file's SOLVER.MAX_EPOCHS. An epoch still sets an unset TEST.EVAL_PERIOD.
 
-def _apply_epochs(cfg, num_train_images: int):
-    """Turns SOLVER.MAX_EPOCHS into SOLVER.MAX_ITER and a per-epoch evaluation period."""
+    Args:
+        cfg (CfgNode): a mutable config with the data registered.
+        command_line (set[str]): the keys the command line overrides.
+    """
+    epochs, iterations = "SOLVER.MAX_EPOCHS", "SOLVER.MAX_ITER"
+
+    def origin(key):
+        return "command line" if key in command_line else "config"
+
+    if cfg.SOLVER.MAX_EPOCHS <= 0:
+        logger.info(
+            f"{iterations} {cfg.SOLVER.MAX_ITER} ({origin(iterations)}) decides the length of "
+            f"training ({epochs} is 0)"
+        )
+        return
+    num_train_images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
     images_per_iter = cfg.SOLVER.IMS_PER_BATCH * cfg.SOLVER.ACCUMULATION_STEPS
     iters_per_epoch = max(1, math.ceil(num_train_images / images_per_iter))
-    cfg.SOLVER.MAX_ITER = cfg.SOLVER.MAX_EPOCHS * iters_per_epoch
     if cfg.TEST.EVAL_PERIOD <= 0:
         cfg.TEST.EVAL_PERIOD = iters_per_epoch
+    if iterations in command_line:
+        decided = (
+            f"{iterations} {cfg.SOLVER.MAX_ITER} (command line) decides the length of training, "
+            f"not {epochs} {cfg.SOLVER.MAX_EPOCHS} (config)"
+        )
+    else:
+        cfg.SOLVER.MAX_ITER = cfg.SOLVER.MAX_EPOCHS * iters_per_epoch
+        decided = (
+            f"{epochs} {cfg.SOLVER.MAX_EPOCHS} ({origin(epochs)}) decides the length of "
+            f"training: {cfg.SOLVER.MAX_EPOCHS} epochs of {num_train_images} images at "
+            f"{images_per_iter} images per iteration"
+        )
     logger.info(
-        f"{cfg.SOLVER.MAX_EPOCHS} epochs of {num_train_images} images at {images_per_iter} "
-        f"images per iteration: SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}, "
-        f"TEST.EVAL_PERIOD {cfg.TEST.EVAL_PERIOD}"
+        f"{decided}: SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}, TEST.EVAL_PERIOD "
+        f"{cfg.TEST.EVAL_PERIOD} (one epoch: {iters_per_epoch} iterations)"
     )
 
 
-def prepare_dental_config(cfg, eval_only: bool = False):
+def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
     """Registers the data and fills the keys that follow from it, before the config is frozen.
 
     Falls back to MODEL.DEVICE cpu without a GPU, sets DENTAL.CLASS_NAMES (from the checkpoint
     for evaluation, from the data for training), checks MODEL.ROI_HEADS.NUM_CLASSES, and
-    derives SOLVER.MAX_ITER and TEST.EVAL_PERIOD from SOLVER.MAX_EPOCHS.
+    derives SOLVER.MAX_ITER and TEST.EVAL_PERIOD from SOLVER.MAX_EPOCHS unless the command line
+    sets SOLVER.MAX_ITER.
 
     Args:
         cfg (CfgNode): a mutable config with the dental keys.
         eval_only (bool): the model is evaluated, not trained.
+        command_line (Sequence[str]): the command line's KEY VALUE overrides (args.opts).
     """
+    if eval_only:
+        check_weights_given(cfg, "evaluating (--eval-only)")
     fall_back_to_cpu(cfg, "training and evaluating")
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         raise DentalError("SOLVER.AMP.ENABLED needs a CUDA GPU: set SOLVER.AMP.ENABLED False")
@@ -75,9 +102,7 @@ def prepare_dental_config(cfg, eval_only: bool = False):
         return
     check_num_classes(cfg, data_classes)
     cfg.DENTAL.CLASS_NAMES = data_classes
-    if cfg.SOLVER.MAX_EPOCHS > 0:
-        num_train_images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
-        _apply_epochs(cfg, num_train_images)
+    _decide_length(cfg, set(command_line[0::2]))
 
 
 def setup(args):
@@ -88,17 +113,27 @@ def setup(args):
     setup_logger(
         cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dental_d2", abbrev_name="dental"
     )
-    prepare_dental_config(cfg, eval_only=args.eval_only)
+    prepare_dental_config(cfg, eval_only=args.eval_only, command_line=args.opts)
     cfg.freeze()
+    plain_log_files(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     return cfg
 
 
 def _load_weights(cfg, model, path: str, resume: bool = False):
-    with _loading_weights(cfg):
+    with loading_weights(cfg.MODEL.WEIGHTS):
         DentalCheckpointer(
             model, save_dir=cfg.OUTPUT_DIR, allow_pickle=cfg.DENTAL.ALLOW_PICKLE
         ).resume_or_load(path, resume=resume)
+
+
+def _scoring(cfg, weights: str):
+    """`cfg` with MODEL.WEIGHTS naming the file of the weights scored, for the reports."""
+    scored = cfg.clone()
+    scored.defrost()
+    scored.MODEL.WEIGHTS = weights
+    scored.freeze()
+    return scored
 
 
 def score_chosen_model(cfg, trainer):
@@ -109,30 +144,32 @@ def score_chosen_model(cfg, trainer):
     the chosen model's results go to `eval/<dataset>/` and are returned.
     """
     best_path = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
+    # The weights in memory are those PeriodicCheckpointer saved when training ended.
+    final = _scoring(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     # The best checkpointer runs in the main process only.
     best = [hook for hook in trainer._hooks if isinstance(hook, BestCheckpointer)]
     best_iter = comm.all_gather(best[0].best_iter if best else None)[0]
     # After a normal end trainer.iter is max_iter; after an early stop, the last iteration run.
     final_iter = min(trainer.iter, trainer.max_iter - 1)
     # The evaluation after the last iteration is stored at max_iter: the final weights.
-    if best_iter is None or best_iter >= final_iter:
+    if not tests_best_checkpoint(best_iter, final_iter):
         logger.info(f"Evaluating the final model on {', '.join(cfg.DATASETS.TEST)}")
-        return DentalTrainer.test(cfg, trainer.model)
+        return DentalTrainer.test(final, trainer.model)
     final_dir = os.path.join(cfg.OUTPUT_DIR, "eval", "final")
     final_evaluators = [
-        DentalTrainer.build_evaluator(cfg, name, os.path.join(final_dir, name))
+        DentalTrainer.build_evaluator(final, name, os.path.join(final_dir, name))
         for name in cfg.DATASETS.TEST
     ]
-    logger.info(f"Evaluating the final model (iteration {final_iter + 1}) into eval/final/")
-    DentalTrainer.test(cfg, trainer.model, final_evaluators)
+    logger.info(f"Evaluating the final model (iteration {final_iter}) into eval/final/")
+    DentalTrainer.test(final, trainer.model, final_evaluators)
     logger.info(
-        f"Evaluating model_best.pth (iteration {best_iter + 1}, chosen by "
+        f"Evaluating model_best.pth (iteration {best_iter}, chosen by "
         f"{cfg.SOLVER.EARLY_STOPPING.METRIC}) on {', '.join(cfg.DATASETS.TEST)}: these are the "
         "reported test results"
     )
     model = DentalTrainer.build_model(cfg)
     _load_weights(cfg, model, best_path)
-    return DentalTrainer.test(cfg, model)
+    return DentalTrainer.test(_scoring(cfg, best_path), model)
 
 
 def main(args):
@@ -149,7 +186,7 @@ def main(args):
         return results
 
     trainer = DentalTrainer(cfg)
-    with _loading_weights(cfg):
+    with loading_weights(cfg.MODEL.WEIGHTS):
         trainer.resume_or_load(resume=args.resume)
     try:
         trainer.train()
@@ -160,11 +197,12 @@ def main(args):
             "start from pretrained MODEL.WEIGHTS (from random init, use GroupNorm as "
             "configs/quick_schedules/dental_demo_cpu.yaml does)"
         ) from e
+    results = score_chosen_model(cfg, trainer) if cfg.DATASETS.TEST else None
     if comm.is_main_process():
-        logger.info(f"Checkpoints are in {cfg.OUTPUT_DIR} (model_final.pth, model_best.pth)")
-    if not cfg.DATASETS.TEST:
-        return None
-    return score_chosen_model(cfg, trainer)
+        best = [hook for hook in trainer._hooks if isinstance(hook, BestCheckpointer)]
+        final_iter = min(trainer.iter, trainer.max_iter - 1)
+        log_training_summary(cfg, best[0] if best else None, final_iter, results)
+    return results
 
 
 def argument_parser():

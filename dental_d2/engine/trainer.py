@@ -20,6 +20,7 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, Trainer
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -37,6 +38,7 @@ from .hooks import (
     VisualizePredictions,
 )
 from .lr_scheduler import WarmupPlateauLR
+from .progress import EtaWithEvaluations
 from .signals import Interrupted, StopOnSignal
 
 logger = logging.getLogger(__name__)
@@ -293,9 +295,10 @@ class DentalTrainer(DefaultTrainer):
             logger.info(f"Training ended early at iteration {stop.args[0]}; see the log above.")
             return None
         except Interrupted as stop:
+            # detectron2 counts iterations from 0 and names the checkpoint after that count.
             raise TrainingInterrupted(
                 f"training stopped by {signal_name(stop.signal_number)} after iteration "
-                f"{self.iter + 1}; {stop.checkpoint} is saved; continue with the same command "
+                f"{self.iter}; {stop.checkpoint} is saved; continue with the same command "
                 "and --resume",
                 stop.signal_number,
             ) from None
@@ -307,7 +310,9 @@ class DentalTrainer(DefaultTrainer):
         cfg = self.cfg
         is_main = comm.is_main_process()
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
-        ret += self._evaluation_hooks()
+        # Kept for the ETA of build_writers, which counts the evaluations still to come.
+        self._timed_evaluations = self._evaluation_hooks()
+        ret += self._timed_evaluations
         ret += self._metric_hooks()
         if is_main:
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
@@ -315,6 +320,21 @@ class DentalTrainer(DefaultTrainer):
         # Last: it saves the state every other hook has reached at the interrupted iteration.
         ret.append(StopOnSignal(self.checkpointer if is_main else None))
         return ret
+
+    def build_writers(self):
+        """detectron2's default writers, the console's ETA counting the evaluations to come."""
+        writers = super().build_writers()
+        logger.info(
+            "The ETA in the log lines counts the training iterations and the evaluations still "
+            "to come, each as long as the last one (before the first: '+ N evaluations'); not "
+            "the test-split evaluation after training."
+        )
+        return [
+            EtaWithEvaluations(self.max_iter, self._timed_evaluations, self.cfg.TEST.EVAL_PERIOD)
+            if type(writer) is CommonMetricPrinter
+            else writer
+            for writer in writers
+        ]
 
     def _evaluation_hooks(self):
         """Validation loss, COCO evaluation of the validation split, TensorBoard pictures."""

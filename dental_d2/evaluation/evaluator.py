@@ -1,5 +1,6 @@
 """DentalEvaluator: detectron2's COCO AP plus per-class P/R/F1, plots and an HTML report."""
 
+import contextlib
 import itertools
 import logging
 import os
@@ -9,10 +10,13 @@ from collections import OrderedDict
 
 import detectron2.utils.comm as comm
 from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
+from detectron2.utils.events import get_event_storage
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ..checkpoint import checkpoint_iteration
 from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from .matching import match_predictions
 from .metrics import coco_summary, compute_detection_metrics, per_class_ap, run_coco_eval
@@ -69,6 +73,35 @@ def evaluate_task(
     return TaskEvaluation(metrics, coco_ap, per_class_ap(coco_eval, category_ids))
 
 
+def describe_evaluation(cfg, dataset_name: str) -> dict[str, str]:
+    """What an evaluation scores, for its report: the model, the config and the data.
+
+    During training the model is the one being trained (at the storage's iteration); otherwise
+    it is `MODEL.WEIGHTS`, with the iteration stored in it.
+
+    Args:
+        cfg (CfgNode): the config of the evaluation.
+        dataset_name (str): the registered dataset evaluated.
+    """
+    try:
+        # After the last iteration (the evaluation that ends training) the storage counts one
+        # more than the iterations run.
+        iteration = min(get_event_storage().iter, cfg.SOLVER.MAX_ITER - 1)
+        model = f"the model being trained in {cfg.OUTPUT_DIR}, after iteration {iteration}"
+    except AssertionError:  # detectron2's way of saying that no training storage is open
+        weights = cfg.MODEL.WEIGHTS or "random weights (MODEL.WEIGHTS is empty)"
+        iteration = checkpoint_iteration(cfg.MODEL.WEIGHTS)
+        model = weights if iteration is None else f"{weights} (iteration {iteration})"
+    saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+    metadata = MetadataCatalog.get(dataset_name)
+    split = metadata.get("roboflow_json") or metadata.get("json_file") or "registered in code"
+    return {
+        "Model": model,
+        "Config": saved if os.path.isfile(saved) else "not saved",
+        "Data": f"{dataset_name} ({split})",
+    }
+
+
 class DentalEvaluator(COCOEvaluator):
     """detectron2's COCOEvaluator plus per-class TP/FP/FN, precision, recall and F1.
 
@@ -94,6 +127,8 @@ class DentalEvaluator(COCOEvaluator):
         distributed (bool): gather predictions from all processes and evaluate in the main.
         draw_images (bool): draw the best and worst images in the report.
         num_report_images (int): best and worst images drawn, each.
+        provenance (dict[str, str] or None): what is scored (model, config, data), for the
+            report; see `describe_evaluation`.
     """
 
     @configurable
@@ -107,6 +142,7 @@ class DentalEvaluator(COCOEvaluator):
         distributed: bool = True,
         draw_images: bool = True,
         num_report_images: int = 4,
+        provenance: dict[str, str] | None = None,
     ):
         # Not cached: the cleaned dataset may change between runs with the same output_dir.
         super().__init__(
@@ -121,6 +157,7 @@ class DentalEvaluator(COCOEvaluator):
         self._iou_threshold = iou_threshold
         self._draw_images = draw_images
         self._num_report_images = num_report_images
+        self._provenance = dict(provenance or {})
         id_map = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
         num_classes = len(self._metadata.thing_classes)
         # Report order is the model's class order.
@@ -146,6 +183,7 @@ class DentalEvaluator(COCOEvaluator):
             "tasks": ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
             "score_threshold": cfg.DENTAL.EVAL.SCORE_THRESHOLD,
             "iou_threshold": cfg.DENTAL.EVAL.IOU_THRESHOLD,
+            "provenance": describe_evaluation(cfg, dataset_name),
         }
 
     def reset(self):
@@ -167,6 +205,7 @@ class DentalEvaluator(COCOEvaluator):
         self._output_dir = tempfile.mkdtemp(prefix=".coco-", dir=final_dir)
         try:
             results = super().evaluate(img_ids)
+            self._remove_conversion_lock(final_dir)
             for name in os.listdir(self._output_dir):
                 os.replace(os.path.join(self._output_dir, name), os.path.join(final_dir, name))
             if results:
@@ -175,6 +214,14 @@ class DentalEvaluator(COCOEvaluator):
         finally:
             shutil.rmtree(self._output_dir, ignore_errors=True)
             self._output_dir = final_dir
+
+    def _remove_conversion_lock(self, output_dir: str):
+        # detectron2's convert_to_coco_json holds an iopath file lock, `<json>.lock`, while it
+        # writes `<dataset>_coco_format.json` in __init__, and leaves the lock file behind. Every
+        # process built its evaluator before the gathering in evaluate(), so none holds it now.
+        lock = os.path.join(output_dir, f"{self._dataset_name}_coco_format.json.lock")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
 
     def _eval_predictions(self, predictions, img_ids=None):
         # Runs in the main process only, on the gathered predictions. COCOEvaluator maps their
@@ -215,4 +262,5 @@ class DentalEvaluator(COCOEvaluator):
             draw_images=self._draw_images,
             thing_colors=self._metadata.get("thing_colors", None),
             num_images=self._num_report_images,
+            provenance=self._provenance,
         )

@@ -228,5 +228,9 @@ def evaluate_files(
         draw_images=image_root is not None,
         thing_colors=thing_colors([coco_gt.cats[c]["name"] for c in sorted(coco_gt.cats)]),
         num_images=num_report_images,
+        provenance={
+            "Predictions": os.path.abspath(results_path),
+            "Ground truth": os.path.abspath(gt_path),
+        },
     )
     return metrics_dict(evaluations)

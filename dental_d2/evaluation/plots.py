@@ -74,7 +74,8 @@ def plot_pr_curves(metrics: DetectionMetrics) -> bytes:
     axes.set_ylabel("precision")
     axes.set_title(f"{metrics.iou_type}: precision-recall, IoU >= {metrics.iou_threshold:g}")
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower left", fontsize="small")
+    # Below the axes, where it covers no curve (bbox_inches="tight" keeps it in the PNG).
+    axes.legend(loc="upper left", bbox_to_anchor=(0.0, -0.12), fontsize="small", frameon=False)
     return _png_bytes(figure)
 
 

@@ -1,5 +1,6 @@
 """Evaluation outputs: metrics.json, a per-class table, PNG plots, one self-contained HTML page."""
 
+import datetime
 import html
 import logging
 import math
@@ -147,6 +148,8 @@ tr.total td { font-weight: bold; background: #f4f4f4; }
 .pair { display: inline-block; margin: 0 1em 1.5em 0; }
 .pair img { max-width: 380px; margin-right: 4px; }
 .note { color: #555; max-width: 60em; }
+table.provenance th { text-align: left; background: #f4f4f4; }
+table.provenance td { text-align: left; }
 """
 
 
@@ -155,8 +158,9 @@ def _task_section(task: str, evaluation: TaskEvaluation, pngs: dict[str, bytes])
     header = "".join(
         f"<th>{h}</th>"
         for h in ("class", "ground truth", "found (TP)", "false alarms (FP)", "missed (FN)")
-        + ("precision", "recall", "F1", "AP", "AP50", "best-F1 score threshold")
+        + ("precision", "recall", "F1", "AP", "AP50")
     )
+    header += f'<th title="{html.escape(BEST_F1_EXPLAINED)}">best-F1 score threshold *</th>'
     rows = []
     for name, v in evaluation.per_class().items():
         cells = [name, v["num_gt"], v["tp"], v["fp"], v["fn"]]
@@ -197,10 +201,44 @@ def _write_plots(
     return pngs
 
 
+# What the best-F1 score threshold column means, for a reader who is not a statistician.
+BEST_F1_EXPLAINED = (
+    "The best-F1 score threshold of a class is the confidence cut-off that would have balanced "
+    "its false alarms and misses best on these images: keeping only the predictions scoring at "
+    "least this gives the highest F1. A lower cut-off finds more but raises more false alarms; "
+    "a higher one the reverse. It is fitted to these images, so on new photos expect it to do "
+    "a little worse."
+)
+
+
+def _provenance_table(provenance: dict[str, str], evaluations: dict[str, TaskEvaluation]) -> str:
+    """What was scored: model, config, data, date (given) and the thresholds (of the metrics)."""
+    rows = dict(provenance)
+    first = next(iter(evaluations.values())).metrics if evaluations else None
+    if first is not None:
+        rows["Thresholds"] = (
+            f"a prediction counts at score >= {first.score_threshold:g}; it matches a "
+            f"ground-truth finding at IoU >= {first.iou_threshold:g}"
+        )
+    return (
+        '<table class="provenance">'
+        + "".join(
+            f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows.items()
+        )
+        + "</table>"
+    )
+
+
 def _page(
-    title: str, coco_gt: COCO, evaluations: dict[str, TaskEvaluation], sections: list[str]
+    title: str,
+    coco_gt: COCO,
+    evaluations: dict[str, TaskEvaluation],
+    sections: list[str],
+    provenance: dict[str, str],
 ) -> str:
-    """The whole report.html: a heading, what was counted and how, then the sections."""
+    """The whole report.html: a heading, what was scored, what was counted and how, then the
+    sections."""
     # Every task matched the same ground truth and predictions: count them from the first.
     first = next(iter(evaluations.values())).metrics if evaluations else None
     num_predictions = sum(len(i.predictions) for i in first.images) if first else 0
@@ -209,14 +247,15 @@ def _page(
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}</style></head><body>
 <h1>Evaluation: {html.escape(title)}</h1>
+{_provenance_table(provenance, evaluations)}
 <p>{len(coco_gt.getImgIds())} images, {num_gt} ground-truth findings, {num_predictions}
 predictions (all scores).</p>
 <p class="note">A prediction is <b>found (TP)</b> when it overlaps a not-yet-claimed ground-truth
 finding of the same class enough (IoU at or above the threshold); predictions are taken from the
 most to the least confident. Other predictions are <b>false alarms (FP)</b>; ground truth nothing
 claimed is <b>missed (FN)</b>. Precision: share of predictions that are right. Recall: share of
-findings found. F1 balances the two. The best-F1 score threshold is the confidence cut-off that
-would have given the highest F1 on this data.</p>
+findings found. F1 balances the two.</p>
+<p class="note">* {html.escape(BEST_F1_EXPLAINED)}</p>
 {"".join(sections)}
 </body></html>
 """
@@ -231,8 +270,12 @@ def write_outputs(
     draw_images: bool = True,
     thing_colors=None,
     num_images: int = 4,
+    provenance: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Writes metrics.json, `<task>_pr_curves.png`, `<task>_confusion_matrix.png`, report.html.
+
+    The report opens with what it scored: the `provenance` rows (model, config, data...), the
+    date and the thresholds.
 
     Args:
         output_dir (str): the folder, created if missing.
@@ -243,6 +286,8 @@ def write_outputs(
         draw_images (bool): whether the report shows the best and worst images.
         thing_colors (list or None): RGB 0-255 per class, else a palette.
         num_images (int): best and worst images shown, each.
+        provenance (dict[str, str] or None): label -> what, e.g. {"Model": "model_final.pth
+            (iteration 2999)", "Config": ..., "Data": ...}; the date is added.
 
     Returns:
         dict[str, str]: output name -> path written.
@@ -264,7 +309,11 @@ def write_outputs(
             images_section(coco_gt, main.metrics, image_root, thing_colors, num_images, heading)
         )
 
-    page = _page(title, coco_gt, evaluations, sections)
+    provenance = {
+        **(provenance or {}),
+        "Date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    page = _page(title, coco_gt, evaluations, sections, provenance)
     written["report"] = os.path.join(output_dir, "report.html")
     with atomic_write(written["report"], "w") as f:
         f.write(page)

@@ -13,6 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from ..data.image_io import read_image
+from ..drawing import draw_overlay
 from ..errors import DentalError
 from .metrics import DetectionMetrics
 from .plots import plain_text
@@ -66,11 +67,12 @@ def _draw(image: np.ndarray, instances: list[tuple], coco_gt: COCO, iou_type: st
     boxes = np.asarray([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
     masks = [coco_gt.annToRLE(a) for a in annotations] if iou_type == "segm" else None
-    return visualizer.overlay_instances(
+    return draw_overlay(
+        visualizer,
         boxes=boxes,
-        labels=[plain_text(label) for label in labels],
         masks=masks,
-        assigned_colors=list(colors),
+        labels=[plain_text(label) for label in labels],
+        colors=list(colors),
     ).get_image()
 
 

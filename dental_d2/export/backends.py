@@ -16,7 +16,7 @@ from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
-from ..checkpoint import DentalCheckpointer
+from ..checkpoint import DentalCheckpointer, loading_weights
 from ..errors import DentalError
 from .exporter import METADATA_FILE, OUTPUT_NAMES
 
@@ -81,7 +81,9 @@ class TorchBackend:
     def __init__(self, cfg):
         self.model = build_model(cfg)
         self.model.eval()
-        DentalCheckpointer(self.model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE).load(cfg.MODEL.WEIGHTS)
+        with loading_weights(cfg.MODEL.WEIGHTS):
+            checkpointer = DentalCheckpointer(self.model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE)
+            checkpointer.load(cfg.MODEL.WEIGHTS)
 
     def __call__(self, inputs: list[dict]) -> list[Instances]:
         with torch.no_grad():

@@ -18,6 +18,7 @@ import uvicorn
 
 from ..config import DEFAULT_SCORE_THRESHOLD, build_config
 from ..errors import DentalError
+from ..model_config import check_weights_given
 from ..predictor import Predictor
 from .app import create_app
 from .service import PredictionService
@@ -82,6 +83,7 @@ def build_service(settings: ServeSettings) -> PredictionService:
         opts=list(settings.opts),
         confidence_threshold=settings.min_score,
         device=settings.device,
+        require_weights="serving",
     )
     return PredictionService(
         predictor,
@@ -128,7 +130,9 @@ def run(settings: ServeSettings):
         uvicorn.run(create_app(build_service(settings)), **options)
         return
     # Fail here, in one line, on what would make every worker fail.
-    weights = build_config(settings.config_file, settings.opts).MODEL.WEIGHTS
+    cfg = build_config(settings.config_file, settings.opts)
+    check_weights_given(cfg, "serving")
+    weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise DentalError(f"{weights}: weights file not found; pass an existing MODEL.WEIGHTS")
     os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))

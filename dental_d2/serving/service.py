@@ -235,7 +235,7 @@ class PredictionService:
             "min_score": self.min_score,
             "instances": annotations,
             "counts": counts,
-            "findings": findings_to_dict(self.predictor.findings(instances)),
+            "findings": findings_to_dict(self.predictor.findings(instances), threshold),
         }
 
     def overlay_png(self, stored: StoredPrediction, threshold: float, image=None) -> bytes:
@@ -248,7 +248,7 @@ class PredictionService:
         """
         if image is None:
             image = self.decode(stored.data, stored.file_name)
-        overlay_rgb = self.predictor.draw(image, self.instances(stored, threshold))
+        overlay_rgb = self.predictor.draw(image, self.instances(stored, threshold), threshold)
         ok, encoded = cv2.imencode(".png", np.ascontiguousarray(overlay_rgb[:, :, ::-1]))
         if not ok:
             raise DentalError(f"{stored.file_name}: the overlay could not be encoded as PNG")
