@@ -101,7 +101,9 @@ def spawned(export, tmp_path_factory):
     output = tmp_path_factory.mktemp("spawned")
 
     def launch(*opts):
-        return _run([sys.executable, *_train_net("--num-gpus", "2", *opts)])
+        # A free port: detectron2's default --dist-url is one fixed port per user, which
+        # another run on this machine may hold.
+        return _run([sys.executable, *_train_net("--num-gpus", "2", "--dist-url", "auto", *opts)])
 
     return _train_and_resume(launch, export, output)
 
