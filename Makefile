@@ -12,7 +12,7 @@ SKIP_DETECTRON2 ?= 0
 DEMO_DATA := datasets/synthetic_dental
 DEMO_OUTPUT := output/demo
 
-.PHONY: install browser test test-fast lint format demo clean
+.PHONY: install browser test test-fast test-gpu lint format demo clean
 
 install: $(VENV)/.installed
 
@@ -58,6 +58,11 @@ test: install browser
 # The fast tier: everything but the end-to-end runs marked `slow`, in about a minute.
 test-fast: install
 	$(PY) -m pytest tests -m "not slow"
+
+# The GPU tier: tests marked `cuda` (AMP with accumulation, GradScaler resume, ONNX, Predictor,
+# the service and the benchmark on CUDA). Skipped, with the reason, on a machine without CUDA.
+test-gpu: install
+	$(PY) -m pytest tests -m cuda
 
 lint: install
 	$(VENV)/bin/ruff check .

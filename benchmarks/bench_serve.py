@@ -8,9 +8,11 @@ Start a server, then point this at it (127.0.0.1 only: it is a load generator)::
 
 Prints requests/s, p50/p95/p99 latency of the answered requests, the refusals (503 with
 Retry-After, which clients honour here) and errors, and the server's peak RSS from /health.
+A server started with a token is sent $DENTAL_D2_TOKEN as `Authorization: Bearer`.
 """
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -23,6 +25,11 @@ import numpy as np
 # A client that got 503 waits at most this long before it tries again, whatever Retry-After says,
 # so the queue is kept full for the whole run.
 MAX_BACKOFF_S = 1.0
+
+
+def _auth_headers() -> dict:
+    token = os.environ.get("DENTAL_D2_TOKEN", "").strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def parse_args(argv=None):
@@ -69,7 +76,7 @@ class Results:
 def client(args, data: bytes, deadline: float, results: Results):
     """Sends the image again and again until the deadline; honours Retry-After (capped)."""
     params = {"overlay": "true"} if args.overlay else {}
-    with httpx.Client(base_url=args.url, timeout=120) as http:
+    with httpx.Client(base_url=args.url, timeout=120, headers=_auth_headers()) as http:
         while time.monotonic() < deadline and results.take_ticket(args.max_requests):
             start = time.perf_counter()
             try:
@@ -87,8 +94,18 @@ def main(argv=None) -> int:
     with open(args.image, "rb") as f:
         data = f.read()
     try:
-        model = httpx.get(f"{args.url}/model", timeout=10).json()
-        httpx.post(f"{args.url}/predict", files={"file": ("warmup.jpg", data)}, timeout=120)
+        headers = _auth_headers()
+        model = httpx.get(f"{args.url}/model", timeout=10, headers=headers)
+        if model.status_code == 401:
+            print("error: the server needs its token: set DENTAL_D2_TOKEN", file=sys.stderr)
+            return 1
+        model = model.json()
+        httpx.post(
+            f"{args.url}/predict",
+            files={"file": ("warmup.jpg", data)},
+            timeout=120,
+            headers=headers,
+        )
     except httpx.HTTPError as e:
         print(f"error: no server at {args.url} ({e}); start tools/serve.py first", file=sys.stderr)
         return 1

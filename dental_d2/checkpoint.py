@@ -8,10 +8,12 @@ plain containers only) and a pickle is loaded only from detectron2's model zoo
 """
 
 import contextlib
+import errno
 import logging
 import os
 import pickle
 import re
+import shutil
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -178,13 +180,66 @@ def check_finite(state_dict: dict, name: str):
             raise FloatingPointError(f"{key} is not finite; {name}.pth was not saved")
 
 
+class CheckpointDiskFull(DentalError):
+    """A checkpoint could not be saved for lack of space; the files on disk are as they were."""
+
+
+class _ByteCounter:
+    """A write-only file that only counts what is written to it (the size of a torch.save)."""
+
+    def __init__(self):
+        self.size = 0
+
+    def write(self, data) -> int:
+        written = len(memoryview(data))
+        self.size += written
+        return written
+
+    def flush(self):
+        pass
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MB"
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+    # torch.save turns the file's OSError into a RuntimeError ("unexpected pos ..."), raised
+    # while handling it: ENOSPC is found down the chain.
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_error(path: str, data: dict) -> CheckpointDiskFull:
+    """The one line for a checkpoint that did not fit: how much it needs, how much is free.
+
+    Args:
+        path (str): the checkpoint that was being saved.
+        data (dict): what it holds; serialised once more to count its bytes, into nothing.
+    """
+    counter = _ByteCounter()
+    torch.save(data, counter)
+    folder = os.path.dirname(os.path.abspath(path))
+    free = shutil.disk_usage(folder).free
+    return CheckpointDiskFull(
+        f"{path}: no space left on the device for this checkpoint ({_megabytes(counter.size)} "
+        f"needed, {_megabytes(free)} free in {folder}); the previous checkpoint and "
+        f"{LAST_CHECKPOINT} are unchanged; free space there or move OUTPUT_DIR to a larger "
+        "disk, then continue with the same command and --resume"
+    )
+
+
 class DentalCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that loads no code, writes atomically and resumes past torn files.
 
     - A `.pth` is read with `weights_only=True`; a pickle (`.pkl`, or a `.pth` needing more than
       tensors) only from a `detectron2://` URL or with `allow_pickle`.
     - `save` writes to a temporary file in `save_dir`, fsyncs and renames it; weights with NaN
-      or Inf are refused. Only periodic and final checkpoints move `last_checkpoint`.
+      or Inf are refused. Only periodic and final checkpoints move `last_checkpoint`. A full
+      disk (ENOSPC) removes the temporary file and raises `CheckpointDiskFull`.
     - `resume_or_load(resume=True)` falls back from a checkpoint that does not load to the
       newest one that does.
 
@@ -228,10 +283,16 @@ class DentalCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        with atomic_write(path, "wb") as f:
-            torch.save(data, f)
-        if _RESUMABLE.fullmatch(basename):
-            self.tag_last_checkpoint(basename)
+        try:
+            # atomic_write removes its temporary file when the write fails.
+            with atomic_write(path, "wb") as f:
+                torch.save(data, f)
+            if _RESUMABLE.fullmatch(basename):
+                self.tag_last_checkpoint(basename)
+        except (OSError, RuntimeError) as e:
+            if not _is_disk_full(e):
+                raise
+            raise disk_full_error(path, data) from e
 
     def remove_stale_temporaries(self):
         """Deletes what saves killed part-way left (temporary files, never a checkpoint)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dental_d2 import cli
@@ -18,6 +19,31 @@ CALCULUS_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "calculus-segment-v10
 # Real intraoral photos with the project's four classes, as a Roboflow-style COCO export.
 DENTALAI_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "dentalai"
 ANNOTATION_FILE = "_annotations.coco.json"
+# Set on a GPU machine (benchmarks/gpu_check.sh does): `cuda` tests must run, never skip.
+REQUIRE_CUDA_ENV = "DENTAL_D2_REQUIRE_CUDA"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skips the `cuda` tests, saying why, where CUDA is not available; where it is, they run.
+
+    With DENTAL_D2_REQUIRE_CUDA=1 a missing CUDA stops the run instead: on a machine lent for
+    the GPU tier, a skip would hide that torch was installed without CUDA.
+    """
+    cuda_tests = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_tests or torch.cuda.is_available():
+        return
+    if os.environ.get(REQUIRE_CUDA_ENV) == "1":
+        raise pytest.UsageError(
+            f"{REQUIRE_CUDA_ENV}=1 but torch.cuda.is_available() is False (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda}): check nvidia-smi, "
+            "CUDA_VISIBLE_DEVICES and that torch is a CUDA build"
+        )
+    skip = pytest.mark.skip(
+        reason="needs a CUDA GPU (torch.cuda.is_available() is False); `make test-gpu` runs "
+        "this tier on a GPU machine"
+    )
+    for item in cuda_tests:
+        item.add_marker(skip)
 
 
 def tiny_coco(num_images: int = 3, height: int = 48, width: int = 64) -> dict:

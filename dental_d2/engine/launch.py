@@ -23,6 +23,7 @@ from ..model_config import (
     fall_back_to_cpu,
     model_class_names,
 )
+from .distributed import ClusterProcess, cluster_process, join_process_group, leave_process_group
 from .hooks import BestCheckpointer
 from .progress import log_training_summary, plain_log_files, tests_best_checkpoint
 from .trainer import DentalTrainer
@@ -113,11 +114,25 @@ def setup(args):
     setup_logger(
         cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dental_d2", abbrev_name="dental"
     )
+    logger.info(_launch_description(args))
     prepare_dental_config(cfg, eval_only=args.eval_only, command_line=args.opts)
     cfg.freeze()
     plain_log_files(cfg.OUTPUT_DIR)
+    # It logs "Rank of current process: R. World size: N".
     default_setup(cfg, args)
     return cfg
+
+
+def _launch_description(args) -> str:
+    process = cluster_process()
+    if process is not None:
+        return process.describe()
+    if comm.get_world_size() > 1:
+        return (
+            f"Started by tools/train_net.py: {args.num_gpus} processes per machine on "
+            f"{args.num_machines} machine(s), spawned by detectron2's launch"
+        )
+    return "Started by tools/train_net.py: one process"
 
 
 def _load_weights(cfg, model, path: str, resume: bool = False):
@@ -240,16 +255,44 @@ def _forwarding_signals_to_workers():
             signal.signal(signal_number, handler)
 
 
+def _run_in_cluster_process(args, process: ClusterProcess):
+    """`main` in one process of a launcher's group; the launcher started the others."""
+    if args.num_gpus > 1 or args.num_machines > 1:
+        raise DentalError(
+            f"{process.launcher} started {process.world_size} processes already; --num-gpus and "
+            "--num-machines would spawn more from each: drop them (one process per GPU comes "
+            "from --nproc_per_node, --nnodes, or srun's --ntasks-per-node)"
+        )
+    join_process_group(process)
+    try:
+        main(args)
+    except DentalError as e:
+        # Every process stops for the same reason; the main one says it, the others exit with
+        # the same status so that the launcher reports the failure.
+        if comm.is_main_process():
+            raise
+        raise SystemExit(getattr(e, "exit_code", 1)) from e
+    finally:
+        leave_process_group()
+
+
 def launch_from_args(args):
-    """Runs `main` on `args.num_gpus` processes per machine, as detectron2's `launch`.
+    """Runs `main` on `args.num_gpus` processes per machine, as detectron2's `launch`; or, in
+    a process that torchrun or srun started, in the launcher's group (see `cluster_process`).
 
     Raises:
-        DentalError: a problem with the config or the data (single process).
-        TrainingInterrupted: SIGTERM or SIGINT stopped training after a checkpoint (single
-            process).
+        DentalError: a problem with the config or the data (single process, or the main
+            process of a launcher's group).
+        TrainingInterrupted: SIGTERM or SIGINT stopped training after a checkpoint (as
+            DentalError).
         ProcessExitedException: a spawned process exited non-zero (128 + signal number after
             such a stop).
+        SystemExit: in the other processes of a launcher's group, with the main one's status.
     """
+    process = cluster_process()
+    if process is not None:
+        _run_in_cluster_process(args, process)
+        return
     spawns = args.num_gpus > 1 or args.num_machines > 1
     with _forwarding_signals_to_workers() if spawns else contextlib.nullcontext():
         launch(

@@ -162,6 +162,11 @@ def model_for_dataset(model, model_classes, dataset_name):
     )
 
 
+class _UserErrorInHook(BaseException):
+    """Carries a DentalError from a hook (a full disk during a save, say) out of detectron2's
+    training loop, which logs a traceback for every Exception, to `DentalTrainer.train`."""
+
+
 class DentalTrainer(DefaultTrainer):
     """DefaultTrainer with the dental data pipeline, evaluation on the validation split,
     validation loss, early stopping, plateau LR, the best checkpoint and TensorBoard images.
@@ -288,9 +293,12 @@ class DentalTrainer(DefaultTrainer):
 
         Raises:
             TrainingInterrupted: SIGTERM or SIGINT stopped training after saving a checkpoint.
+            DentalError: a hook met a problem the user can fix (e.g. CheckpointDiskFull).
         """
         try:
             return super().train()
+        except _UserErrorInHook as carried:
+            raise carried.args[0] from None
         except EarlyStop as stop:
             logger.info(f"Training ended early at iteration {stop.args[0]}; see the log above.")
             return None
@@ -302,6 +310,12 @@ class DentalTrainer(DefaultTrainer):
                 "and --resume",
                 stop.signal_number,
             ) from None
+
+    def after_step(self):
+        try:
+            super().after_step()
+        except DentalError as e:
+            raise _UserErrorInHook(e) from None
 
     def build_hooks(self):
         """Timing and LR, then evaluation, then the hooks that count evaluations, then the

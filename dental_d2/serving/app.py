@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from ..data.image_io import ImageTooLargeError
 from ..errors import DentalError
 from .batching import QueueFull
+from .security import PrivateByDefault, content_security_policy
 from .service import PredictionService, safe_file_name
 
 logger = logging.getLogger(__name__)
@@ -112,11 +113,16 @@ def _add_error_handlers(app: FastAPI):
         return _error(500, f"internal error ({type(e).__name__}: {e}); see the server log")
 
 
-def create_app(service: PredictionService) -> FastAPI:
+def create_app(service: PredictionService, token: str | None = None) -> FastAPI:
     """Builds the app: `GET /` (the page), `/health`, `/model`, `POST /predict`, `/results/*`.
+
+    Every answer carries `Cache-Control: no-store` and a Content-Security-Policy that allows
+    nothing from outside (see `PrivateByDefault`).
 
     Args:
         service (PredictionService): the model behind its queue; closed when the app shuts down.
+        token (str | None): when set, every endpoint but `/health` and the page answers 401
+            without `Authorization: Bearer <token>`.
     """
 
     @contextlib.asynccontextmanager
@@ -125,10 +131,17 @@ def create_app(service: PredictionService) -> FastAPI:
         service.close()  # after the requests in flight, when uvicorn shuts down
 
     app = FastAPI(
-        title="dental_d2", description="Mask R-CNN for teeth and dental lesions", lifespan=lifespan
+        title="dental_d2",
+        description="Mask R-CNN for teeth and dental lesions",
+        lifespan=lifespan,
+        # FastAPI's /docs and /redoc pages load their scripts from a CDN, which the
+        # Content-Security-Policy forbids; /openapi.json describes the API.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+    app.add_middleware(PrivateByDefault, token=token, policy=content_security_policy(page))
     _add_error_handlers(app)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -221,7 +234,7 @@ def _add_result_routes(app: FastAPI, service: PredictionService):
             png = await run_in_threadpool(
                 service.overlay_png, stored, service.threshold(score_threshold)
             )
-        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+        return Response(png, media_type="image/png")
 
     @app.get("/results/{prediction_id}/coco.json")
     async def coco_json(prediction_id: str, score_threshold: Threshold = None):

@@ -6,11 +6,13 @@ the model. Inside a worker, the batching thread runs the model with `--threads` 
 threads while the event loop accepts, decodes and answers other requests.
 """
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import logging
 import os
+import signal
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +23,7 @@ from ..errors import DentalError
 from ..model_config import check_weights_given
 from ..predictor import Predictor
 from .app import create_app
+from .security import check_access, is_loopback, load_token
 from .service import PredictionService
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,12 @@ class ServeSettings:
         confidence_threshold (float): the default threshold of answers and of the page.
         min_score (float): the lowest score kept, the bottom of the page's slider.
         device (str | None): "cpu", "cuda", ...; None keeps MODEL.DEVICE.
+        keep_minutes (float): answers (and their uploads) kept for re-filtering are forgotten
+            this many minutes after they were made.
+        token_file (str | None): a file holding the bearer token; None reads $DENTAL_D2_TOKEN.
+        insecure_no_auth (bool): serve beyond loopback without a token.
+        ssl_certfile (str | None): TLS certificate (PEM), passed to uvicorn.
+        ssl_keyfile (str | None): its private key (PEM).
     """
 
     config_file: str
@@ -63,6 +72,11 @@ class ServeSettings:
     confidence_threshold: float = DEFAULT_SCORE_THRESHOLD
     min_score: float = 0.25
     device: str | None = None
+    keep_minutes: float = 10.0
+    token_file: str | None = None
+    insecure_no_auth: bool = False
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
 
 def build_service(settings: ServeSettings) -> PredictionService:
@@ -92,42 +106,94 @@ def build_service(settings: ServeSettings) -> PredictionService:
         max_upload_bytes=int(settings.max_upload_mb * (1 << 20)),
         max_pixels=int(settings.max_megapixels * 1e6),
         capacity=settings.max_queue,
+        keep_seconds=settings.keep_minutes * 60,
     )
 
 
 def app_from_environment():
-    """The app factory uvicorn calls in each worker process (settings from SETTINGS_ENV)."""
+    """The app factory uvicorn calls in each worker process (settings from SETTINGS_ENV; the
+    token from its file or $DENTAL_D2_TOKEN, never from the settings)."""
     settings = ServeSettings(**json.loads(os.environ[SETTINGS_ENV]))
-    return create_app(build_service(settings))
+    return create_app(build_service(settings), token=load_token(settings.token_file))
+
+
+def _check_tls(settings: ServeSettings) -> dict:
+    """uvicorn's TLS options, after checking that both files are given and exist."""
+    files = {"--ssl-certfile": settings.ssl_certfile, "--ssl-keyfile": settings.ssl_keyfile}
+    given = {flag: path for flag, path in files.items() if path}
+    if not given:
+        return {}
+    if len(given) == 1:
+        missing = next(flag for flag in files if flag not in given)
+        raise DentalError(f"{next(iter(given))} needs {missing} too (the certificate's key)")
+    for flag, path in given.items():
+        if not os.path.isfile(path):
+            raise DentalError(f"{flag} {path}: file not found; pass a PEM file")
+    return {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile}
+
+
+@contextlib.contextmanager
+def _signals_end_cleanly():
+    """uvicorn finishes the requests in flight on SIGTERM or SIGINT, then raises the signal
+    again for the handler it found; that handler is this no-op, so a stop asked for by a
+    signal ends with exit status 0."""
+
+    def stopped(signal_number, frame):
+        logger.info(f"{signal.Signals(signal_number).name}: the server has stopped")
+
+    previous = {s: signal.signal(s, stopped) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signal_number, handler in previous.items():
+            signal.signal(signal_number, handler)
 
 
 def run(settings: ServeSettings):
-    """Serves until interrupted (Ctrl-C or SIGTERM finish the requests in flight, then stop).
+    """Serves until interrupted (Ctrl-C or SIGTERM finish the requests in flight, then stop;
+    the exit status is 0).
+
+    Off loopback, a token (`token_file` or $DENTAL_D2_TOKEN) or `insecure_no_auth` is needed.
 
     Args:
         settings (ServeSettings): what to serve and how.
 
     Raises:
-        DentalError: a bad config, override, weights file or option.
+        DentalError: a bad config, override, weights file, token or option.
     """
     if settings.workers < 1 or settings.max_queue < 1:
         raise DentalError("--workers and --max-queue must be at least 1")
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning(
-            "listening on %s: the server has no authentication, anyone who reaches this port "
-            "can send it images",
-            settings.host,
-        )
+    if settings.keep_minutes <= 0:
+        raise DentalError(f"--keep-minutes {settings.keep_minutes}: must be above 0")
+    token = load_token(settings.token_file)
+    check_access(settings.host, token, settings.insecure_no_auth)
+    tls = _check_tls(settings)
+    if not is_loopback(settings.host):
+        if not token:
+            logger.warning(
+                "listening on %s without authentication (--insecure-no-auth): anyone who "
+                "reaches this port can send and see images",
+                settings.host,
+            )
+        elif not tls:
+            logger.warning(
+                "listening on %s without TLS: the token and the images cross the network "
+                "unencrypted; pass --ssl-certfile and --ssl-keyfile, or serve behind a TLS proxy",
+                settings.host,
+            )
     # uvicorn's own 503 is a backstop for connections that never reach the queue.
     options = {
         "host": settings.host,
         "port": settings.port,
         "limit_concurrency": 4 * settings.max_queue + 16,  # per worker process
         "timeout_graceful_shutdown": 30,
+        **tls,
     }
     if settings.workers == 1:
         # Load the model here so a bad config is one line before anything listens.
-        uvicorn.run(create_app(build_service(settings)), **options)
+        app = create_app(build_service(settings), token=token)
+        with _signals_end_cleanly():
+            uvicorn.run(app, **options)
         return
     # Fail here, in one line, on what would make every worker fail.
     cfg = build_config(settings.config_file, settings.opts)

@@ -11,8 +11,10 @@ import logging
 import os
 import re
 import threading
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -51,6 +53,7 @@ class StoredPrediction:
         scores (np.ndarray): N float32, descending.
         classes (np.ndarray): N int64 contiguous class ids.
         rles (list[dict] | None): N pycocotools RLEs; None for a box-only model.
+        stored_at (float): when it was made, on the service's clock (for its expiry).
     """
 
     id: str
@@ -62,6 +65,7 @@ class StoredPrediction:
     scores: np.ndarray
     classes: np.ndarray
     rles: list | None
+    stored_at: float = 0.0
 
     def nbytes(self) -> int:
         """Approximate memory held, for the cache's budget."""
@@ -117,6 +121,9 @@ class PredictionService:
         capacity (int): requests admitted at once (see `BatchQueue`).
         cache_size (int): answers kept for re-filtering, the oldest dropped first.
         cache_bytes (int): memory budget of those answers.
+        keep_seconds (float): an answer (and its upload) is forgotten this long after it was
+            made, however few there are: patient images do not linger in memory.
+        clock (Callable[[], float]): seconds, for the expiry; `time.monotonic`.
     """
 
     def __init__(
@@ -130,6 +137,8 @@ class PredictionService:
         capacity: int = 8,
         cache_size: int = 32,
         cache_bytes: int = 256 << 20,
+        keep_seconds: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.predictor = predictor
         self.min_score = float(predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
@@ -143,6 +152,8 @@ class PredictionService:
         self._cache_lock = threading.Lock()
         self._cache_size = cache_size
         self._cache_bytes = cache_bytes
+        self.keep_seconds = keep_seconds
+        self._clock = clock
         weights = predictor.cfg.MODEL.WEIGHTS
         self.model_info = {
             "classes": list(predictor.class_names),
@@ -157,6 +168,7 @@ class PredictionService:
             "score_threshold": self.score_threshold,
             "max_upload_mb": round(max_upload_bytes / (1 << 20), 2),
             "max_megapixels": round(max_pixels / 1e6, 2),
+            "keep_minutes": round(keep_seconds / 60, 2),
         }
 
     def _forward(self, images: list) -> list[dict]:
@@ -170,9 +182,11 @@ class PredictionService:
     def store(self, name: str, data: bytes, image: np.ndarray, compact: dict) -> StoredPrediction:
         """Caches one image's predictions (from the batching queue) and returns them."""
         stored = StoredPrediction(
-            uuid.uuid4().hex, name, data, image.shape[0], image.shape[1], **compact
-        )
+            uuid.uuid4().hex, name, data, image.shape[0], image.shape[1], **compact,
+            stored_at=self._clock(),
+        )  # fmt: skip
         with self._cache_lock:
+            self._drop_expired()
             self._cache[stored.id] = stored
             total = sum(s.nbytes() for s in self._cache.values())
             while len(self._cache) > 1 and (
@@ -186,12 +200,19 @@ class PredictionService:
         """Returns a cached prediction.
 
         Raises:
-            KeyError: when it was never made or has been dropped from the cache.
+            KeyError: when it was never made, has expired or has been dropped from the cache.
         """
         with self._cache_lock:
+            self._drop_expired()
             stored = self._cache[prediction_id]
             self._cache.move_to_end(prediction_id)
         return stored
+
+    def _drop_expired(self):
+        # Called with the lock held; the cache holds a few dozen answers at most.
+        deadline = self._clock() - self.keep_seconds
+        for key in [key for key, stored in self._cache.items() if stored.stored_at <= deadline]:
+            del self._cache[key]
 
     def threshold(self, requested: float | None) -> float:
         """The threshold an answer uses: the default when None, never below `min_score`."""
