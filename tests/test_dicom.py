@@ -191,13 +191,23 @@ def assert_no_patient_data(folder, *texts):
             assert secret not in text
 
 
+def trained_weights(folder) -> list[str]:
+    """MODEL.WEIGHTS pointing at a checkpoint of the test model (the tools refuse none)."""
+    import torch
+
+    path = folder / "model_final.pth"
+    torch.save({"model": build_predictor().model.state_dict()}, path)
+    return ["MODEL.WEIGHTS", str(path)]
+
+
 @pytest.mark.slow
 def test_visualize_predicts_a_folder_of_radiographs_and_keeps_patient_data_out(tmp_path):
     folder = radiographs(tmp_path / "xrays")
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "visualize.py"), "--config-file", CONFIG,
-         "--input", str(folder), "--output", str(out), "--confidence-threshold", "0.0", *OPTS],
+         "--input", str(folder), "--output", str(out), "--confidence-threshold", "0.0", *OPTS,
+         *trained_weights(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, timeout=180,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -226,7 +236,7 @@ def test_rank_for_labeling_reads_radiographs(tmp_path, monkeypatch, capsys, rest
     tool = load_tool("rank_for_labeling", monkeypatch)
     out = tmp_path / "ranking"
     argv = ["--config-file", CONFIG, "--input", str(folder), "--output", str(out / "rank.csv")]
-    assert tool.main([*argv, "--top", "4", *OPTS]) == 0
+    assert tool.main([*argv, "--top", "4", *OPTS, *trained_weights(tmp_path)]) == 0
     ranking = (out / "rank.csv").read_text()
     assert all(name in ranking for name in ("bitewing.dcm", "IM000017", "periapical.dcm"))
     captured = capsys.readouterr()
