@@ -17,6 +17,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -195,9 +196,13 @@ def _free_port() -> int:
 
 
 def _start_server(tmp_path, *argv, env=None):
+    # tools/serve.py refuses a model without weights: a checkpoint of the test model.
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": build_predictor().model.state_dict()}, weights)
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (the child writes to it)
     process = subprocess.Popen(
-        [sys.executable, SERVE_TOOL, "--config-file", CONFIG, *argv, *OPTS],
+        [sys.executable, SERVE_TOOL, "--config-file", CONFIG, *argv, *OPTS,
+         "MODEL.WEIGHTS", str(weights)],
         cwd=ROOT, stdout=log, stderr=log, env=env or dict(os.environ, OMP_NUM_THREADS="2"),
     )  # fmt: skip
     log.close()
