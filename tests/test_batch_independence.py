@@ -4,6 +4,7 @@
 import asyncio
 import io
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,8 +22,9 @@ from dental_d2.serving import PredictionService, create_app
 
 pytestmark = pytest.mark.usefixtures("restore_loggers")
 CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
-DEMO = "configs/quick_schedules/dental_demo_cpu.yaml"
-LITE0 = "configs/dental_lite0.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+DEMO = str(CONFIGS / "quick_schedules" / "dental_demo_cpu.yaml")
+LITE0 = str(CONFIGS / "dental_lite0.yaml")
 # Small inputs keep each model at a fraction of a second per photo.
 SIZE = ["INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "224", "MODEL.DEVICE", "cpu"]
 # Random heads score every class near 1/5: a low threshold keeps detections to compare.
