@@ -117,7 +117,12 @@ def test_bad_backbone_settings_are_one_line_errors(opts, message):
     "weights, opts, message",
     [
         ("efficientnet-lite://lite9", [], "unknown ImageNet weights; use one of"),
-        ("efficientnet-lite://lite1", [], "holds tf_efficientnet_lite1 but MODEL.TIMM.NAME is"),
+        # Lite0's file (the one in the default install) offered to a Lite1 backbone.
+        (
+            "efficientnet-lite://lite0",
+            ["MODEL.TIMM.NAME", "tf_efficientnet_lite1"],
+            "holds tf_efficientnet_lite0 but MODEL.TIMM.NAME is",
+        ),
     ],
 )
 def test_wrong_imagenet_weights_are_named(weights, opts, message):
