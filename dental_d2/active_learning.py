@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
+from detectron2.data.transforms import HFlipTransform
 from detectron2.structures import Boxes, Instances, pairwise_iou
 from tqdm import tqdm
 
+from .coco_format import coco_dataset, instances_to_coco_annotations, masks_to_rles
 from .config import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOOTH_CLASSES
 from .data import read_image
 from .data.categories import is_tooth_class
@@ -30,7 +32,6 @@ from .data.coco_json import read_coco_json
 from .data.roboflow import ANNOTATION_FILE
 from .errors import DentalError
 from .file_io import atomic_write, write_bytes, write_json
-from .inference import coco_dataset, instances_to_coco_annotations
 
 __all__ = [
     "RankedImage",
@@ -73,21 +74,17 @@ def flip_back(instances: Instances) -> Instances:
     """Mirrors the predictions of a horizontally flipped image back onto the original.
 
     Args:
-        instances (Instances): predictions with `pred_boxes` (and maybe `pred_masks`).
+        instances (Instances): CPU predictions with `pred_boxes` (and maybe `pred_masks`).
     """
-    width = instances.image_size[1]
-    boxes = instances.pred_boxes.tensor.clone()
-    boxes[:, [0, 2]] = width - instances.pred_boxes.tensor[:, [2, 0]]
-    fields = {name: value for name, value in instances.get_fields().items()}
-    fields["pred_boxes"] = Boxes(boxes)
+    flip = HFlipTransform(instances.image_size[1])
+    fields = dict(instances.get_fields())
+    boxes = flip.apply_box(instances.pred_boxes.tensor.numpy())
+    fields["pred_boxes"] = Boxes(torch.from_numpy(boxes))
     if instances.has("pred_masks"):
-        fields["pred_masks"] = instances.pred_masks.flip(-1)
+        # A trailing channel axis: apply_image takes a 3-D array for HxWxC, not NxHxW.
+        masks = flip.apply_image(instances.pred_masks.numpy()[..., None])[..., 0]
+        fields["pred_masks"] = torch.from_numpy(np.ascontiguousarray(masks))
     return Instances(instances.image_size, **fields)
-
-
-def _rles(instances: Instances) -> list:
-    masks = np.asarray(instances.pred_masks.numpy(), dtype=np.uint8)
-    return mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
 
 
 def _overlaps(a: Instances, b: Instances) -> np.ndarray:
@@ -96,7 +93,8 @@ def _overlaps(a: Instances, b: Instances) -> np.ndarray:
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)))
     if a.has("pred_masks") and b.has("pred_masks"):
-        iou = np.asarray(mask_util.iou(_rles(a), _rles(b), [0] * len(b))).reshape(len(a), len(b))
+        rles_a, rles_b = masks_to_rles(a.pred_masks), masks_to_rles(b.pred_masks)
+        iou = np.asarray(mask_util.iou(rles_a, rles_b, [0] * len(b))).reshape(len(a), len(b))
     else:
         iou = pairwise_iou(a.pred_boxes, b.pred_boxes).numpy()
     same_class = a.pred_classes.numpy()[:, None] == b.pred_classes.numpy()[None, :]

@@ -8,6 +8,8 @@ from detectron2.utils.visualizer import VisImage, Visualizer
 from matplotlib import colors as mplc
 from matplotlib.patches import Polygon, Rectangle
 
+from .instances import mask_boxes
+
 # Mask fill opacity: the enamel under a lesion stays visible; the outline carries the shape.
 MASK_ALPHA = 0.35
 # Label type in points per pixel of the drawn image's geometric-mean side, and its bounds:
@@ -50,14 +52,7 @@ def text_color_on(rgb) -> str:
 def _mask_boxes(masks) -> np.ndarray:
     """XYXY boxes of binary masks (NxHxW) or COCO RLEs."""
     if isinstance(masks, np.ndarray):
-        boxes = []
-        for mask in masks:
-            rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-            if rows.size == 0:
-                boxes.append([0.0, 0.0, 0.0, 0.0])
-            else:
-                boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
-        return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        return mask_boxes(masks)
     boxes = np.asarray(mask_util.toBbox(list(masks)), dtype=np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
     return boxes

@@ -8,7 +8,7 @@ from detectron2.structures import Instances
 
 from .config import DEFAULT_TOOTH_CLASSES
 from .data.categories import is_tooth_class
-from .instances import instance_arrays
+from .instances import instance_arrays, mask_boxes
 
 # Name of the group for lesions that no tooth covers enough, in findings.json and summaries.
 UNASSIGNED = "unassigned"
@@ -155,7 +155,7 @@ def assign_findings(
     masks = np.asarray(masks).astype(bool)
     classes = [int(c) for c in classes]
     if boxes is None:
-        boxes = np.array([_mask_box(m) for m in masks], dtype=np.float64).reshape(-1, 4)
+        boxes = mask_boxes(masks)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     rounded_scores = (
         [None] * len(classes) if scores is None else [round(float(v), 4) for v in scores]
@@ -311,11 +311,3 @@ def findings_to_dict(findings: Findings, score_threshold: float | None = None) -
         ],
         UNASSIGNED: [lesion_dict(lesion) for lesion in findings.unassigned],
     }
-
-
-def _mask_box(mask: np.ndarray) -> list[float]:
-    rows = np.nonzero(mask.any(axis=1))[0]
-    cols = np.nonzero(mask.any(axis=0))[0]
-    if rows.size == 0:
-        return [0.0, 0.0, 0.0, 0.0]
-    return [float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)]

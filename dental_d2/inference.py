@@ -1,20 +1,18 @@
 """Prediction over image files: overlays, `predictions.coco.json` and `findings.json`.
 
-`tools/visualize.py --input` runs `predict_images`; the service (`dental_d2.serving`) and the
-active-learning ranking write their COCO answers with `instances_to_coco_annotations` and
-`coco_dataset`, so every tool writes the same format.
+`tools/visualize.py --input` runs `predict_images`; its COCO file is written by
+`dental_d2.coco_format`, as the service's and the active-learning ranking's are.
 """
 
-import datetime
 import logging
 import os
 from collections.abc import Sequence
 
 import numpy as np
-import pycocotools.mask as mask_util
-from detectron2.structures import BoxMode, Instances
+from detectron2.structures import Instances
 from tqdm import tqdm
 
+from .coco_format import coco_dataset, instances_to_coco_annotations
 from .data import read_image
 from .data.image_files import overlay_names, relative_names
 from .errors import DentalError
@@ -27,78 +25,6 @@ logger = logging.getLogger(__name__)
 # Written to the output directory.
 PREDICTIONS_FILE = "predictions.coco.json"
 FINDINGS_FILE = "findings.json"
-
-
-def instances_to_coco_annotations(
-    instances: Instances, image_id: int, first_id: int = 1
-) -> list[dict]:
-    """Converts predictions to COCO annotations with RLE masks (category ids 1..K).
-
-    Annotations keep the order of the instances, so the findings' `instance` index points at
-    them.
-
-    Args:
-        instances (Instances): one image's predictions; without `pred_masks` (a box-only
-            model) the annotations have no `segmentation` and `area` is the box's.
-        image_id (int): the COCO id of the image.
-        first_id (int): the id of the first annotation.
-
-    Returns:
-        list[dict]: `id`, `image_id`, `category_id`, `bbox` (XYWH), `area` (mask pixels),
-        `segmentation` (RLE, `counts` a str), `score`, `iscrowd` 0.
-    """
-    instances = instances.to("cpu")
-    if not len(instances):
-        return []
-    boxes = BoxMode.convert(
-        instances.pred_boxes.tensor.numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS
-    ).tolist()
-    annotations = []
-    for k, (box, cls, score) in enumerate(
-        zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist())
-    ):
-        annotations.append(
-            {
-                "id": first_id + k,
-                "image_id": image_id,
-                "category_id": cls + 1,
-                "bbox": [round(v, 2) for v in box],
-                "area": round(box[2] * box[3], 2),
-                "score": round(float(score), 4),
-                "iscrowd": 0,
-            }
-        )
-    if instances.has("pred_masks"):
-        masks = np.asarray(instances.pred_masks.numpy(), dtype=np.uint8)
-        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
-        for annotation, rle in zip(annotations, rles):
-            annotation["area"] = int(mask_util.area(rle))
-            counts = rle["counts"].decode("ascii")
-            annotation["segmentation"] = {"size": rle["size"], "counts": counts}
-    return annotations
-
-
-def coco_dataset(images: list[dict], annotations: list[dict], class_names: Sequence[str]) -> dict:
-    """Wraps images and annotations into a COCO dataset dict, categories numbered 1..K.
-
-    Args:
-        images (list[dict]): `id`, `file_name`, `height`, `width`.
-        annotations (list[dict]): as from `instances_to_coco_annotations`.
-        class_names (Sequence[str]): class names in contiguous-id order.
-    """
-    return {
-        "info": {
-            "description": "dental_d2 predictions",
-            "date_created": datetime.datetime.now().isoformat(timespec="seconds"),
-        },
-        "licenses": [],
-        "images": images,
-        "annotations": annotations,
-        "categories": [
-            {"id": i + 1, "name": name, "supercategory": "dental"}
-            for i, name in enumerate(class_names)
-        ],
-    }
 
 
 def _read_images(image_paths, indices, failures: list, progress) -> list[tuple[int, np.ndarray]]:

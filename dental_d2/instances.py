@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 
 import numpy as np
-from detectron2.structures import Instances
+import torch
+from detectron2.structures import BitMasks, Instances
 
 
 @dataclass
@@ -57,3 +58,19 @@ def instance_arrays(instances: Instances) -> InstanceArrays:
         masks = np.asarray(masks.numpy() if hasattr(masks, "numpy") else masks).astype(bool)
     scores = instances.scores.numpy() if instances.has("scores") else None
     return InstanceArrays(classes, boxes, masks, scores)
+
+
+def mask_boxes(masks) -> np.ndarray:
+    """The tight XYXY boxes of binary masks, by detectron2's `BitMasks.get_bounding_boxes`.
+
+    Args:
+        masks (np.ndarray): (N, H, W) binary masks.
+
+    Returns:
+        np.ndarray: (N, 4) float64; all zero for an empty mask.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    if not len(masks):
+        return np.zeros((0, 4))
+    boxes = BitMasks(torch.from_numpy(masks)).get_bounding_boxes().tensor
+    return boxes.numpy().astype(np.float64)

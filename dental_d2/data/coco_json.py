@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
 
 from ..errors import DentalError
 
@@ -228,12 +229,10 @@ def segmentation_to_rle(segmentation, height: int, width: int) -> dict:
         height (int): the image's height.
         width (int): the image's width.
     """
-    if isinstance(segmentation, list):
-        rle = mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation["counts"], list):
-        rle = mask_util.frPyObjects(segmentation, height, width)
-    else:
-        rle = dict(segmentation)
+    # pycocotools' annToRLE reads the image size from the COCO object's image records.
+    coco = COCO()
+    coco.imgs[0] = {"height": height, "width": width}
+    rle = coco.annToRLE({"image_id": 0, "segmentation": segmentation})
     counts = rle["counts"]
     return {
         "size": list(rle["size"]),

@@ -1,6 +1,7 @@
 """A learning-rate schedule with warm-up whose level is cut by the ReduceLROnPlateau hook."""
 
 import torch
+from detectron2.solver.lr_scheduler import _get_warmup_factor_at_iter
 
 
 class WarmupPlateauLR(torch.optim.lr_scheduler.LRScheduler):
@@ -36,19 +37,15 @@ class WarmupPlateauLR(torch.optim.lr_scheduler.LRScheduler):
         self.scale = 1.0
         super().__init__(optimizer, last_epoch)
 
-    def _warmup(self) -> float:
-        if self.last_epoch >= self.warmup_iters:
-            return 1.0
-        if self.warmup_method == "constant":
-            return self.warmup_factor
-        alpha = self.last_epoch / self.warmup_iters
-        return self.warmup_factor * (1 - alpha) + alpha
-
     def _scaled(self, base_lr: float) -> float:
         return max(base_lr * self.scale, min(self.min_lr, base_lr))
 
     def get_lr(self):
-        warmup = self._warmup()
+        # detectron2's WarmupMultiStepLR factor; its public WarmupParamScheduler works on a
+        # fraction of training, not on the iteration this schedule is stepped with.
+        warmup = _get_warmup_factor_at_iter(
+            self.warmup_method, self.last_epoch, self.warmup_iters, self.warmup_factor
+        )
         return [self._scaled(base_lr) * warmup for base_lr in self.base_lrs]
 
     def reduce(self, factor: float) -> tuple[float, float]:
