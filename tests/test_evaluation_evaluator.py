@@ -18,7 +18,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from dental_d2 import add_dental_config
-from dental_d2.evaluation import DentalEvaluator
+from dental_d2.evaluation import DentalEvaluator, matching
+from dental_d2.evaluation.matching import pairwise_ious
 
 SIZE = 64
 CLASSES = ["Caries", "Tooth"]
@@ -182,6 +183,29 @@ def test_dental_evaluator_end_to_end(dataset, tmp_path):
     assert len(sources) >= 4 + 2 * 3  # plots of two tasks, three images drawn twice
     assert all(s.startswith("data:image/") for s in sources)  # self-contained
     assert "Caries" in page and "Best" in page and "Worst" in page
+
+
+def test_dental_evaluator_counts_on_detectron2s_coco_eval(dataset, tmp_path, monkeypatch):
+    """P/R/F1 take the IoUs of the COCOeval behind COCOEvaluator's AP; only the cross-class
+    pass computes IoUs of its own."""
+    name, records = dataset
+    cross_class_rows = []
+
+    def counting_ious(coco_gt, predictions, gt_annotations, iou_type):
+        cross_class_rows.append(len(predictions))
+        return pairwise_ious(coco_gt, predictions, gt_annotations, iou_type)
+
+    def no_second_coco_eval(*args):
+        raise AssertionError("COCOeval ran a second time")
+
+    monkeypatch.setattr(matching, "pairwise_ious", counting_ious)
+    monkeypatch.setattr(matching, "evaluate_coco", no_second_coco_eval)
+    evaluator = DentalEvaluator(name, output_dir=str(tmp_path / "eval"), draw_images=False)
+    results = _run(evaluator, records)
+    for task in ("bbox", "segm"):
+        assert (results[task]["precision"], results[task]["recall"]) == (0.5, 0.5)
+    # Per task: the Tooth false alarm of image 2 and the Caries on a Tooth of image 3.
+    assert cross_class_rows == [1, 1, 1, 1]
 
 
 def test_dental_evaluator_from_config_and_no_predictions(dataset, tmp_path):

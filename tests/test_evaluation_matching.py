@@ -14,9 +14,12 @@ from dental_d2.evaluation import (
     evaluate_task,
     greedy_match,
     match_predictions,
+    matching,
     pr_curve,
     precision_recall_f1,
+    run_coco_eval,
 )
+from dental_d2.evaluation.matching import pairwise_ious
 
 CARIES, TOOTH = 1, 2
 CLASSES = {CARIES: "Caries", TOOTH: "Tooth"}
@@ -462,3 +465,168 @@ def test_matches_brute_force_on_perturbed_ground_truth(seed):
             assert all(min(v) > 0 for v in got.values()) or iou_threshold > 0.5
             off_diagonal += m.confusion[:2, :2].sum() - np.trace(m.confusion[:2, :2])
     assert off_diagonal > 0  # class flips reached the confusion matrix
+
+
+# ---- COCOeval's IoUs -------------------------------------------------------------------------
+
+
+def _random_case(seed, num_images=8, size=40):
+    """Random masks of both classes, and predictions near (or far from) them, as COCO."""
+    rng = np.random.default_rng(seed)
+    images = [
+        {"id": i, "height": size, "width": size, "file_name": f"{i}.png"}
+        for i in range(1, num_images + 1)
+    ]
+    masks, annotations, dts = {}, [], []
+    for image in images:
+        for _ in range(rng.integers(1, 6)):
+            mask = _random_mask(rng, size, size)
+            ann_id = len(annotations) + 1
+            masks[("gt", ann_id)] = mask
+            annotations.append(
+                {
+                    "id": ann_id,
+                    "image_id": image["id"],
+                    "category_id": int(rng.choice(list(CLASSES))),
+                    "segmentation": _rle(mask),
+                    "bbox": _box_of(mask),
+                    "area": float(mask.sum()),
+                    "iscrowd": int(rng.random() < 0.1),
+                }
+            )
+    for a in annotations:
+        for _ in range(rng.integers(1, 3)):
+            shift = (int(rng.integers(-4, 5)), int(rng.integers(-4, 5)))
+            mask = np.roll(masks[("gt", a["id"])], shift, axis=(0, 1))
+            category = int(rng.choice(list(CLASSES)))  # often the other class
+            masks[("dt", len(dts))] = mask
+            dts.append(
+                {
+                    "image_id": a["image_id"],
+                    "category_id": category,
+                    "segmentation": _rle(mask),
+                    "bbox": _box_of(mask),
+                    "score": float(np.round(rng.random(), 2)),
+                    "index": len(dts),
+                }
+            )
+    coco = COCO()
+    coco.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": c, "name": n} for c, n in CLASSES.items()],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco, annotations, dts, masks
+
+
+def _best_unmatched(p, gts, used, iou_of, iou_threshold):
+    best, best_iou = None, -1.0
+    for g in gts:
+        if g["id"] not in used:
+            iou = iou_of(p, g)
+            if iou > best_iou:
+                best, best_iou = g, iou
+    return best if best is not None and best_iou >= iou_threshold else None
+
+
+def brute_force_confusion(gt_anns, results, masks, iou_type, score_threshold, iou_threshold):
+    """The whole rule, both passes, with every IoU computed here: the (3, 3) confusion matrix
+    (rows ground truth Caries, Tooth, background; columns predictions)."""
+    index = {CARIES: 0, TOOTH: 1}
+    confusion = np.zeros((3, 3), dtype=np.int64)
+
+    def iou_of(p, g):
+        if iou_type == "bbox":
+            return _box_iou(p["bbox"], g["bbox"])
+        return _mask_iou(masks[("dt", p["index"])], masks[("gt", g["id"])])
+
+    for image_id in {a["image_id"] for a in gt_anns} | {r["image_id"] for r in results}:
+        gts = [a for a in gt_anns if a["image_id"] == image_id and not a["iscrowd"]]
+        preds = [r for r in results if r["image_id"] == image_id and r["score"] >= score_threshold]
+        preds = sorted(preds, key=lambda r: -r["score"])
+        used, leftovers = set(), []
+        for p in preds:
+            same = [g for g in gts if g["category_id"] == p["category_id"]]
+            g = _best_unmatched(p, same, used, iou_of, iou_threshold)
+            if g is None:
+                leftovers.append(p)
+            else:
+                used.add(g["id"])
+                confusion[index[g["category_id"]], index[p["category_id"]]] += 1
+        for p in leftovers:
+            other = [g for g in gts if g["category_id"] != p["category_id"]]
+            g = _best_unmatched(p, other, used, iou_of, iou_threshold)
+            row = 2 if g is None else index[g["category_id"]]
+            if g is not None:
+                used.add(g["id"])
+            confusion[row, index[p["category_id"]]] += 1
+        for g in gts:
+            if g["id"] not in used:
+                confusion[index[g["category_id"]], 2] += 1
+    return confusion
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_metrics_from_coco_evals_ious_equal_brute_force(seed):
+    coco, annotations, dts, masks = _random_case(seed)
+    off_diagonal = 0
+    for iou_type in ("bbox", "segm"):
+        for score_threshold, iou_threshold in ((0.5, 0.5), (0.2, 0.7)):
+            evaluation = evaluate_task(
+                coco, dts, iou_type, score_threshold=score_threshold, iou_threshold=iou_threshold
+            )
+            m = evaluation.metrics
+            expected = brute_force_confusion(
+                annotations, dts, masks, iou_type, score_threshold, iou_threshold
+            )
+            assert m.confusion.tolist() == expected.tolist(), (iou_type, score_threshold)
+            for k in range(2):
+                tp = int(expected[k, k])
+                fp, fn = int(expected[:, k].sum()) - tp, int(expected[k, :].sum()) - tp
+                c = m.per_class[k]
+                assert (c.tp, c.fp, c.fn) == (tp, fp, fn)
+                assert (c.precision, c.recall, c.f1) == precision_recall_f1(tp, fp, fn)
+            off_diagonal += expected[:2, :2].sum() - np.trace(expected[:2, :2])
+    assert off_diagonal > 0  # the cross-class pass was exercised
+
+
+def test_matching_takes_coco_evals_ious_and_computes_only_the_cross_class_ones(monkeypatch):
+    gt = make_gt([(1, CARIES, BOX_A), (1, TOOTH, BOX_B), (2, CARIES, BOX_B)])
+    results = [det(1, CARIES, BOX_A, 0.9), det(1, CARIES, BOX_B, 0.8), det(2, CARIES, BOX_B, 0.7)]
+    coco_eval = run_coco_eval(gt, results, "bbox")
+    computed = []
+
+    def counting_ious(coco_gt, predictions, gt_annotations, iou_type):
+        computed.append(len(predictions))
+        return pairwise_ious(coco_gt, predictions, gt_annotations, iou_type)
+
+    def no_second_coco_eval(*args):
+        raise AssertionError("COCOeval ran again")
+
+    monkeypatch.setattr(matching, "pairwise_ious", counting_ious)
+    monkeypatch.setattr(matching, "evaluate_coco", no_second_coco_eval)
+    images = match_predictions(gt, results, "bbox", 0.5, 0.5, coco_eval=coco_eval)
+    # Only the Caries prediction on the Tooth needs an IoU COCOeval did not compute.
+    assert computed == [1]
+    assert [image.matched_gt.tolist() for image in images] == [[0, -1], [0]]
+    assert images[0].cross_matched_gt.tolist() == [-1, 1]
+
+
+def test_coco_eval_of_other_results_or_few_max_dets_gives_the_same_matches():
+    coco, _, dts, _ = _random_case(3)
+    expected = metrics_of(coco, dts, "segm").confusion.tolist()
+    # Another COCOeval's results: COCOeval runs again on these.
+    other = run_coco_eval(coco, dts[:-1], "segm")
+    images = match_predictions(coco, dts, "segm", 0.5, 0.5, coco_eval=other)
+    got = compute_detection_metrics(images, [CARIES, TOOTH], list(CLASSES.values()), "segm")
+    assert got.confusion.tolist() == expected
+    # COCOeval computes IoUs of its top maxDets detections per image and class only.
+    few = matching.evaluate_coco(coco, dts, "segm")
+    few.params.maxDets = [1]
+    few.evaluate()
+    assert any(len(v) == 1 for v in few.ious.values())
+    images = match_predictions(coco, dts, "segm", 0.5, 0.5, coco_eval=few)
+    got = compute_detection_metrics(images, [CARIES, TOOTH], list(CLASSES.values()), "segm")
+    assert got.confusion.tolist() == expected

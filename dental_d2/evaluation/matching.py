@@ -1,10 +1,14 @@
 """Greedy score-ordered matching of COCO results to ground truth, the rule behind P/R/F1."""
 
+import contextlib
+import copy
+import io
 from dataclasses import dataclass
 
 import numpy as np
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
@@ -127,45 +131,158 @@ class ImageMatches:
         return hits
 
 
+def evaluate_coco(coco_gt: COCO, results: list[dict], iou_type: str) -> COCOeval | None:
+    """Runs pycocotools' per-image COCOeval step (IoUs and matches) as detectron2's COCOEvaluator
+    runs it.
+
+    For "segm" the results' boxes are dropped so that COCOeval's small/medium/large use the mask
+    area. The results are copied: `COCO.loadRes` writes into them.
+
+    Args:
+        coco_gt (COCO): the ground truth.
+        results (list[dict]): COCO results, category ids as in `coco_gt`.
+        iou_type (str): "segm" or "bbox".
+
+    Returns:
+        COCOeval or None: evaluated, not accumulated; None when there are no results (COCOeval
+        cannot load an empty list).
+    """
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    if not results:
+        return None
+    results = [copy.copy(r) for r in results]
+    if iou_type == "segm":
+        for r in results:
+            r.pop("bbox", None)
+    # COCOeval prints its progress; detectron2 logs instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+        coco_eval.evaluate()
+    return coco_eval
+
+
+def _evaluated_results(
+    coco_eval: COCOeval | None, coco_gt: COCO, results: list[dict], iou_type: str
+) -> bool:
+    """Whether `coco_eval` evaluated exactly `results` (loaded in this order, so result k has
+    id k + 1) on every image and class of `coco_gt`."""
+    if coco_eval is None or not hasattr(coco_eval, "ious") or coco_eval.cocoGt is not coco_gt:
+        return False
+    params = coco_eval.params
+    if params.iouType != iou_type or not params.useCats:
+        return False
+    if not set(coco_gt.getImgIds()) <= set(params.imgIds):
+        return False
+    if not set(coco_gt.getCatIds()) <= set(params.catIds):
+        return False
+    dts = coco_eval.cocoDt.anns
+    fields = ("image_id", "category_id", "score")
+    return len(dts) == len(results) and all(
+        k + 1 in dts and all(dts[k + 1][f] == r[f] for f in fields) for k, r in enumerate(results)
+    )
+
+
+def coco_eval_ious(coco_eval: COCOeval, image_id: int, cat_id: int) -> tuple | None:
+    """The IoUs COCOeval computed between one image's detections and ground truth of one class.
+
+    Args:
+        coco_eval (COCOeval): evaluated (`evaluate()` has run), with `useCats`.
+        image_id (int): the image.
+        cat_id (int): the class.
+
+    Returns:
+        tuple or None: COCOeval's detection ids (by descending score, ties in loading order),
+        the ground truths' annotation ids (crowd ones too) and their (D, G) IoUs; None when the
+        image has no detection or no ground truth of the class.
+    """
+    dts = coco_eval._dts.get((image_id, cat_id), [])
+    gts = coco_eval._gts.get((image_id, cat_id), [])
+    if not dts or not gts:
+        return None
+    ious = coco_eval.ious[image_id, cat_id]
+    if len(ious) < len(dts):
+        # COCOeval computes the IoUs of the top `maxDets` detections only.
+        step = copy.copy(coco_eval)
+        step.params = copy.deepcopy(coco_eval.params)
+        step.params.maxDets = [len(dts)]
+        ious = step.computeIoU(image_id, cat_id)
+    order = np.argsort([-d["score"] for d in dts], kind="mergesort")  # as computeIoU sorts
+    ious = np.asarray(ious, dtype=np.float64).reshape(len(dts), len(gts))
+    return [dts[k]["id"] for k in order], [g["id"] for g in gts], ious
+
+
+def _ground_truth(coco_gt: COCO, image_id: int) -> list[dict]:
+    """The image's annotations that count as ground truth: all but crowd regions."""
+    return [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+
+
+def _same_class_ious(
+    coco_eval: COCOeval | None, image_id: int, result_ids: list[int], gt_annotations: list[dict]
+) -> np.ndarray:
+    """(P, G) IoUs, from COCOeval, of an image's results (by COCOeval id, in order) with its
+    non-crowd ground truth of the same class; 0 across classes."""
+    ious = np.zeros((len(result_ids), len(gt_annotations)))
+    if coco_eval is None or not len(ious):
+        return ious
+    rows = {result_id: k for k, result_id in enumerate(result_ids)}
+    columns = {a["id"]: g for g, a in enumerate(gt_annotations)}
+    for cat_id in {a["category_id"] for a in gt_annotations}:
+        found = coco_eval_ious(coco_eval, image_id, cat_id)
+        if found is None:
+            continue
+        dt_ids, gt_ids, block = found
+        kept = [j for j, gt_id in enumerate(gt_ids) if gt_id in columns]  # not crowd
+        target = np.ix_([rows[d] for d in dt_ids], [columns[gt_ids[j]] for j in kept])
+        ious[target] = block[:, kept]
+    return ious
+
+
 def match_image(
     coco_gt: COCO,
     image_id: int,
     predictions: list[dict],
+    same_class_ious: np.ndarray,
     iou_type: str,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
 ) -> ImageMatches:
     """Matches one image's predictions to its ground truth.
 
-    Same-class pass (true positives): predictions, by descending score, each take the
-    still-unmatched ground truth of their class with the highest IoU if that IoU is at least
-    `iou_threshold`. Crowd annotations (iscrowd=1) are left out: they are not ground truth, so
-    they are never missed, and a prediction on one is a false positive like any other.
+    Same-class pass (true positives), on COCOeval's IoUs: predictions, by descending score, each
+    take the still-unmatched ground truth of their class with the highest IoU if that IoU is at
+    least `iou_threshold` (`greedy_match`: COCOeval's rule, but equal IoUs go to the first
+    ground truth, where COCOeval's `evaluateImg` takes the last). Crowd annotations (iscrowd=1)
+    are left out: they are not ground truth, so they are never missed, and a prediction on one
+    is a false positive like any other.
 
-    Cross-class pass (the confusion matrix's off-diagonal): the predictions scoring at least
-    `score_threshold` that matched nothing of their own class, by descending score, each take the
-    still-unmatched ground truth of another class with the highest IoU if that IoU is at least
-    `iou_threshold`; "still-unmatched" means not matched in the same-class pass at the threshold
-    nor earlier in this pass.
+    Cross-class pass (the confusion matrix's off-diagonal), whose IoUs COCOeval does not
+    compute: the predictions scoring at least `score_threshold` that matched nothing of their own
+    class, by descending score, each take the still-unmatched ground truth of another class with
+    the highest IoU if that IoU is at least `iou_threshold`; "still-unmatched" means not matched
+    in the same-class pass at the threshold nor earlier in this pass.
 
     Args:
         coco_gt (COCO): the ground truth.
         image_id (int): the image.
         predictions (list[dict]): the image's COCO results (category ids as in `coco_gt`).
+        same_class_ious (np.ndarray): (P, G) IoUs of the predictions, in the given order, with
+            the image's non-crowd ground truth (in `coco_gt` order); read for same-class pairs
+            only.
         iou_type (str): "segm" or "bbox".
         score_threshold (float): the least score of a prediction the cross-class pass uses.
         iou_threshold (float): the least IoU of a match.
     """
-    gt_annotations = [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+    gt_annotations = _ground_truth(coco_gt, image_id)
     scores = np.asarray([p["score"] for p in predictions], dtype=np.float64)
     # Stable, as COCOeval sorts: equal scores keep the results' order.
     order = np.argsort(-scores, kind="mergesort")
     predictions = [predictions[i] for i in order]
-
-    ious = pairwise_ious(coco_gt, predictions, gt_annotations, iou_type)
     pred_classes = np.asarray([p["category_id"] for p in predictions], dtype=np.int64)
     gt_classes = np.asarray([a["category_id"] for a in gt_annotations], dtype=np.int64)
     same_class = pred_classes[:, None] == gt_classes[None, :]
+    ious = np.asarray(same_class_ious, dtype=np.float64)[order]
     matched_gt = greedy_match(ious, iou_threshold, allowed=same_class)
 
     cross_matched_gt = np.full(len(predictions), -1, dtype=np.int64)
@@ -175,8 +292,11 @@ def match_image(
         taken = np.zeros(len(gt_annotations), dtype=bool)
         hits = matched_gt[kept]
         taken[hits[hits >= 0]] = True
+        cross_ious = pairwise_ious(
+            coco_gt, [predictions[p] for p in unmatched], gt_annotations, iou_type
+        )
         cross_matched_gt[unmatched] = greedy_match(
-            ious[unmatched], iou_threshold, allowed=~same_class[unmatched], taken=taken
+            cross_ious, iou_threshold, allowed=~same_class[unmatched], taken=taken
         )
     return ImageMatches(image_id, gt_annotations, predictions, matched_gt, cross_matched_gt)
 
@@ -188,6 +308,7 @@ def match_predictions(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     iou_threshold: float = DEFAULT_IOU_THRESHOLD,
     progress: bool = False,
+    coco_eval: COCOeval | None = None,
 ) -> list[ImageMatches]:
     """Matches COCO results to ground truth, image by image (see `match_image` for the rule).
 
@@ -199,15 +320,28 @@ def match_predictions(
         score_threshold (float): the score threshold of the confusion matrix.
         iou_threshold (float): the least IoU of a match.
         progress (bool): show a progress bar.
+        coco_eval (COCOeval or None): the evaluated COCOeval of these results (detectron2's
+            COCOEvaluator's), whose IoUs are used; None, or one of other results or images,
+            runs COCOeval here.
 
     Returns:
         list[ImageMatches]: one per image of `coco_gt`, in ascending image id order.
     """
-    by_image = {image_id: [] for image_id in coco_gt.getImgIds()}
-    for result in results:
-        by_image[result["image_id"]].append(result)
-    image_ids = tqdm(sorted(by_image), desc=f"Matching {iou_type}", disable=not progress)
-    return [
-        match_image(coco_gt, image_id, by_image[image_id], iou_type, score_threshold, iou_threshold)
-        for image_id in image_ids
-    ]
+    if not _evaluated_results(coco_eval, coco_gt, results, iou_type):
+        coco_eval = evaluate_coco(coco_gt, results, iou_type)
+    by_image = {image_id: ([], []) for image_id in coco_gt.getImgIds()}
+    for k, result in enumerate(results):
+        predictions, result_ids = by_image[result["image_id"]]
+        predictions.append(result)
+        result_ids.append(k + 1)  # COCO.loadRes numbers the results from 1
+    matches = []
+    for image_id in tqdm(sorted(by_image), desc=f"Matching {iou_type}", disable=not progress):
+        predictions, result_ids = by_image[image_id]
+        gt_annotations = _ground_truth(coco_gt, image_id)
+        ious = _same_class_ious(coco_eval, image_id, result_ids, gt_annotations)
+        matches.append(
+            match_image(
+                coco_gt, image_id, predictions, ious, iou_type, score_threshold, iou_threshold
+            )
+        )
+    return matches

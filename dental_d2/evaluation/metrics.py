@@ -1,7 +1,6 @@
 """Precision, recall, F1, PR curves and confusion matrices from matches; COCO AP per class."""
 
 import contextlib
-import copy
 import io
 import logging
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
-from .matching import ImageMatches
+from .matching import ImageMatches, evaluate_coco
 
 logger = logging.getLogger(__name__)
 
@@ -271,10 +270,8 @@ def compute_detection_metrics(
 
 
 def run_coco_eval(coco_gt: COCO, results: list[dict], iou_type: str) -> COCOeval | None:
-    """Runs pycocotools' COCOeval the way detectron2's COCOEvaluator does.
-
-    For "segm" the results' boxes are dropped so that COCOeval's small/medium/large use the mask
-    area. The results are copied: `COCO.loadRes` writes into them.
+    """Runs pycocotools' COCOeval the way detectron2's COCOEvaluator does (see
+    `dental_d2.evaluation.matching.evaluate_coco`).
 
     Args:
         coco_gt (COCO): the ground truth.
@@ -285,17 +282,11 @@ def run_coco_eval(coco_gt: COCO, results: list[dict], iou_type: str) -> COCOeval
         COCOeval or None: evaluated, accumulated and summarised; None when there are no results
         (COCOeval cannot load an empty list).
     """
-    if not results:
+    coco_eval = evaluate_coco(coco_gt, results, iou_type)
+    if coco_eval is None:
         return None
-    results = [copy.copy(r) for r in results]
-    if iou_type == "segm":
-        for r in results:
-            r.pop("bbox", None)
     # COCOeval prints its progress and summary; detectron2 logs the numbers instead.
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
-        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
-        coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
     return coco_eval
