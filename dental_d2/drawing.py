@@ -8,6 +8,7 @@ from detectron2.utils.visualizer import VisImage, Visualizer
 from matplotlib import colors as mplc
 from matplotlib.patches import Polygon, Rectangle
 
+from .data.categories import thing_colors as default_thing_colors
 from .instances import mask_boxes
 
 # Mask fill opacity: the enamel under a lesion stays visible; the outline carries the shape.
@@ -47,6 +48,32 @@ def relative_luminance(rgb) -> float:
 def text_color_on(rgb) -> str:
     """ "black" or "white", whichever contrasts more with `rgb`."""
     return "black" if relative_luminance(rgb) > _LIGHT_CHIP else "white"
+
+
+def class_colors(class_names, thing_colors=None) -> list[tuple[float, float, float]]:
+    """The drawing colour of each class, RGB in [0, 1].
+
+    Args:
+        class_names (Sequence[str]): class names in contiguous-id order.
+        thing_colors (Sequence | None): detectron2 metadata's RGB 0-255 colour per class; None
+            (or one not listing every class) takes the colours dental_d2 registers datasets with
+            (`dental_d2.data.categories.thing_colors`).
+    """
+    if not thing_colors or len(thing_colors) != len(class_names):
+        thing_colors = default_thing_colors(list(class_names))
+    return [tuple(v / 255 for v in color) for color in thing_colors]
+
+
+def plain_text(text: str) -> str:
+    """Escapes `$` so matplotlib draws a class name as written, not as mathtext.
+
+    Between two `$` matplotlib renders TeX-like math: "$5 fee$" loses its space and "x^$" fails
+    to draw at all.
+
+    Args:
+        text (str): a label, e.g. a class name.
+    """
+    return text.replace("$", r"\$")
 
 
 def _mask_boxes(masks) -> np.ndarray:

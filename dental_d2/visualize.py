@@ -19,9 +19,8 @@ from .config import DEFAULT_SCORE_THRESHOLD
 from .data import read_image, register_from_config
 from .data.categories import thing_colors
 from .data.image_files import overlay_names
-from .drawing import draw_overlay, label_points
+from .drawing import class_colors, draw_overlay, label_points, plain_text
 from .errors import DentalError
-from .evaluation.plots import plain_text
 from .evaluation.saved_results import (
     check_results_fit_dataset,
     load_coco_results,
@@ -61,8 +60,9 @@ def draw_instances(
     """Draws masks, boxes, class names and scores with detectron2's Visualizer.
 
     Colours come from `metadata.thing_colors` (one per class, not jittered, so a class looks
-    the same in every image). Teeth are labelled with their number from `findings`. Masks are
-    outlined and labels placed clear of each other by `dental_d2.drawing.draw_overlay`.
+    the same in every image; see `dental_d2.drawing.class_colors`). Teeth are labelled with
+    their number from `findings`. Masks are outlined and labels placed clear of each other by
+    `dental_d2.drawing.draw_overlay`.
 
     Args:
         image_rgb (np.ndarray): HxWx3 RGB uint8.
@@ -79,6 +79,7 @@ def draw_instances(
     if len(instances):
         fields = instance_arrays(instances)
         classes = fields.classes.tolist()
+        palette = class_colors(metadata.thing_classes, metadata.get("thing_colors", None))
         labels = [plain_text(metadata.thing_classes[c]) for c in classes]
         if findings is not None:
             for tooth in findings.teeth:
@@ -90,7 +91,7 @@ def draw_instances(
             boxes=fields.boxes,
             masks=None if fields.masks is None else fields.masks.astype(np.uint8),
             labels=labels,
-            colors=[np.array(metadata.thing_colors[c]) / 255.0 for c in classes],
+            colors=[palette[c] for c in classes],
         )
     overlay = visualizer.get_output().get_image()
     if summary:

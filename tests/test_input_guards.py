@@ -16,7 +16,7 @@ from PIL import Image
 
 from dental_d2 import DentalError
 from dental_d2.data.image_io import MAX_IMAGE_PIXELS
-from dental_d2.evaluation.plots import plain_text
+from dental_d2.drawing import plain_text
 from dental_d2.file_io import check_output_outside
 
 ROOT = Path(__file__).resolve().parents[1]

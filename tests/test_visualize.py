@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -11,23 +12,20 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from conftest import load_tool
+from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from pycocotools.coco import COCO
 
 from dental_d2 import DentalError
+from dental_d2.coco_format import coco_dataset, instances_to_coco_annotations, masks_to_rles
 from dental_d2.config import build_config
-from dental_d2.data.categories import LESION_COLORS, TOOTH_COLOR
+from dental_d2.data.categories import LESION_COLORS, TOOTH_COLOR, thing_colors
 from dental_d2.data.image_files import collect_images, overlay_names
-from dental_d2.drawing import draw_overlay, relative_luminance
-from dental_d2.inference import (
-    FINDINGS_FILE,
-    PREDICTIONS_FILE,
-    coco_dataset,
-    instances_to_coco_annotations,
-    predict_images,
-)
+from dental_d2.drawing import class_colors, draw_overlay, relative_luminance
+from dental_d2.evaluation import report_images
+from dental_d2.inference import FINDINGS_FILE, PREDICTIONS_FILE, predict_images
 from dental_d2.predictor import Predictor
 from dental_d2.visualize import build_metadata, draw_instances, render_saved_predictions
 
@@ -113,6 +111,23 @@ def test_draw_instances_uses_class_colours_and_summary():
     assert no_summary.shape == image.shape
 
 
+def test_overlays_and_report_images_take_one_colour_rule():
+    expected = [tuple(v / 255 for v in color) for color in thing_colors(CLASSES)]
+    # Without metadata colours (or with too few), the colours datasets are registered with.
+    assert class_colors(CLASSES) == expected
+    assert class_colors(CLASSES, [(255, 0, 0)]) == expected
+    assert class_colors(CLASSES, [(255, 0, 0)] * 4) == [(1.0, 0.0, 0.0)] * 4
+    image = np.full((64, 96, 3), 60, dtype=np.uint8)
+    bare = Metadata(name="bare_dental_classes", thing_classes=CLASSES)
+    np.testing.assert_array_equal(
+        draw_instances(image, hand_built_instances(), bare),
+        draw_instances(image, hand_built_instances(), build_metadata(CLASSES)),
+    )
+    # The report keys them by dataset category id.
+    metrics = SimpleNamespace(class_names=CLASSES, category_ids=[2, 3, 5, 7])
+    assert report_images._class_colors(metrics) == dict(zip([2, 3, 5, 7], expected))
+
+
 def _contrast(rgb_a, rgb_b) -> float:
     """WCAG contrast ratio of two RGB 0-255 colours."""
     lighter, darker = sorted(
@@ -182,6 +197,17 @@ def test_coco_annotations_round_trip_through_pycocotools(tmp_path):
     mask = coco.annToMask(coco.loadAnns([4])[0])
     np.testing.assert_array_equal(mask.astype(bool), instances.pred_masks[1].numpy())
     assert coco.loadAnns([4])[0]["area"] == 100
+
+
+def test_coco_annotations_take_masks_already_encoded():
+    instances = hand_built_instances()
+    rles = masks_to_rles(instances.pred_masks)
+    assert [mask_util.area(rle) for rle in rles] == [64 * 30, 100]
+    boxes_only = Instances(instances.image_size, **instances.get_fields())
+    boxes_only.remove("pred_masks")
+    encoded = instances_to_coco_annotations(boxes_only, image_id=7, first_id=3, rles=rles)
+    assert encoded == instances_to_coco_annotations(instances, image_id=7, first_id=3)
+    assert masks_to_rles(np.zeros((0, 4, 4), dtype=bool)) == []
 
 
 def test_collect_images_from_files_dirs_and_globs(tmp_path):

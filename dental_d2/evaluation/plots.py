@@ -6,21 +6,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ..drawing import plain_text
 from .metrics import DetectionMetrics
 
-__all__ = ["plain_text", "plot_confusion_matrix", "plot_pr_curves"]
-
-
-def plain_text(text: str) -> str:
-    """Escapes `$` so matplotlib draws a class name as written, not as mathtext.
-
-    Between two `$` matplotlib renders TeX-like math: "$5 fee$" loses its space and "x^$" fails
-    to draw at all.
-
-    Args:
-        text (str): a label, e.g. a class name.
-    """
-    return text.replace("$", r"\$")
+__all__ = ["plot_confusion_matrix", "plot_pr_curves"]
 
 
 def _png_bytes(figure: Figure) -> bytes:

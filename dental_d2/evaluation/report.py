@@ -284,7 +284,8 @@ def write_outputs(
         title (str): what was evaluated, for the report's heading.
         image_root (str or None): folder of the images when their file names are relative.
         draw_images (bool): whether the report shows the best and worst images.
-        thing_colors (list or None): RGB 0-255 per class, else a palette.
+        thing_colors (list or None): RGB 0-255 per class; None takes
+            `dental_d2.drawing.class_colors`'s.
         num_images (int): best and worst images shown, each.
         provenance (dict[str, str] or None): label -> what, e.g. {"Model": "model_final.pth
             (iteration 2999)", "Config": ..., "Data": ...}; the date is added.

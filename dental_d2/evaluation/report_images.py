@@ -8,15 +8,13 @@ import os
 
 import numpy as np
 from detectron2.utils.visualizer import Visualizer
-from matplotlib import colormaps
 from PIL import Image
 from pycocotools.coco import COCO
 
 from ..data.image_io import read_image
-from ..drawing import draw_overlay
+from ..drawing import class_colors, draw_overlay, plain_text
 from ..errors import DentalError
 from .metrics import DetectionMetrics
-from .plots import plain_text
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +41,8 @@ def ranked_images(metrics: DetectionMetrics, count: int = 4) -> tuple[list[int],
 
 
 def _class_colors(metrics: DetectionMetrics, thing_colors=None) -> dict[int, tuple]:
-    if thing_colors and len(thing_colors) == len(metrics.category_ids):
-        return {
-            c: tuple(v / 255 for v in thing_colors[k]) for k, c in enumerate(metrics.category_ids)
-        }
-    palette = colormaps["tab10"]
-    return {c: palette(k % 10)[:3] for k, c in enumerate(metrics.category_ids)}
+    colors = class_colors(metrics.class_names, thing_colors)
+    return dict(zip(metrics.category_ids, colors))
 
 
 def _image_path(coco_gt: COCO, image_id: int, image_root: str | None) -> str:
@@ -93,7 +87,8 @@ def draw_image_pair(
         metrics (DetectionMetrics): the metrics of one task.
         image_id (int): the image.
         image_root (str or None): folder of the images when their file names are relative.
-        thing_colors (list or None): RGB 0-255 per class (detectron2 metadata), else a palette.
+        thing_colors (list or None): RGB 0-255 per class (detectron2 metadata); None takes
+            `dental_d2.drawing.class_colors`'s.
 
     Returns:
         tuple[np.ndarray, np.ndarray] or None: RGB drawings (ground truth, predictions), or None
@@ -162,7 +157,8 @@ def images_section(
         coco_gt (COCO): the ground truth.
         m (DetectionMetrics): the metrics of the task whose matches are drawn.
         image_root (str or None): folder of the images when their file names are relative.
-        thing_colors (list or None): RGB 0-255 per class, else a palette.
+        thing_colors (list or None): RGB 0-255 per class; None takes
+            `dental_d2.drawing.class_colors`'s.
         count (int): best and worst images shown, each.
         heading (str): what the task is called in the section's title.
     """
