@@ -87,8 +87,7 @@ def draw_image_pair(
         metrics (DetectionMetrics): the metrics of one task.
         image_id (int): the image.
         image_root (str or None): folder of the images when their file names are relative.
-        thing_colors (list or None): RGB 0-255 per class (detectron2 metadata); None takes
-            `dental_d2.drawing.class_colors`'s.
+        thing_colors (list or None): RGB 0-255 per class; see `dental_d2.drawing.class_colors`.
 
     Returns:
         tuple[np.ndarray, np.ndarray] or None: RGB drawings (ground truth, predictions), or None
