@@ -48,7 +48,7 @@ def evaluate_task(
         coco_ap (dict or None): COCO AP already computed (detectron2's COCOEvaluator results for the
             task); None runs pycocotools' COCOeval here.
         coco_eval (COCOeval or None): with `coco_ap`, the COCOeval behind it, for per-class AP50
-            and its matches; None when there were no results.
+            and the IoUs of the matching; None when there were no results.
         score_threshold (float): predictions scoring below it are not counted.
         iou_threshold (float): the least IoU of a match.
         progress (bool): show a progress bar while matching.
@@ -59,7 +59,7 @@ def evaluate_task(
     if coco_ap is None:
         coco_eval = run_coco_eval(coco_gt, results, iou_type)
         coco_ap = coco_summary(coco_eval, names)
-    # COCOeval's IoUs and same-class matches, so that P/R/F1 compute no IoU twice.
+    # On COCOeval's IoUs, so that P/R/F1 compute none of them a second time.
     images = match_predictions(
         coco_gt,
         results,

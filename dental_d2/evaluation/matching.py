@@ -1,4 +1,5 @@
-"""Greedy score-ordered matching of COCO results to ground truth, the rule behind P/R/F1."""
+"""Greedy score-ordered matching of COCO results to ground truth, the rule behind P/R/F1, on the
+IoUs pycocotools' COCOeval computed for the AP."""
 
 import contextlib
 import copy
