@@ -162,6 +162,20 @@ def _train_unless_finished(fold: FoldRun, num_folds: int, sizes: dict, argv: lis
     _train_fold(fold, argv)
 
 
+def _fold_result(fold: FoldRun, sizes: dict) -> dict:
+    """A trained fold's entry in the summary: its splits, the weights scored, their metrics."""
+    return {
+        "fold": fold.index + 1,
+        "num_train": sizes["train"],
+        "num_valid": sizes["valid"],
+        "num_test": sizes["test"],
+        "chosen_on": f"{fold.valid_name} ({sizes['valid']} images of the other folds)",
+        "scored_on": f"{fold.test_name} (fold {fold.index + 1}, {sizes['test']} images)",
+        "scored_weights": fold.scored_weights(),
+        "metrics": fold_metrics(fold.metrics_file),
+    }
+
+
 def cross_validate(
     config_file: str, num_folds: int, seed: int = 0, opts: Sequence[str] = (), num_gpus: int = 1
 ) -> dict:
@@ -205,18 +219,7 @@ def cross_validate(
         fold = FoldRun(cv_dir, index, cfg.DENTAL.DATASET_NAME)
         sizes = write_fold_export(fold.data_root, images, categories, layout, index)
         _train_unless_finished(fold, num_folds, sizes, fold.train_argv(config_file, opts, num_gpus))
-        results.append(
-            {
-                "fold": index + 1,
-                "num_train": sizes["train"],
-                "num_valid": sizes["valid"],
-                "num_test": sizes["test"],
-                "chosen_on": f"{fold.valid_name} ({sizes['valid']} images of the other folds)",
-                "scored_on": f"{fold.test_name} (fold {index + 1}, {sizes['test']} images)",
-                "scored_weights": fold.scored_weights(),
-                "metrics": fold_metrics(fold.metrics_file),
-            }
-        )
+        results.append(_fold_result(fold, sizes))
     summary = summarize_folds(results)
     summary.update(
         data_root=os.path.abspath(cfg.DENTAL.DATA_ROOT),

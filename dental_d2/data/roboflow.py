@@ -172,6 +172,15 @@ def _convert_annotations(coco: dict, images: dict, id_map: dict, json_file, repa
     return per_image
 
 
+def _check_some_masks(num_annotations: int, repairs: dict, source: str, export_format: str):
+    missing = len(repairs[_DROPPED_NO_SEGMENTATION])
+    if num_annotations and missing == num_annotations:
+        raise DentalError(
+            f"{source}: none of the {missing} annotations has a segmentation, as in an "
+            f"object-detection export; export the dataset in {export_format} format"
+        )
+
+
 def _cache_key(json_file: str, image_root: str, check_images: bool) -> tuple:
     stat = os.stat(json_file)
     return (json_file, stat.st_mtime_ns, stat.st_size, image_root, check_images)
@@ -219,12 +228,7 @@ def split_from_coco(
     images = index_images(coco, source)
     repairs = {kind: [] for kind in _REPAIR_ORDER}
     per_image = _convert_annotations(coco, images, contiguous_id_map(categories), source, repairs)
-    missing = len(repairs[_DROPPED_NO_SEGMENTATION])
-    if coco["annotations"] and missing == len(coco["annotations"]):
-        raise DentalError(
-            f"{source}: none of the {missing} annotations has a segmentation, as in an "
-            f"object-detection export; export the dataset in {export_format} format"
-        )
+    _check_some_masks(len(coco["annotations"]), repairs, source, export_format)
     name = label or short_name(source)
     if check_images:
         check_image_files(list(images.values()), image_root, source, name)
