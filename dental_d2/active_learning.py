@@ -28,15 +28,12 @@ from .coco_format import coco_dataset, instances_to_coco_annotations, masks_to_r
 from .config import DEFAULT_SCORE_THRESHOLD, DEFAULT_TOOTH_CLASSES
 from .data import read_image
 from .data.categories import is_tooth_class
-from .data.coco_json import read_coco_json
-from .data.roboflow import ANNOTATION_FILE
 from .errors import DentalError
-from .file_io import atomic_write, write_bytes, write_json
+from .file_io import atomic_write, write_json
 
 __all__ = [
     "RankedImage",
     "flip_back",
-    "merge_labelled",
     "rank_images",
     "score_image",
     "write_ranking",
@@ -294,90 +291,3 @@ def write_ranking(
         f"Ranked {len(ranked)} images into {csv_path}; pre-labels of the first "
         f"{len(images)} in {os.path.basename(coco_path)}"
     )
-
-
-def _renumbered(corrected: dict, category_ids: dict, first_image: int, first_annotation: int):
-    """The corrected images and annotations with fresh ids and the split's category ids."""
-    names = {c["id"]: c["name"] for c in corrected["categories"]}
-    image_ids = {}
-    images = []
-    for offset, image in enumerate(corrected["images"]):
-        image_ids[image["id"]] = first_image + offset
-        images.append(dict(image, id=first_image + offset))
-    annotations = []
-    for offset, annotation in enumerate(corrected["annotations"]):
-        name = names.get(annotation.get("category_id"))
-        if name not in category_ids:
-            raise DentalError(
-                f"annotation {annotation.get('id')} has class {name!r}, which the export does not "
-                f"have ({', '.join(sorted(category_ids))}); fix it in the annotation tool"
-            )
-        if annotation.get("image_id") not in image_ids:
-            raise DentalError(
-                f"annotation {annotation.get('id')} names image id {annotation.get('image_id')}, "
-                "which the file does not list; export it again"
-            )
-        annotations.append(
-            dict(
-                annotation,
-                id=first_annotation + offset,
-                image_id=image_ids[annotation["image_id"]],
-                category_id=category_ids[name],
-            )
-        )
-    return images, annotations
-
-
-def merge_labelled(corrected_json: str, image_dir: str, split_dir: str) -> int:
-    """Adds corrected images and their annotations to one split folder of an export.
-
-    The images are copied next to the split's `_annotations.coco.json`, which gets their
-    records and annotations with fresh ids; classes are matched by name.
-
-    Args:
-        corrected_json (str): the COCO file exported by the annotation tool.
-        image_dir (str): the folder its `file_name`s are relative to.
-        split_dir (str): the export's split folder to add to, e.g. `export/train`.
-
-    Returns:
-        int: the number of images added.
-
-    Raises:
-        DentalError: unreadable files, an unknown class, or an image the split already has.
-    """
-    split_json = os.path.join(split_dir, ANNOTATION_FILE)
-    split = read_coco_json(split_json)
-    corrected = read_coco_json(corrected_json)
-    taken = {os.path.basename(image["file_name"]) for image in split["images"]}
-    for image in corrected["images"]:
-        name = os.path.basename(image["file_name"])
-        source = os.path.join(image_dir, image["file_name"])
-        if name in taken:
-            raise DentalError(
-                f"{corrected_json}: image {name} is already in {split_json}; it was labelled "
-                "before, remove it from the corrected file"
-            )
-        if not os.path.isfile(source):
-            raise DentalError(f"{corrected_json}: {source} not found; pass its folder as --images")
-    category_ids = {c["name"]: c["id"] for c in split["categories"]}
-    first_image = max((i["id"] for i in split["images"] if isinstance(i["id"], int)), default=0)
-    first_annotation = max(
-        (a["id"] for a in split["annotations"] if isinstance(a.get("id"), int)), default=0
-    )
-    try:
-        images, annotations = _renumbered(
-            corrected, category_ids, first_image + 1, first_annotation + 1
-        )
-    except DentalError as e:
-        raise DentalError(f"{corrected_json}: {e}") from e
-    for image in images:
-        name = os.path.basename(image["file_name"])
-        with open(os.path.join(image_dir, image["file_name"]), "rb") as f:
-            write_bytes(os.path.join(split_dir, name), f.read())
-        image["file_name"] = name
-    split["images"] += images
-    split["annotations"] += annotations
-    # The JSON last: an interrupted merge leaves extra image files, never records without them.
-    write_json(split_json, split)
-    logger.info(f"Added {len(images)} images, {len(annotations)} annotations to {split_json}")
-    return len(images)

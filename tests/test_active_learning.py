@@ -279,6 +279,18 @@ def test_merge_refuses_unknown_classes_and_images_it_has(make_export, tmp_path, 
     assert merge_tool.main(argv) == 1
     err = tool_error_lines(capsys.readouterr().err)
     assert len(err) == 1 and "class 'X', which the export does not have" in err[0], err
+    # a record training's loader refuses is refused with its line
+    orphan = _corrected(tmp_path / "c", ["new.png"])
+    data = json.loads(orphan.read_text())
+    data["annotations"][0]["image_id"] = 5
+    orphan.write_text(json.dumps(data))
+    argv = ["--coco", str(orphan), "--images", str(tmp_path / "c"), "--into", str(export / "train")]
+    assert merge_tool.main(argv) == 1
+    err = tool_error_lines(capsys.readouterr().err)
+    assert err == [
+        f"error: {orphan}: annotation id 1 points at image id 5, which is not in 'images'; "
+        "delete the annotation or re-export"
+    ], err
     again = _corrected(tmp_path / "b", ["img0.jpg"])
     argv = ["--coco", str(again), "--images", str(tmp_path / "b"), "--into", str(export / "train")]
     assert merge_tool.main(argv) == 1

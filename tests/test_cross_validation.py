@@ -10,18 +10,23 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_coco, tool_error_lines
 
 from dental_d2 import DentalError
 from dental_d2.cross_validation import (
     FoldRun,
     fold_assignments,
+    fold_layout,
     fold_metrics,
+    format_summary,
     pool_images,
     summarize_folds,
     write_fold_export,
 )
+from dental_d2.data.roboflow import load_roboflow_split
 from dental_d2.data.synthetic import generate_synthetic_dataset
+from dental_d2.evaluation.offline import load_ground_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,29 +110,125 @@ def test_fold_exports_pool_train_and_valid_and_leave_test_alone(make_export, tmp
     assert {p.split for p in images} == {"train", "valid"}
     assert all(str(root / "test") not in p.image["file_name"] for p in images)
     folds = fold_assignments([p.classes for p in images], 3, seed=0)
-    seen_valid = []
+    scored = []
     for k in range(3):
         folder = tmp_path / f"fold{k}"
-        sizes = write_fold_export(str(folder), images, categories, folds, k)
-        assert not (folder / "test").exists()
+        layout = fold_layout([p.classes for p in images], folds, k, seed=0)
+        sizes = write_fold_export(str(folder), images, categories, layout, k)
         split_names = {}
-        for split in ("train", "valid"):
+        for split in ("train", "valid", "test"):
             data = json.loads((folder / split / "_annotations.coco.json").read_text())
             # file names stay inside the split's folder; each is the pooled image, linked in
             split_names[split] = {
                 os.path.realpath(folder / split / image["file_name"]) for image in data["images"]
             }
             assert all("/" not in image["file_name"] for image in data["images"])
-            assert len(data["images"]) == sizes[split]
+            assert len(data["images"]) == sizes[split] > 0
             ids = {image["id"] for image in data["images"]}
             assert {a["image_id"] for a in data["annotations"]} <= ids
             assert all(os.path.isfile(name) for name in split_names[split])
-        assert not split_names["train"] & split_names["valid"]
-        assert len(split_names["train"]) + len(split_names["valid"]) == 10
-        seen_valid += sorted(split_names["valid"])
-    # each image is in exactly one valid split
-    assert sorted(seen_valid) == sorted(os.path.realpath(p.image["file_name"]) for p in images)
+        # the fold is scored (test); the images choosing its checkpoint (valid) are others
+        fold_images = {
+            os.path.realpath(p.image["file_name"]) for p, f in zip(images, folds) if f == k
+        }
+        assert split_names["test"] == fold_images
+        assert not split_names["valid"] & split_names["test"]
+        assert not split_names["train"] & (split_names["valid"] | split_names["test"])
+        assert sum(len(names) for names in split_names.values()) == 10
+        scored += sorted(split_names["test"])
+    # each image is scored in exactly one fold
+    assert sorted(scored) == sorted(os.path.realpath(p.image["file_name"]) for p in images)
     assert (test_json.read_bytes(), test_json.stat().st_mtime_ns) == before
+
+
+@pytest.mark.parametrize("num_folds", [2, 3, 5])
+def test_the_checkpoint_is_chosen_on_other_folds_stratified(num_folds):
+    classes = _labelled_images()
+    folds = fold_assignments(classes, num_folds, seed=2)
+    for k in range(num_folds):
+        layout = fold_layout(classes, folds, k, seed=2)
+        assert layout["test"] == [i for i, f in enumerate(folds) if f == k]
+        assert all(folds[i] != k for i in layout["train"] + layout["valid"])
+        assert sorted(layout["train"] + layout["valid"] + layout["test"]) == list(range(60))
+        others = len(classes) - len(layout["test"])
+        parts = max(num_folds - 1, 2)
+        assert abs(len(layout["valid"]) - others / parts) <= 2, layout["valid"]
+        # every class with enough images outside the fold reaches valid: it can choose on it
+        counts = Counter(name for i in layout["train"] + layout["valid"] for name in classes[i])
+        valid_classes = {name for i in layout["valid"] for name in classes[i]}
+        assert {name for name, n in counts.items() if n >= parts} <= valid_classes
+
+
+def test_too_few_images_outside_a_fold_is_one_line():
+    with pytest.raises(DentalError, match=r"fold 2: 1 image outside it.*fewer --folds") as error:
+        fold_layout([frozenset()] * 3, [0, 1, 1], 1)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image_id", 999, "points at image id 999, which is not in 'images'"),
+        ("category_id", 77, "has category_id 77, which is not a class in 'categories'"),
+    ],
+)
+def test_a_broken_record_is_refused_with_the_loaders_line(
+    make_export, capsys, field, value, message
+):
+    coco = tiny_coco(num_images=4)
+    coco["annotations"][1][field] = value
+    root = make_export(splits=("train", "valid"), coco=coco)
+    train_json = root / "train" / "_annotations.coco.json"
+    with pytest.raises(DentalError) as training:
+        load_roboflow_split(train_json)
+    assert message in str(training.value)
+    with pytest.raises(DentalError) as pooling:
+        pool_images(str(root), name=f"cvbroken{field}")
+    with pytest.raises(DentalError) as offline:
+        load_ground_truth(str(train_json))
+    assert str(pooling.value) == str(offline.value) == str(training.value)
+    argv = ["--config-file", CONFIG, "--folds", "2", "DENTAL.DATA_ROOT", str(root)]
+    assert cross_validate_tool.main(argv) == 1
+    assert tool_error_lines(capsys.readouterr().err) == [f"error: {training.value}"]
+
+
+def test_pooled_records_are_the_loaders_repaired_ones(make_export, caplog):
+    coco = tiny_coco(num_images=3)
+    # a box poking out of its 64x48 image is clipped, a 2-point polygon dropped, as training
+    coco["annotations"][0]["bbox"] = [50.0, 4.0, 30.0, 10.0]
+    coco["annotations"][1]["segmentation"] = [[1, 1, 5, 5]]
+    root = make_export(splits=("train",), coco=coco)
+    expected = load_roboflow_split(root / "train" / "_annotations.coco.json")
+    images, _ = pool_images(str(root), name="cvrepaired")
+    assert [len(p.annotations) for p in images] == [
+        len(r["annotations"]) for r in expected.dataset_dicts
+    ]
+    pooled_boxes = [a["bbox"] for p in images for a in p.annotations]
+    assert pooled_boxes == [a["bbox"] for r in expected.dataset_dicts for a in r["annotations"]]
+    assert [50.0, 4.0, 14.0, 10.0] in pooled_boxes
+
+
+def test_summary_names_the_weights_scored_and_what_chose_them(tmp_path):
+    fold = FoldRun(str(tmp_path), 0, "dental")
+    argv = fold.train_argv("c.yaml", [], 1)
+    chosen_on = argv[argv.index("DATASETS.VALIDATION") + 1]
+    scored_on = argv[argv.index("DATASETS.TEST") + 1]
+    assert chosen_on == "('dental_cv1_valid',)" and scored_on == "('dental_cv1_test',)"
+    assert fold.metrics_file == os.path.join(fold.folder, "eval", "dental_cv1_test", "metrics.json")
+    os.makedirs(fold.folder)
+    torch.save({"iteration": 7}, os.path.join(fold.folder, "model_best.pth"))
+    torch.save({"iteration": 15}, os.path.join(fold.folder, "model_final.pth"))
+    assert fold.scored_weights() == "model_best.pth (iteration 7)"
+    # the best is the last evaluation: the final weights are scored, as training does
+    torch.save({"iteration": 16}, os.path.join(fold.folder, "model_best.pth"))
+    assert fold.scored_weights() == "model_final.pth (iteration 15)"
+    metrics = fold_metrics(_metrics_file(tmp_path / "m.json", 40.0, 0.2, 50.0))
+    entry = {"fold": 1, "num_train": 5, "num_valid": 2, "num_test": 3, "metrics": metrics}
+    summary = summarize_folds([dict(entry, scored_weights=fold.scored_weights())])
+    summary.update(data_root="/d", seed=0, score_threshold=0.5, iou_threshold=0.5)
+    page = format_summary(summary)
+    assert "| 1 | 5 | 2 | 3 | model_final.pth (iteration 15) |" in page
+    assert "No scored image chose the weights it is scored with" in page
 
 
 def test_pooling_needs_a_train_split(make_export):
@@ -218,7 +319,16 @@ def test_two_fold_run_learns_summarizes_and_resumes(tmp_path, capsys):
     assert "segm/AP:" in capsys.readouterr().out
     cv = output / "cv"
     summary = json.loads((cv / "summary.json").read_text())
-    assert summary["num_folds"] == 2 and [f["num_valid"] for f in summary["folds"]] == [4, 4]
+    assert summary["num_folds"] == 2 and [f["num_test"] for f in summary["folds"]] == [4, 4]
+    plan = json.loads((cv / "folds.json").read_text())
+    for k, fold in enumerate(summary["folds"], start=1):
+        # the weights scored on fold k were chosen on images of the other fold
+        assert fold["chosen_on"].startswith(f"dental_cv{k}_valid")
+        assert fold["scored_on"].startswith(f"dental_cv{k}_test")
+        assert re.fullmatch(r"model_(best|final)\.pth \(iteration \d+\)", fold["scored_weights"])
+        choosers = [i for i in plan["images"] if k in i["chooses_checkpoint_of_folds"]]
+        assert len(choosers) == fold["num_valid"] > 0
+        assert all(i["fold"] != k for i in choosers)
     assert {"segm/AP", "bbox/AP50", "segm/f1-Tooth", "bbox/recall-Caries"} <= set(summary["mean"])
     assert re.search(
         r"\| metric +\| fold 1 +\| fold 2 +\| mean +\| std +\|", (cv / "summary.md").read_text()
@@ -226,9 +336,9 @@ def test_two_fold_run_learns_summarizes_and_resumes(tmp_path, capsys):
     for k in (1, 2):
         losses = _losses(cv / f"fold_{k}")
         assert losses[-1] < 0.8 * losses[0], losses  # each fold learned
-    # the test split was never evaluated or read into a fold
-    assert not list(output.rglob("*_test"))
+    # the export's test split was never read into a fold nor evaluated
     assert "/test/" not in (cv / "folds.json").read_text()
+    assert not list(output.rglob("dental_test"))
 
     # Interrupt fold 2 after its checkpoint at iteration 4: no final weights, no metrics.
     fold1_final = (cv / "fold_1" / "model_final.pth").stat().st_mtime_ns

@@ -163,6 +163,9 @@ def test_evaluate_tool_bad_input_prints_one_line(export, tmp_path):
         ("missing_gt", "no such file"),
         ("gt_not_coco", "has no 'annotations' list"),
         ("gt_empty_mask", "has no segmentation"),
+        # the loader's lines, as training and cross-validation give them
+        ("gt_unknown_image", "annotation id 1 points at image id 7, which is not in 'images'"),
+        ("gt_unknown_category", "annotation id 1 (image id 0) has category_id 9, which is not"),
     ],
 )
 def test_evaluate_tool_errors_name_the_file(export, tmp_path, capsys, case, expected):
@@ -184,9 +187,11 @@ def test_evaluate_tool_errors_name_the_file(export, tmp_path, capsys, case, expe
     elif case == "gt_not_coco":
         path.write_text(json.dumps({"images": []}))
         gt_path = path
-    elif case == "gt_empty_mask":
+    elif case.startswith("gt_"):
         gt = json.loads(gt_path.read_text())
-        gt["annotations"][1]["segmentation"] = []
+        broken = {"gt_empty_mask": ("segmentation", []), "gt_unknown_image": ("image_id", 7)}
+        key, value = broken.get(case, ("category_id", 9))
+        gt["annotations"][1][key] = value
         path.write_text(json.dumps(gt))
         gt_path = path
     argv = ["--gt", str(gt_path), "--predictions", str(results_path), "--output", str(tmp_path)]

@@ -138,6 +138,14 @@ def test_broken_label_lines_are_one_line_naming_file_and_line(
     assert re.search(message, errors[0]), errors[0]
 
 
+def test_a_detection_export_is_refused_as_the_coco_loader_refuses_it(tmp_path):
+    root = make_yolo(tmp_path / "yolo", a_labels="1 0.5 0.5 0.25 0.5\n")
+    (root / "labels" / "train" / "b.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    with pytest.raises(DentalError, match=r"data\.yaml: none of the 2 annotations has a segm") as e:
+        load_yolo_split(root / "data.yaml", "train")
+    assert "export the dataset in YOLO segmentation (polygons" in str(e.value)
+
+
 def test_coordinates_just_outside_are_clipped(tmp_path):
     root = make_yolo(tmp_path / "yolo", a_labels="0 -0.005 0.1 1.005 0.1 0.5 0.5\n")
     (polygon,) = load_yolo_split(root / "data.yaml", "train").dataset_dicts[0]["annotations"]

@@ -3,8 +3,9 @@
 
 tools/cross_validate.py --config-file configs/dental_r50.yaml --folds 5 DENTAL.DATA_ROOT export/
 
-Writes OUTPUT_DIR/cv/summary.json and summary.md (per fold, mean and standard deviation of
-segm/bbox AP, AP50 and per-class P/R/F1). Run the same command again to resume.
+Each fold is scored with the weights chosen on a part of the other folds. Writes
+OUTPUT_DIR/cv/summary.json and summary.md (per fold, the weights scored; mean and standard
+deviation of segm/bbox AP, AP50 and per-class P/R/F1). Run the same command again to resume.
 """
 
 import sys

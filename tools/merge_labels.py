@@ -11,8 +11,8 @@ tools/check_dataset.py before training.
 import os
 import sys
 
-from dental_d2.active_learning import merge_labelled
 from dental_d2.cli import run_tool, tool_parser
+from dental_d2.data.merge import merge_labelled
 
 
 def parse_args(argv=None):

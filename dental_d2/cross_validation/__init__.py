@@ -1,7 +1,7 @@
 """K-fold cross-validation of a training config on an export's pooled train and valid splits."""
 
 from .runner import CV_FOLDER, FoldRun, cross_validate
-from .splits import PooledImage, fold_assignments, pool_images, write_fold_export
+from .splits import PooledImage, fold_assignments, fold_layout, pool_images, write_fold_export
 from .summary import fold_metrics, format_summary, summarize_folds, write_summary
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "PooledImage",
     "cross_validate",
     "fold_assignments",
+    "fold_layout",
     "fold_metrics",
     "format_summary",
     "pool_images",

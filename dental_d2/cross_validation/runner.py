@@ -6,11 +6,13 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 
+from ..checkpoint import checkpoint_iteration
 from ..config import build_config
 from ..engine.launch import argument_parser, launch_from_args
+from ..engine.progress import tests_best_checkpoint
 from ..errors import DentalError
 from ..file_io import write_json
-from .splits import fold_assignments, pool_images, write_fold_export
+from .splits import fold_assignments, fold_layout, pool_images, write_fold_export
 from .summary import fold_metrics, summarize_folds, write_summary
 
 __all__ = ["CV_FOLDER", "FoldRun", "cross_validate"]
@@ -38,7 +40,8 @@ class FoldRun:
         self.data_root = os.path.join(self.folder, "data")
         self.dataset_name = f"{dataset_name}_cv{index + 1}"
         self.valid_name = f"{self.dataset_name}_valid"
-        self.metrics_file = os.path.join(self.folder, "eval", self.valid_name, "metrics.json")
+        self.test_name = f"{self.dataset_name}_test"
+        self.metrics_file = os.path.join(self.folder, "eval", self.test_name, "metrics.json")
 
     def finished(self) -> bool:
         """True when the fold's final weights exist and were evaluated (metrics no older)."""
@@ -55,17 +58,49 @@ class FoldRun:
         """tools/train_net.py's arguments for this fold: its data, folder and dataset names.
 
         `--resume` continues a half-trained fold and starts a new one from `MODEL.WEIGHTS`.
-        The fold's valid split is also `DATASETS.TEST`: it is evaluated once more after
-        training, which writes the metrics after `model_final.pth` also when early stopping
-        ended training (see `finished`).
+        The fold's valid split (a part of the other folds) is `DATASETS.VALIDATION`: it
+        chooses `model_best.pth` and stops training early. The fold itself is
+        `DATASETS.TEST`, scored once after training with the weights valid chose, so its
+        scores are on images that chose nothing.
         """
         train, valid = f"('{self.dataset_name}_train',)", f"('{self.valid_name}',)"
         return [
             "--config-file", config_file, "--resume", "--num-gpus", str(num_gpus), *opts,
             "DENTAL.DATA_ROOT", self.data_root, "DENTAL.DATASET_NAME", self.dataset_name,
             "OUTPUT_DIR", self.folder, "DATASETS.TRAIN", train,
-            "DATASETS.VALIDATION", valid, "DATASETS.TEST", valid,
+            "DATASETS.VALIDATION", valid, "DATASETS.TEST", f"('{self.test_name}',)",
         ]  # fmt: skip
+
+    def scored_weights(self) -> str:
+        """The checkpoint whose scores `metrics_file` holds, as training chose it
+        (`tests_best_checkpoint`): "model_best.pth (iteration N)" or "model_final.pth ..."."""
+        iterations = {
+            name: checkpoint_iteration(os.path.join(self.folder, name))
+            for name in ("model_best.pth", "model_final.pth")
+        }
+        best_iter, final_iter = iterations.values()
+        name = (
+            "model_best.pth" if tests_best_checkpoint(best_iter, final_iter) else "model_final.pth"
+        )
+        return f"{name} (iteration {iterations[name]})"
+
+
+def _plan(images: list, folds: list[int], layouts: list[dict], seed: int) -> dict:
+    """The folds.json of a run: each image's fold and the folds whose checkpoint it chooses."""
+    chooses = {}
+    for k, layout in enumerate(layouts):
+        for i in layout["valid"]:
+            chooses.setdefault(i, []).append(k + 1)
+    plan_images = [
+        {
+            "file_name": pooled.image["file_name"],
+            "fold": f + 1,
+            "chooses_checkpoint_of_folds": chooses.get(i, []),
+            "classes": sorted(pooled.classes),
+        }
+        for i, (pooled, f) in enumerate(zip(images, folds))
+    ]
+    return {"num_folds": len(layouts), "seed": seed, "images": plan_images}
 
 
 def _check_plan(cv_dir: str, plan: dict) -> None:
@@ -121,10 +156,24 @@ def _train_unless_finished(fold: FoldRun, num_folds: int, sizes: dict, argv: lis
         return
     state = "resuming from its last checkpoint" if fold.started() else "training"
     logger.info(
-        f"{where}: {state} on {sizes['train']} images, validating on {sizes['valid']}, in "
-        f"{fold.folder}"
+        f"{where}: {state} on {sizes['train']} images, choosing the checkpoint on "
+        f"{sizes['valid']} of the other folds, scoring the fold's {sizes['test']}, in {fold.folder}"
     )
     _train_fold(fold, argv)
+
+
+def _fold_result(fold: FoldRun, sizes: dict) -> dict:
+    """A trained fold's entry in the summary: its splits, the weights scored, their metrics."""
+    return {
+        "fold": fold.index + 1,
+        "num_train": sizes["train"],
+        "num_valid": sizes["valid"],
+        "num_test": sizes["test"],
+        "chosen_on": f"{fold.valid_name} ({sizes['valid']} images of the other folds)",
+        "scored_on": f"{fold.test_name} (fold {fold.index + 1}, {sizes['test']} images)",
+        "scored_weights": fold.scored_weights(),
+        "metrics": fold_metrics(fold.metrics_file),
+    }
 
 
 def cross_validate(
@@ -132,9 +181,15 @@ def cross_validate(
 ) -> dict:
     """Trains and evaluates one model per fold of the pooled train and valid splits.
 
-    The folds, their data (`OUTPUT_DIR/cv/fold_<k>/data/{train,valid}`), weights and
+    Fold k is scored (`test/`) with the weights chosen on `valid/`, a stratified part of the
+    other folds, which also stops training early; the rest of them is `train/` (see
+    `fold_layout`). So each fold's scores are on images that chose nothing, and the summary
+    names the weights scored and the images that chose them.
+
+    The folds, their data (`OUTPUT_DIR/cv/fold_<k>/data/{train,valid,test}`), weights and
     evaluations live under `OUTPUT_DIR/cv/`. A fold with `model_final.pth` and its metrics is
-    not trained again; a fold with a checkpoint resumes from it. The test split is never read.
+    not trained again; a fold with a checkpoint resumes from it. The export's test split is
+    never read.
 
     Args:
         config_file (str): the training config.
@@ -152,28 +207,19 @@ def cross_validate(
     """
     cfg = build_config(config_file, opts)
     images, categories = pool_images(cfg.DENTAL.DATA_ROOT, cfg.DENTAL.DATASET_NAME)
-    folds = fold_assignments([pooled.classes for pooled in images], num_folds, seed)
+    classes = [pooled.classes for pooled in images]
+    folds = fold_assignments(classes, num_folds, seed)
+    layouts = [fold_layout(classes, folds, k, seed) for k in range(num_folds)]
     cv_dir = os.path.join(cfg.OUTPUT_DIR, CV_FOLDER)
     os.makedirs(cv_dir, exist_ok=True)
-    plan_images = [
-        {"file_name": p.image["file_name"], "fold": f + 1, "classes": sorted(p.classes)}
-        for p, f in zip(images, folds)
-    ]
-    _check_plan(cv_dir, {"num_folds": num_folds, "seed": seed, "images": plan_images})
+    _check_plan(cv_dir, _plan(images, folds, layouts, seed))
 
     results = []
-    for index in range(num_folds):
+    for index, layout in enumerate(layouts):
         fold = FoldRun(cv_dir, index, cfg.DENTAL.DATASET_NAME)
-        sizes = write_fold_export(fold.data_root, images, categories, folds, index)
+        sizes = write_fold_export(fold.data_root, images, categories, layout, index)
         _train_unless_finished(fold, num_folds, sizes, fold.train_argv(config_file, opts, num_gpus))
-        results.append(
-            {
-                "fold": index + 1,
-                "num_train": sizes["train"],
-                "num_valid": sizes["valid"],
-                "metrics": fold_metrics(fold.metrics_file),
-            }
-        )
+        results.append(_fold_result(fold, sizes))
     summary = summarize_folds(results)
     summary.update(
         data_root=os.path.abspath(cfg.DENTAL.DATA_ROOT),

@@ -7,13 +7,18 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..data.coco_json import read_coco_json
-from ..data.register import SPLITS, export_layout, register_dental_splits
-from ..data.roboflow import ANNOTATION_FILE
+from ..data.register import SPLITS, export_layout, load_registered_split, register_dental_splits
+from ..data.roboflow import ANNOTATION_FILE, RoboflowSplit
 from ..errors import DentalError
 from ..file_io import write_json
 
-__all__ = ["PooledImage", "fold_assignments", "pool_images", "write_fold_export"]
+__all__ = [
+    "PooledImage",
+    "fold_assignments",
+    "fold_layout",
+    "pool_images",
+    "write_fold_export",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,53 +43,53 @@ class PooledImage:
     split: str = ""
 
 
-def _read_split(json_file: str, split: str, name_to_id: dict, id_to_name: dict) -> list:
-    coco = read_coco_json(json_file)
-    image_root = os.path.dirname(json_file)
-    local_names = {c["id"]: c["name"] for c in coco["categories"]}
-    pooled = {}
-    for index, image in enumerate(coco["images"]):
-        if not isinstance(image, dict) or "file_name" not in image:
-            raise DentalError(
-                f"{json_file}: image #{index} is not a record with a 'file_name'; fix it or "
-                "re-export"
-            )
-        if image.get("id") in pooled:
-            raise DentalError(
-                f"{json_file}: image id {image['id']} is listed twice; give each image its own "
-                "id or re-export"
-            )
-        record = dict(image, file_name=os.path.join(image_root, image["file_name"]))
-        pooled[image["id"]] = PooledImage(record, split=split)
-    for annotation in coco["annotations"]:
-        owner = pooled.get(annotation.get("image_id"))
-        class_name = local_names.get(annotation.get("category_id"))
-        if owner is None or class_name not in name_to_id:
-            # The loader reports such records with the file and the fix when the fold loads.
-            continue
-        owner.annotations.append(dict(annotation, category_id=name_to_id[class_name]))
-    for owner in pooled.values():
-        names = {id_to_name[a["category_id"]] for a in owner.annotations}
-        owner.classes = frozenset(names)
-    return list(pooled.values())
+def _coco_annotation(annotation: dict, category_id) -> dict:
+    """A loaded record's annotation in COCO form, with the train split's category id."""
+    segmentation = annotation["segmentation"]
+    if isinstance(segmentation, dict) and isinstance(segmentation["counts"], bytes):
+        # The loader compresses uncompressed RLE with pycocotools, which gives bytes; JSON
+        # holds the same counts as ASCII text.
+        segmentation = dict(segmentation, counts=segmentation["counts"].decode("ascii"))
+    return {
+        "category_id": category_id,
+        "bbox": list(annotation["bbox"]),
+        "segmentation": segmentation,
+        "iscrowd": annotation["iscrowd"],
+    }
+
+
+def _pooled_split(split: RoboflowSplit, split_name: str, name_to_id: dict) -> list[PooledImage]:
+    """The images of a split loaded by training's loader, so cross-validation trains on the
+    records, with the repairs and refusals, that `tools/train_net.py` would."""
+    ids = [name_to_id[name] for name in split.thing_classes]
+    pooled = []
+    for record in split.dataset_dicts:
+        image = {k: record[k] for k in ("file_name", "height", "width")}
+        annotations = [_coco_annotation(a, ids[a["category_id"]]) for a in record["annotations"]]
+        classes = frozenset(split.thing_classes[a["category_id"]] for a in record["annotations"])
+        pooled.append(PooledImage(image, annotations, classes, split_name))
+    return pooled
 
 
 def pool_images(root: str, name: str = "dental") -> tuple[list[PooledImage], list[dict]]:
     """Reads the train and valid splits of an export into one list of images.
 
-    Image and annotation ids are renumbered from 1; category ids follow the train split's
-    categories (matched by name for the valid split). The test split is not read.
+    The splits are read by training's loader (`load_registered_split`): a record it refuses
+    stops cross-validation with its message, and its repairs are logged and kept. Image and
+    annotation ids are renumbered from 1; category ids are the train split's (matched by name
+    for the valid split). The test split is not read.
 
     Args:
         root (str): the export's folder.
-        name (str): prefix under which the splits are registered to check them.
+        name (str): prefix under which the splits are registered to read them.
 
     Returns:
-        tuple[list[PooledImage], list[dict]]: the images, and the COCO categories of the train
-        split (Roboflow's superclass included, as exported).
+        tuple[list[PooledImage], list[dict]]: the images, and the classes of the train split
+        (COCO categories, Roboflow's superclass dropped).
 
     Raises:
-        DentalError: the export has no train split, or its splits disagree on the classes.
+        DentalError: the export has no train split, its splits disagree on the classes, or a
+            record or an image is unusable.
     """
     root = os.path.abspath(os.path.expanduser(os.fspath(root)))
     registered = register_dental_splits(root, name)
@@ -99,15 +104,12 @@ def pool_images(root: str, name: str = "dental") -> tuple[list[PooledImage], lis
             f"{root}: no train/ split; cross-validation pools train/ and valid/ of a Roboflow "
             "'COCO Segmentation' export"
         )
-    train_json = os.path.join(root, "train", ANNOTATION_FILE)
-    categories = read_coco_json(train_json)["categories"]
+    splits = {s: load_registered_split(registered[s]) for s in POOLED_SPLITS if s in registered}
+    categories = [{"id": c["id"], "name": c["name"]} for c in splits["train"].categories]
     name_to_id = {c["name"]: c["id"] for c in categories}
-    id_to_name = {c["id"]: c["name"] for c in categories}
     images = []
-    for split in POOLED_SPLITS:
-        if split in registered:
-            json_file = os.path.join(root, split, ANNOTATION_FILE)
-            images += _read_split(json_file, split, name_to_id, id_to_name)
+    for split_name, split in splits.items():
+        images += _pooled_split(split, split_name, name_to_id)
     next_annotation_id = 1
     for image_id, pooled in enumerate(images, start=1):
         pooled.image["id"] = image_id
@@ -115,8 +117,7 @@ def pool_images(root: str, name: str = "dental") -> tuple[list[PooledImage], lis
             annotation.update(id=next_annotation_id, image_id=image_id)
             next_annotation_id += 1
     logger.info(
-        f"Pooled {len(images)} images of {', '.join(s for s in POOLED_SPLITS if s in registered)} "
-        f"from {root}; {SPLITS[-1]}/ is left out"
+        f"Pooled {len(images)} images of {', '.join(splits)} from {root}; {SPLITS[-1]}/ is left out"
     )
     return images, categories
 
@@ -210,26 +211,59 @@ def _link_image(source: str, folder: str) -> str:
     return name
 
 
-def write_fold_export(
-    folder: str, images: list[PooledImage], categories: list[dict], folds: list[int], k: int
-) -> dict[str, int]:
-    """Writes fold `k` as an export with train/ and valid/ (no test/), images linked in.
+def fold_layout(classes: list[frozenset], folds: list[int], k: int, seed: int = 0) -> dict:
+    """The images of fold `k`'s three splits: the fold itself is `test`, scored once at the
+    end; the other folds are split again, stratified, into `train` and `valid`, which chooses
+    the checkpoint (and stops training early). No image of `test` chooses anything.
+
+    `valid` is one of max(K - 1, 2) parts of the other folds, about one fold's worth of
+    images (a quarter of all with K = 2).
 
     Args:
-        folder (str): the fold's data folder; `train/` and `valid/` are created in it.
+        classes (list[frozenset[str]]): the classes present on each image.
+        folds (list[int]): the fold of each image, as from `fold_assignments`.
+        k (int): the fold scored.
+        seed (int): seed of the split of the other folds.
+
+    Returns:
+        dict[str, list[int]]: "train", "valid", "test" -> indices into `classes`.
+
+    Raises:
+        DentalError: fewer than 2 images outside fold `k`.
+    """
+    num_folds = max(folds) + 1
+    others = [i for i, f in enumerate(folds) if f != k]
+    if len(others) < 2:
+        raise DentalError(
+            f"fold {k + 1}: {len(others)} image outside it, but training needs one to train on "
+            "and one to choose the checkpoint with; pass fewer --folds or add images"
+        )
+    parts = min(max(num_folds - 1, 2), len(others))
+    inner = fold_assignments([classes[i] for i in others], parts, seed + k + 1)
+    return {
+        "train": [i for i, part in zip(others, inner) if part != 0],
+        "valid": [i for i, part in zip(others, inner) if part == 0],
+        "test": [i for i, f in enumerate(folds) if f == k],
+    }
+
+
+def write_fold_export(
+    folder: str, images: list[PooledImage], categories: list[dict], layout: dict, k: int
+) -> dict[str, int]:
+    """Writes fold `k` as an export with train/, valid/ and test/, images linked in.
+
+    Args:
+        folder (str): the fold's data folder; the split folders are created in it.
         images (list[PooledImage]): the pooled images.
         categories (list[dict]): their COCO categories.
-        folds (list[int]): the fold of each image, as from `fold_assignments`.
-        k (int): the fold that is the valid split.
+        layout (dict[str, list[int]]): split -> indices into `images`, from `fold_layout`.
+        k (int): the fold (0-based), for the files' descriptions.
 
     Returns:
         dict[str, int]: split -> number of images.
     """
-    chosen = {
-        "train": [pooled for pooled, f in zip(images, folds) if f != k],
-        "valid": [pooled for pooled, f in zip(images, folds) if f == k],
-    }
-    for split, members in chosen.items():
+    for split, indices in layout.items():
+        members = [images[i] for i in indices]
         split_folder = os.path.join(folder, split)
         os.makedirs(split_folder, exist_ok=True)
         # The images first, so the JSON never names a missing file.
@@ -243,4 +277,4 @@ def write_fold_export(
             os.path.join(split_folder, ANNOTATION_FILE),
             _coco(records, annotations, categories, description),
         )
-    return {split: len(members) for split, members in chosen.items()}
+    return {split: len(indices) for split, indices in layout.items()}

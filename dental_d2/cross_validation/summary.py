@@ -106,7 +106,8 @@ def _task_table(summary: dict, task: str) -> str:
 
 
 def format_summary(summary: dict) -> str:
-    """The Markdown page of `summary.md`: fold sizes, then one table per task.
+    """The Markdown page of `summary.md`: fold sizes and the weights scored, then one table
+    per task.
 
     Args:
         summary (dict): as from `summarize_folds`, with "data_root" and "seed".
@@ -115,15 +116,23 @@ def format_summary(summary: dict) -> str:
         f"# Cross-validation: {summary['num_folds']} folds",
         "",
         f"Train and valid images of `{summary['data_root']}` pooled and split with seed "
-        f"{summary['seed']}; each fold is the valid split once. The test split is not used.",
+        f"{summary['seed']}; the export's test split is not used. Each fold is scored once, as "
+        "`test`, with the weights chosen on `valid`, a stratified part of the other folds that "
+        "also stops training early; the rest of them is `train`. No scored image chose the "
+        "weights it is scored with.",
         "AP and AP50 are COCO's (percent); precision, recall and F1 are fractions at score >= "
         f"{summary['score_threshold']:g}, IoU >= {summary['iou_threshold']:g}. std is the sample "
         "standard deviation over folds; '-' is undefined (no ground truth of that class).",
         "",
-        "| fold | train images | valid images |",
-        "|---|---|---|",
+        "| fold | train images | valid images (chose the weights) | test images (scored) | "
+        "weights scored |",
+        "|---|---|---|---|---|",
     ]
-    lines += [f"| {f['fold']} | {f['num_train']} | {f['num_valid']} |" for f in summary["folds"]]
+    lines += [
+        f"| {f['fold']} | {f['num_train']} | {f['num_valid']} | {f['num_test']} | "
+        f"{f['scored_weights']} |"
+        for f in summary["folds"]
+    ]
     for task in TASKS:
         if any(key.startswith(f"{task}/") for key in summary["mean"]):
             title = "Masks (segm)" if task == "segm" else "Boxes (bbox)"

@@ -10,7 +10,7 @@ from .register import (
     register_from_config,
 )
 from .roboflow import load_roboflow_json, load_roboflow_split
-from .yolo import load_yolo_json, load_yolo_split
+from .yolo import load_yolo_split
 
 __all__ = [
     "DentalDatasetMapper",
@@ -19,7 +19,6 @@ __all__ = [
     "load_roboflow_json",
     "load_registered_split",
     "load_roboflow_split",
-    "load_yolo_json",
     "load_yolo_split",
     "read_image",
     "register_dental_splits",

@@ -1,6 +1,7 @@
 """Registers the train/valid/test splits of a Roboflow COCO or a YOLO-seg export in detectron2's
 catalogs; the layout is told by its files."""
 
+import copy
 import functools
 import logging
 import os
@@ -9,14 +10,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..errors import DentalError
 from .categories import contiguous_id_map, thing_colors
-from .roboflow import (
-    ANNOTATION_FILE,
-    RoboflowSplit,
-    load_roboflow_json,
-    load_roboflow_split,
-    read_thing_categories,
-)
-from .yolo import find_data_yaml, load_yolo_json, load_yolo_split, read_data_yaml
+from .roboflow import ANNOTATION_FILE, RoboflowSplit, load_roboflow_split, read_thing_categories
+from .yolo import find_data_yaml, load_yolo_split, read_data_yaml
 
 __all__ = [
     "SPLITS",
@@ -177,9 +172,7 @@ def register_dental_splits(root, name: str = "dental") -> dict[str, str]:
     for split, json_file in files.items():
         dataset_name = names[split]
         image_root = os.path.dirname(json_file)
-        DatasetCatalog.register(
-            dataset_name, functools.partial(load_roboflow_json, json_file, image_root)
-        )
+        DatasetCatalog.register(dataset_name, functools.partial(_dataset_dicts, dataset_name))
         MetadataCatalog.get(dataset_name).set(
             **_get_meta(categories[split]),
             image_root=image_root,
@@ -203,9 +196,7 @@ def _register_yolo(root: str, yaml_file: str, name: str) -> dict[str, str]:
     for split in SPLITS:
         _unregister(f"{name}_{split}")
     for split, dataset_name in names.items():
-        DatasetCatalog.register(
-            dataset_name, functools.partial(load_yolo_json, export.yaml_file, split)
-        )
+        DatasetCatalog.register(dataset_name, functools.partial(_dataset_dicts, dataset_name))
         MetadataCatalog.get(dataset_name).set(
             **_get_meta(categories),
             yolo_yaml=export.yaml_file,
@@ -235,6 +226,11 @@ def load_registered_split(dataset_name: str, check_images: bool = True) -> Robof
     if metadata.get("yolo_yaml"):
         return load_yolo_split(metadata.yolo_yaml, metadata.yolo_split, check_images)
     return load_roboflow_split(metadata.roboflow_json, metadata.image_root, check_images)
+
+
+def _dataset_dicts(dataset_name: str) -> list[dict]:
+    """What `DatasetCatalog.get` returns: a copy of the split's records, safe to modify."""
+    return copy.deepcopy(load_registered_split(dataset_name).dataset_dicts)
 
 
 def register_from_config(cfg) -> list[str]:

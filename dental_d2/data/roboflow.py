@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 from detectron2.structures import BoxMode
 
 from ..errors import DentalError
-from .categories import contiguous_id_map, thing_categories
-from .coco_json import (
-    REEXPORT,
-    box_from_segmentation,
-    check_polygons,
-    is_id,
-    is_number,
-    read_coco_json,
+from .categories import contiguous_id_map
+from .coco_json import REEXPORT, box_from_segmentation, check_polygons, is_number, read_coco_json
+from .coco_records import (
+    checked_annotations,
+    format_listed,
+    index_images,
+    read_thing_categories_of,
 )
 from .image_io import check_image_files
 from .rle import check_rle
@@ -60,8 +59,6 @@ _REPAIR_ORDER = (
 )
 # A box may poke out of the image by this many pixels (rounding in exports) before it counts.
 _CLIP_TOLERANCE = 1e-3
-# At most this many ids are listed in one repair line.
-_MAX_LISTED_IDS = 10
 
 
 @dataclass
@@ -99,28 +96,6 @@ def short_name(json_file) -> str:
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
 
 
-def _annotated_category_ids(coco: dict) -> set:
-    return {
-        a.get("category_id")
-        for a in coco["annotations"]
-        if isinstance(a, dict) and is_id(a.get("category_id"))
-    }
-
-
-def _thing_categories(coco: dict, json_file) -> list[dict]:
-    categories = thing_categories(coco["categories"], _annotated_category_ids(coco))
-    ids_by_name = {}
-    for category in categories:
-        ids_by_name.setdefault(category["name"], []).append(category["id"])
-    for name, ids in ids_by_name.items():
-        if len(ids) > 1:
-            raise DentalError(
-                f"{json_file}: class name {name!r} is used by category ids "
-                f"{', '.join(str(i) for i in ids)}; merge or rename them in Roboflow and re-export"
-            )
-    return categories
-
-
 def read_thing_categories(json_file) -> list[dict]:
     """Returns the real classes of a COCO file (Roboflow's superclass dropped), by id.
 
@@ -130,86 +105,13 @@ def read_thing_categories(json_file) -> list[dict]:
     Raises:
         DentalError: see `read_coco_json`; also two classes with the same name.
     """
-    return _thing_categories(read_coco_json(json_file), json_file)
-
-
-def _format_ids(ids: list) -> str:
-    listed = ", ".join(str(i) for i in ids[:_MAX_LISTED_IDS])
-    if len(ids) > _MAX_LISTED_IDS:
-        listed += f" and {len(ids) - _MAX_LISTED_IDS} more"
-    return listed
-
-
-def _check_file_name(file_name: str, where: str) -> None:
-    # An annotation file must not make the tools read (or overwrite beside) files outside the
-    # export: only relative paths that stay inside the split's folder are accepted.
-    normalized = os.path.normpath(file_name.replace("\\", "/"))
-    if os.path.isabs(normalized) or normalized == ".." or normalized.startswith("../"):
-        raise DentalError(
-            f"{where} has file_name {file_name!r}, which leaves the split's folder; file names "
-            "must be relative paths inside it: fix the record or re-export"
-        )
-
-
-def _check_new_id(record, index: int, kind: str, seen, json_file):
-    """The record's id, checked to be an id and not seen before in this file."""
-    if not isinstance(record, dict) or not is_id(record.get("id")):
-        raise DentalError(f"{json_file}: {kind} #{index} has no 'id'; fix the record or re-export")
-    if record["id"] in seen:
-        raise DentalError(
-            f"{json_file}: {kind} id {record['id']} is listed twice; give each {kind} its own id "
-            "or re-export"
-        )
-    return record["id"]
-
-
-def _index_images(coco: dict, json_file) -> dict:
-    images = {}
-    for index, image in enumerate(coco["images"]):
-        image_id = _check_new_id(image, index, "image", images, json_file)
-        if not isinstance(image.get("file_name"), str) or not image["file_name"]:
-            raise DentalError(
-                f"{json_file}: image id {image_id} has no 'file_name'; fix the record or re-export"
-            )
-        _check_file_name(image["file_name"], f"{json_file}: image id {image_id}")
-        for key in ("height", "width"):
-            value = image.get(key)
-            if not is_number(value) or value <= 0 or int(value) != value:
-                raise DentalError(
-                    f"{json_file}: image id {image_id} has '{key}' {value!r}, not a positive "
-                    "integer; fix the record or re-export"
-                )
-        images[image_id] = image
-    return images
+    return read_thing_categories_of(read_coco_json(json_file), json_file)
 
 
 def _clip_box(box: list[float], width: int, height: int) -> list[float]:
     x0, y0 = max(box[0], 0.0), max(box[1], 0.0)
     x1, y1 = min(box[0] + box[2], float(width)), min(box[1] + box[3], float(height))
     return [x0, y0, x1 - x0, y1 - y0]
-
-
-def _annotation_image(anno: dict, anno_id, images: dict, id_map: dict, json_file):
-    """The annotation's image and its "<file>: annotation id A (image id I)" for messages,
-    after checking its image, class and `iscrowd`."""
-    image = images.get(anno.get("image_id"))
-    if image is None:
-        raise DentalError(
-            f"{json_file}: annotation id {anno_id} points at image id "
-            f"{anno.get('image_id')!r}, which is not in 'images'; delete the annotation or "
-            "re-export"
-        )
-    where = f"{json_file}: annotation id {anno_id} (image id {image['id']})"
-    category_id = anno.get("category_id")
-    if category_id not in id_map:
-        known = ", ".join(str(i) for i in id_map)
-        raise DentalError(
-            f"{where} has category_id {category_id!r}, which is not a class in 'categories' "
-            f"(ids {known}); fix the annotation or re-export"
-        )
-    if anno.get("iscrowd", 0) not in (0, 1):
-        raise DentalError(f"{where} has iscrowd {anno.get('iscrowd')!r}; use 0 or 1")
-    return image, where
 
 
 def _segmentation(anno: dict, image: dict, where: str, repairs: dict):
@@ -253,10 +155,7 @@ def _box(anno: dict, segmentation, image: dict, where: str, repairs: dict):
 
 def _convert_annotations(coco: dict, images: dict, id_map: dict, json_file, repairs: dict):
     per_image = {image_id: [] for image_id in images}
-    seen = set()
-    for index, anno in enumerate(coco["annotations"]):
-        seen.add(_check_new_id(anno, index, "annotation", seen, json_file))
-        image, where = _annotation_image(anno, anno["id"], images, id_map, json_file)
+    for anno, image, where in checked_annotations(coco, images, id_map, json_file):
         segmentation = _segmentation(anno, image, where, repairs)
         box = _box(anno, segmentation, image, where, repairs) if segmentation else None
         if box is None:
@@ -270,13 +169,16 @@ def _convert_annotations(coco: dict, images: dict, id_map: dict, json_file, repa
                 "iscrowd": int(anno.get("iscrowd", 0)),
             }
         )
-    missing = len(repairs[_DROPPED_NO_SEGMENTATION])
-    if coco["annotations"] and missing == len(coco["annotations"]):
-        raise DentalError(
-            f"{json_file}: none of the {missing} annotations has a segmentation, "
-            "as in an object-detection export; export the dataset in 'COCO Segmentation' format"
-        )
     return per_image
+
+
+def _check_some_masks(num_annotations: int, repairs: dict, source: str, export_format: str):
+    missing = len(repairs[_DROPPED_NO_SEGMENTATION])
+    if num_annotations and missing == num_annotations:
+        raise DentalError(
+            f"{source}: none of the {missing} annotations has a segmentation, as in an "
+            f"object-detection export; export the dataset in {export_format} format"
+        )
 
 
 def _cache_key(json_file: str, image_root: str, check_images: bool) -> tuple:
@@ -288,7 +190,7 @@ def _read_split(json_file: str, image_root: str, check_images: bool) -> Roboflow
     coco = read_coco_json(json_file)
     if not coco["images"]:
         raise DentalError(f"{json_file}: lists no images; {REEXPORT}")
-    categories = _thing_categories(coco, json_file)
+    categories = read_thing_categories_of(coco, json_file)
     return split_from_coco(coco, categories, json_file, image_root, check_images)
 
 
@@ -300,6 +202,7 @@ def split_from_coco(
     check_images: bool,
     label: str | None = None,
     notes: tuple[str, ...] = (),
+    export_format: str = "'COCO Segmentation'",
 ) -> RoboflowSplit:
     """Validates and repairs a COCO dataset held in memory and makes its detectron2 records.
 
@@ -317,13 +220,15 @@ def split_from_coco(
         check_images (bool): also decode every image and compare its size with the record.
         label (str or None): what log lines call the split; None for "<split>/<file>".
         notes (tuple[str, ...]): lines the caller found (before the repair lines).
+        export_format (str): the format to export in when no annotation has a mask.
 
     Raises:
         DentalError: an unusable record; the message names `source` and the record.
     """
-    images = _index_images(coco, source)
+    images = index_images(coco, source)
     repairs = {kind: [] for kind in _REPAIR_ORDER}
     per_image = _convert_annotations(coco, images, contiguous_id_map(categories), source, repairs)
+    _check_some_masks(len(coco["annotations"]), repairs, source, export_format)
     name = label or short_name(source)
     if check_images:
         check_image_files(list(images.values()), image_root, source, name)
@@ -338,7 +243,7 @@ def split_from_coco(
         for image_id, image in images.items()
     ]
     repair_lines = list(notes) + [
-        kind.format(n=len(ids), ids=_format_ids(ids)) for kind, ids in repairs.items() if ids
+        kind.format(n=len(ids), ids=format_listed(ids)) for kind, ids in repairs.items() if ids
     ]
     for line in repair_lines:
         logger.warning(f"{name}: {line}")

@@ -8,7 +8,6 @@ resolved follow Ultralytics' `check_det_dataset` and `img2label_paths`. Ultralyt
 not a dependency: it is AGPL-3.0 and brings its own training stack, too much for text files.
 """
 
-import copy
 import hashlib
 import logging
 import math
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 import yaml
 
 from ..errors import DentalError
+from .coco_records import format_listed
 from .image_files import is_image_file
 from .image_io import image_size
 from .roboflow import RoboflowSplit, cached_split, split_from_coco
@@ -35,6 +35,13 @@ YOLO_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 COORDINATE_TOLERANCE = 0.01
 # At most this many file names are listed in one note.
 _MAX_LISTED = 5
+# What the loader noted about a split's files, one line each (in this order) when it happened.
+_NOTES = {
+    "orphan": "ignored {n} label files without an image ({names})",
+    "unlabelled": "kept {n} images without a label file as negatives ({names})",
+    "empty": "kept {n} images with an empty label file as negatives ({names})",
+    "crlf": "read {n} label files with Windows line endings ({names})",
+}
 _FIX = "fix the line or delete it"
 
 
@@ -158,14 +165,15 @@ def read_data_yaml(yaml_file) -> YoloExport:
     return YoloExport(yaml_file, names, splits)
 
 
+def _files_under(folder: str) -> list[str]:
+    return [os.path.join(parent, f) for parent, _, files in os.walk(folder) for f in files]
+
+
 def _images_of(entries: list[str]) -> list[str]:
     images = []
     for entry in entries:
         if os.path.isdir(entry):
-            for folder, _, files in os.walk(entry):
-                images.extend(
-                    p for p in (os.path.join(folder, f) for f in files) if is_image_file(p)
-                )
+            images.extend(p for p in _files_under(entry) if is_image_file(p))
             continue
         # A list file: one image a line, relative to the list file's folder unless absolute.
         base = os.path.dirname(entry)
@@ -203,11 +211,6 @@ def label_path(image: str) -> str:
     """
     folder, name = os.path.split(image)
     return os.path.join(_labels_of(folder), os.path.splitext(name)[0] + ".txt")
-
-
-def _listed(names: list[str]) -> str:
-    shown = ", ".join(names[:_MAX_LISTED])
-    return shown + (f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else "")
 
 
 def _number(text: str, where: str) -> float:
@@ -290,12 +293,9 @@ def _orphan_labels(entries: list[str], images: list[str]) -> list[str]:
         label_folder = _labels_of(entry)
         if not os.path.isdir(entry) or label_folder == entry or not os.path.isdir(label_folder):
             continue
-        for folder, _, files in os.walk(label_folder):
-            orphans.extend(
-                os.path.join(folder, f)
-                for f in files
-                if f.endswith(".txt") and os.path.join(folder, f) not in expected
-            )
+        orphans.extend(
+            p for p in _files_under(label_folder) if p.endswith(".txt") and p not in expected
+        )
     return sorted(orphans)
 
 
@@ -321,33 +321,12 @@ def _coco_of_split(export: YoloExport, split: str, images: list[str]):
             continue
         for annotation in _read_labels(label, export.names, height, width, notes):
             coco["annotations"].append({**annotation, "image_id": image_id})
-    boxes = sum(1 for a in coco["annotations"] if a["segmentation"] is None)
-    if coco["annotations"] and boxes == len(coco["annotations"]):
-        raise DentalError(
-            f"{export.yaml_file}: every one of the {boxes} labels of '{YOLO_SPLITS[split]}' is "
-            "a box (class cx cy w h) without a polygon, as in a detection export; export the "
-            "dataset in YOLO segmentation format"
-        )
-    lines = []
-    orphans = _orphan_labels(entries, images)
-    if orphans:
-        names = [os.path.basename(p) for p in orphans]
-        lines.append(f"ignored {len(orphans)} label files without an image ({_listed(names)})")
-    if notes["unlabelled"]:
-        lines.append(
-            f"kept {len(notes['unlabelled'])} images without a label file as negatives "
-            f"({_listed(notes['unlabelled'])})"
-        )
-    if notes["empty"]:
-        lines.append(
-            f"kept {len(notes['empty'])} images with an empty label file as negatives "
-            f"({_listed(notes['empty'])})"
-        )
-    if notes["crlf"]:
-        lines.append(
-            f"read {len(notes['crlf'])} label files with Windows line endings "
-            f"({_listed(notes['crlf'])})"
-        )
+    notes["orphan"] = [os.path.basename(p) for p in _orphan_labels(entries, images)]
+    lines = [
+        text.format(n=len(notes[kind]), names=format_listed(notes[kind], _MAX_LISTED))
+        for kind, text in _NOTES.items()
+        if notes[kind]
+    ]
     return coco, image_root, lines
 
 
@@ -405,18 +384,14 @@ def load_yolo_split(yaml_file, split: str, check_images: bool = True) -> Roboflo
         categories = [{"id": i, "name": name} for i, name in enumerate(export.names)]
         label = f"{os.path.basename(export.yaml_file)} {YOLO_SPLITS[split]}"
         return split_from_coco(
-            coco, categories, export.yaml_file, image_root, check_images, label, tuple(notes)
+            coco,
+            categories,
+            export.yaml_file,
+            image_root,
+            check_images,
+            label,
+            tuple(notes),
+            export_format="YOLO segmentation (polygons, not 'class cx cy w h' boxes)",
         )
 
     return cached_split((*key, check_images), build)
-
-
-def load_yolo_json(yaml_file, split: str, check_images: bool = True) -> list[dict]:
-    """One split of a YOLO-seg export as detectron2 dataset dicts (a copy, safe to modify).
-
-    Args:
-        yaml_file (str or os.PathLike): the export's data.yaml.
-        split (str): "train", "valid" or "test".
-        check_images (bool): also decode every image.
-    """
-    return copy.deepcopy(load_yolo_split(yaml_file, split, check_images).dataset_dicts)

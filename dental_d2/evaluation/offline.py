@@ -7,7 +7,7 @@ import os
 
 from pycocotools.coco import COCO
 
-from ..data.categories import thing_categories, thing_colors
+from ..data.categories import thing_colors
 from ..data.coco_json import (
     box_from_segmentation,
     is_box,
@@ -16,23 +16,13 @@ from ..data.coco_json import (
     segmentation_problem,
     segmentation_to_rle,
 )
+from ..data.coco_records import checked_annotations, index_images, read_thing_categories_of
 from ..errors import DentalError
 from .evaluator import evaluate_task
 from .matching import IOU_TYPES
 from .report import log_class_table, metrics_dict, write_outputs
 
 logger = logging.getLogger(__name__)
-
-
-def _index_images(data: dict, path: str) -> dict:
-    images = {}
-    for i, image in enumerate(data["images"]):
-        if not isinstance(image, dict) or not {"id", "height", "width"} <= image.keys():
-            raise DentalError(
-                f"{path}: images[{i}] lacks 'id', 'height' or 'width'; fix or re-export the file"
-            )
-        images[image["id"]] = image
-    return images
 
 
 def load_ground_truth(path: str) -> COCO:
@@ -51,32 +41,17 @@ def load_ground_truth(path: str) -> COCO:
     data = read_coco_json(
         path, "pass the annotations, e.g. valid/_annotations.coco.json, with --gt"
     )
-    images = _index_images(data, path)
-    if not all(isinstance(a, dict) for a in data["annotations"]):
-        raise DentalError(f"{path}: an annotation is not an object; fix or re-export the file")
-    categories = thing_categories(
-        data["categories"], {a.get("category_id") for a in data["annotations"]}
-    )
-    category_ids = {c["id"] for c in categories}
-
+    # The checks and messages of training's loader, so a record it refuses is refused here too.
+    images = index_images(data, path)
+    categories = read_thing_categories_of(data, path)
+    category_ids = [c["id"] for c in categories]
     annotations = []
-    for i, source in enumerate(data["annotations"]):
-        record = f"{path}: annotation {i} (id {source.get('id')})"
-        if source.get("image_id") not in images:
-            raise DentalError(
-                f"{record} has image_id {source.get('image_id')!r}, which is not in 'images'; "
-                "fix or re-export the file"
-            )
-        if source.get("category_id") not in category_ids:
-            raise DentalError(
-                f"{record} has category_id {source.get('category_id')!r}, which is not a class "
-                f"(classes: {_class_list(categories)}); fix or re-export the file"
-            )
+    for source, _, where in checked_annotations(data, images, category_ids, path):
         if not is_box(source.get("bbox")):
-            raise DentalError(f"{record} has no [x, y, w, h] bbox; fix or re-export the file")
+            raise DentalError(f"{where} has no [x, y, w, h] bbox; fix or re-export the file")
         annotation = dict(source, id=len(annotations) + 1, iscrowd=int(source.get("iscrowd", 0)))
         # Where the record is in the user's file, for messages.
-        annotation["source_index"], annotation["source_id"] = i, source.get("id")
+        annotation["source_id"] = source["id"]
         if "area" not in annotation:
             annotation["area"] = float(annotation["bbox"][2] * annotation["bbox"][3])
         annotations.append(annotation)
@@ -107,9 +82,9 @@ def check_segmentations(coco_gt: COCO, path: str) -> None:
         )
         if problem:
             raise DentalError(
-                f"{path}: annotation {annotation['source_index']} (id {annotation['source_id']}, "
-                f"image {image.get('file_name')}): {problem}; fix its mask, or evaluate boxes only "
-                "with --tasks bbox"
+                f"{path}: annotation id {annotation['source_id']} (image id {image['id']}, "
+                f"{image['file_name']}): {problem}; fix its mask, or evaluate boxes only with "
+                "--tasks bbox"
             )
 
 
