@@ -13,7 +13,6 @@ from PIL import Image
 from dental_d2 import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TOOLS = REPO_ROOT / "tools"
 # A real Roboflow "COCO Segmentation" export (see ../shared/README.md).
 CALCULUS_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "calculus-segment-v10"
 # Real intraoral photos with the project's four classes, as a Roboflow-style COCO export.
@@ -140,21 +139,32 @@ def dentalai_root() -> Path:
     return _shared_dataset(DENTALAI_ROOT)
 
 
-def load_tool(name: str, monkeypatch):
-    """tools/<name>.py as a fresh module, for calling its `main(argv)` in-process.
+@pytest.fixture
+def load_tool(monkeypatch):
+    """Factory: load_tool(name, folder="tools") -> <folder>/<name>.py as a fresh module, for
+    calling its `main(argv)` in-process. The one way tests load a script.
 
     Its logging set-up (`setup_logger`, `dental_d2.cli.setup_tool_logging`) is made a no-op: a
-    handler bound to one test's captured stderr would be closed in later tests.
+    handler bound to one test's captured stderr would be closed in later tests. A script outside
+    tools/ (benchmarks/) imports modules beside it, so its folder goes on sys.path for the test,
+    as it is when the script runs.
     """
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for setup in ("setup_logger", "setup_tool_logging"):
-        if hasattr(module, setup):
-            monkeypatch.setattr(module, setup, lambda *args, **kwargs: None)
-    # Tools that run through `cli.run_tool` set up logging there.
-    monkeypatch.setattr(cli, "setup_tool_logging", lambda *args, **kwargs: None)
-    return module
+
+    def load(name: str, folder: str = "tools"):
+        if folder != "tools":
+            monkeypatch.syspath_prepend(str(REPO_ROOT / folder))
+        path = REPO_ROOT / folder / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_tool", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for setup in ("setup_logger", "setup_tool_logging"):
+            if hasattr(module, setup):
+                monkeypatch.setattr(module, setup, lambda *args, **kwargs: None)
+        # Tools that run through `cli.run_tool` set up logging there.
+        monkeypatch.setattr(cli, "setup_tool_logging", lambda *args, **kwargs: None)
+        return module
+
+    return load
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """tools/evaluate.py on a tiny Roboflow-style export: outputs written, bad input one error line."""
 
 import datetime
-import importlib.util
 import json
 import os
 import re
@@ -16,15 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "evaluate.py")
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("evaluate_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# Loaded once, at collection: importing detectron2 warns (fvcore), outside the outputs tested.
-evaluate_tool = _load_tool()
+@pytest.fixture
+def evaluate_tool(load_tool):
+    return load_tool("evaluate")
 
 
 def _square(x, y, w, h):
@@ -165,7 +158,9 @@ def test_evaluate_tool_bad_input_prints_one_line(export, tmp_path):
         ("gt_empty_mask", "has no segmentation"),
     ],
 )
-def test_evaluate_tool_errors_name_the_file(export, tmp_path, capsys, case, expected):
+def test_evaluate_tool_errors_name_the_file(
+    export, tmp_path, capsys, case, expected, evaluate_tool
+):
     gt_path, results_path, _, results = export
     path = tmp_path / "input.json"
     if case == "missing_results":
@@ -197,7 +192,7 @@ def test_evaluate_tool_errors_name_the_file(export, tmp_path, capsys, case, expe
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_evaluate_tool_boxes_only_with_masks_missing(export, tmp_path):
+def test_evaluate_tool_boxes_only_with_masks_missing(export, tmp_path, evaluate_tool):
     gt_path, _, _, results = export
     gt = json.loads(gt_path.read_text())
     for a in gt["annotations"]:

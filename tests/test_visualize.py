@@ -10,7 +10,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from conftest import load_tool
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
@@ -232,9 +231,9 @@ def test_predict_images_writes_overlays_coco_and_findings(predictor, tmp_path):
     assert counted == len(coco.getAnnIds())
 
 
-def test_tool_says_at_what_score_nothing_was_found(weights, monkeypatch, tmp_path):
+def test_tool_says_at_what_score_nothing_was_found(weights, load_tool, tmp_path):
     Image.fromarray(noise(48, 64)).save(tmp_path / "photo.jpg")
-    visualize = load_tool("visualize", monkeypatch)
+    visualize = load_tool("visualize")
     # Every class a tooth: whatever the random model finds, no lesion is among it.
     argv = [
         "--config-file", CONFIG, "--input", str(tmp_path / "photo.jpg"), *TINY,
