@@ -97,6 +97,44 @@ def tool_error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
+def colour_pixels(png: Path, rgb) -> int:
+    """How many pixels of the image file `png` have the colour `rgb` (0-255, +-3 per channel)."""
+    pixels = np.asarray(Image.open(png).convert("RGB"), dtype=int)
+    return int((np.abs(pixels - np.asarray(rgb)).max(axis=-1) <= 3).sum())
+
+
+def assert_pr_curves_plot(png: Path, num_classes: int) -> None:
+    """A PR-curve figure (`plot_pr_curves`) in the class colours, matplotlib's cycle C0, C1, ...
+    in class order: each colour in the legend (its line sample is about 50 pixels), and curves
+    drawn beyond it. Equal curves cover each other, so not every class's curve need show."""
+    from matplotlib.colors import to_rgb
+
+    with Image.open(png) as image:
+        assert image.format == "PNG" and min(image.size) > 300, image.size
+    counts = [
+        colour_pixels(png, [round(255 * c) for c in to_rgb(f"C{k}")]) for k in range(num_classes)
+    ]
+    assert min(counts) >= 30, f"{png}: a class colour is missing: {counts} pixels"
+    assert sum(counts) > 60 * num_classes + 500, f"{png}: no curves, {counts} pixels"
+
+
+def assert_confusion_matrix_plot(png: Path, counts) -> None:
+    """A confusion-matrix figure (`plot_confusion_matrix`) whose cells are shaded by the share of
+    their row in `counts`: each share's "Blues" colour covers at least a cell (the colour bar
+    alone holds a few rows of pixels of each)."""
+    from matplotlib import colormaps
+
+    with Image.open(png) as image:
+        assert image.format == "PNG" and min(image.size) > 200, image.size
+    counts = np.asarray(counts, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    cells = {float(share): int((shares == share).sum()) for share in np.unique(shares)}
+    for share, number in cells.items():
+        rgb = [round(255 * c) for c in colormaps["Blues"](share)[:3]]
+        assert colour_pixels(png, rgb) > 2000 * number, f"{png}: no cell of share {share:.2f}"
+
+
 @pytest.fixture
 def make_export(tmp_path):
     """Factory: make_export(splits=("train",), coco=None) -> root of a tiny export."""

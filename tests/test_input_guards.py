@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_split
+from conftest import assert_confusion_matrix_plot, assert_pr_curves_plot, write_split
 from matplotlib.text import Text
 from PIL import Image
 
@@ -282,6 +282,8 @@ def test_report_and_plots_render_special_class_names(load_tool, tmp_path):
     page = (output / "report.html").read_text(encoding="utf-8")
     assert "Caries &amp; $x^$" in page and "&lt;Tooth&gt;" in page
     assert "<Tooth>" not in page and "\\$" not in page
+    metrics = json.loads((output / "metrics.json").read_text())
     for task in ("bbox", "segm"):
-        for plot in ("pr_curves", "confusion_matrix"):
-            assert (output / f"{task}_{plot}.png").stat().st_size > 1000
+        assert_pr_curves_plot(output / f"{task}_pr_curves.png", len(names))
+        counts = metrics[task]["confusion_matrix"]["counts"]
+        assert_confusion_matrix_plot(output / f"{task}_confusion_matrix.png", counts)
