@@ -18,6 +18,20 @@ CALCULUS_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "calculus-segment-v10
 # Real intraoral photos with the project's four classes, as a Roboflow-style COCO export.
 DENTALAI_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "dentalai"
 ANNOTATION_FILE = "_annotations.coco.json"
+# The demo config: a small CPU model that tests build with random weights or train briefly.
+DEMO_CONFIG = str(REPO_ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
+# The project's four classes, in the order of DENTAL.CLASS_NAMES in the configs.
+CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
+# The demo model with random weights on CPU at 128 px (192 at most): seconds per photo.
+RANDOM_DEMO_MODEL = [
+    "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
+]  # fmt: skip
+# A training run without evaluation, pictures or validation loss: for tests of the run itself.
+NO_EVAL = [
+    "DENTAL.LOG_PERIOD", "1", "DENTAL.EVAL.NUM_VIS_IMAGES", "0", "DATASETS.TEST", "()",
+    "TEST.EVAL_PERIOD", "0", "TEST.VALIDATION_LOSS", "False", "DATASETS.VALIDATION", "()",
+]  # fmt: skip
 # Set on a GPU machine (benchmarks/gpu_check.sh does): `cuda` tests must run, never skip.
 REQUIRE_CUDA_ENV = "DENTAL_D2_REQUIRE_CUDA"
 

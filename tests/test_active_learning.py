@@ -8,7 +8,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import tool_error_lines
+from conftest import CLASSES, tool_error_lines
+from conftest import DEMO_CONFIG as CONFIG
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
@@ -17,9 +18,6 @@ from torch import nn
 from dental_d2.active_learning import flip_back, rank_images, score_image, write_ranking
 from dental_d2.predictor import Predictor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 CARIES, CAVITY, CRACK, TOOTH = range(4)
 TINY = [
     "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "64",

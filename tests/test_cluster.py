@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NO_EVAL as FAST
 from conftest import tool_error_lines
 
 from dental_d2.data.synthetic import generate_synthetic_dataset
@@ -23,10 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
 INSTANT = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 # A log line per iteration, no pictures, no test split, no evaluation: seconds per run.
-FAST = [
-    "DENTAL.LOG_PERIOD", "1", "DENTAL.EVAL.NUM_VIS_IMAGES", "0", "DATASETS.TEST", "()",
-    "TEST.EVAL_PERIOD", "0", "TEST.VALIDATION_LOSS", "False", "DATASETS.VALIDATION", "()",
-]  # fmt: skip
 # One intra-op thread per process: the same arithmetic whichever launcher started it.
 ENV = {"OMP_NUM_THREADS": "1"}
 # What launchers set, removed from the tests' own environment (a CI job may run under one).

@@ -6,9 +6,9 @@ import os
 import random
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from conftest import DEMO_CONFIG as CONFIG
 from conftest import tiny_coco, tool_error_lines
 
 from dental_d2 import DentalError
@@ -22,15 +22,10 @@ from dental_d2.cross_validation import (
 )
 from dental_d2.data.synthetic import generate_synthetic_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture
 def cross_validate_tool(load_tool):
     return load_tool("cross_validate")
-
-
-CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
 
 
 def _labelled_images(seed=0):

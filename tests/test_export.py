@@ -3,11 +3,12 @@ output parity with PyTorch on synthetic and real photos."""
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES
+from conftest import DEMO_CONFIG as CONFIG
 from detectron2.modeling import build_model
 
 from dental_d2 import DentalError
@@ -18,10 +19,7 @@ from dental_d2.data.synthetic import generate_synthetic_dataset
 from dental_d2.export import METADATA_FILE, export_model
 from dental_d2.predictor import Predictor
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("restore_loggers")
-CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 # The demo model at 160 px with random weights: seconds on a CPU. At a score threshold of 0.05
 # it keeps its 50 detections per image (scores near 1/5), each with a mask of its own.
 SIZE = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "160"]

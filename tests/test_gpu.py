@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_CONFIG as DEMO
+from conftest import NO_EVAL as FAST
 from detectron2.modeling import build_model
 from fastapi.testclient import TestClient
 from serve_support import CLASSES, OPTS
@@ -32,11 +34,6 @@ pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("restore_loggers")]
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
 INSTANT = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
-DEMO = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
-FAST = [
-    "DENTAL.LOG_PERIOD", "1", "DENTAL.EVAL.NUM_VIS_IMAGES", "0", "DATASETS.TEST", "()",
-    "TEST.EVAL_PERIOD", "0", "TEST.VALIDATION_LOSS", "False", "DATASETS.VALIDATION", "()",
-]  # fmt: skip
 # The serving tests' options, on the GPU.
 CUDA_OPTS = [value if value != "cpu" else "cuda" for value in OPTS]
 

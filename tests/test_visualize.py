@@ -10,6 +10,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from conftest import CLASSES, RANDOM_DEMO_MODEL
+from conftest import DEMO_CONFIG as CONFIG
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 from PIL import Image
@@ -31,13 +33,8 @@ from dental_d2.predictor import Predictor
 from dental_d2.visualize import build_metadata, draw_instances, render_saved_predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.WEIGHTS", "",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192",
+    *RANDOM_DEMO_MODEL,
     "TEST.DETECTIONS_PER_IMAGE", "5",
     "DENTAL.CLASS_NAMES", str(CLASSES),
 ]  # fmt: skip
