@@ -5,8 +5,9 @@
 
 Random weights with both box regressors zeroed and thresholds at 0, so every model keeps 1000
 proposals and 100 detections per image. Prints one table and writes it as JSON (--output).
-`--only pytorch,training` times a config's inference and training step alone. The measuring
-code is the `equal_work` package beside this script (a script's folder is on its import path).
+`--only pytorch,training` times only a config's eager inference and training step (and
+torchvision's step). The measuring code is the `equal_work` package beside this script (a
+script's folder is on its import path).
 """
 
 import sys
