@@ -13,12 +13,25 @@ from PIL import Image
 from dental_d2 import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TOOLS = REPO_ROOT / "tools"
 # A real Roboflow "COCO Segmentation" export (see ../shared/README.md).
 CALCULUS_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "calculus-segment-v10"
 # Real intraoral photos with the project's four classes, as a Roboflow-style COCO export.
 DENTALAI_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "dentalai"
 ANNOTATION_FILE = "_annotations.coco.json"
+# The demo config: a small CPU model that tests build with random weights or train briefly.
+DEMO_CONFIG = str(REPO_ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
+# The project's four classes, in the order of DENTAL.CLASS_NAMES in the configs.
+CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
+# The demo model with random weights on CPU at 128 px (192 at most): seconds per photo.
+RANDOM_DEMO_MODEL = [
+    "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
+    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
+]  # fmt: skip
+# A training run without evaluation, pictures or validation loss: for tests of the run itself.
+NO_EVAL = [
+    "DENTAL.LOG_PERIOD", "1", "DENTAL.EVAL.NUM_VIS_IMAGES", "0", "DATASETS.TEST", "()",
+    "TEST.EVAL_PERIOD", "0", "TEST.VALIDATION_LOSS", "False", "DATASETS.VALIDATION", "()",
+]  # fmt: skip
 # Set on a GPU machine (benchmarks/gpu_check.sh does): `cuda` tests must run, never skip.
 REQUIRE_CUDA_ENV = "DENTAL_D2_REQUIRE_CUDA"
 
@@ -98,6 +111,44 @@ def tool_error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
+def colour_pixels(png: Path, rgb) -> int:
+    """How many pixels of the image file `png` have the colour `rgb` (0-255, +-3 per channel)."""
+    pixels = np.asarray(Image.open(png).convert("RGB"), dtype=int)
+    return int((np.abs(pixels - np.asarray(rgb)).max(axis=-1) <= 3).sum())
+
+
+def assert_pr_curves_plot(png: Path, num_classes: int) -> None:
+    """A PR-curve figure (`plot_pr_curves`) in the class colours, matplotlib's cycle C0, C1, ...
+    in class order: each colour in the legend (its line sample is about 50 pixels), and curves
+    drawn beyond it. Equal curves cover each other, so not every class's curve need show."""
+    from matplotlib.colors import to_rgb
+
+    with Image.open(png) as image:
+        assert image.format == "PNG" and min(image.size) > 300, image.size
+    counts = [
+        colour_pixels(png, [round(255 * c) for c in to_rgb(f"C{k}")]) for k in range(num_classes)
+    ]
+    assert min(counts) >= 30, f"{png}: a class colour is missing: {counts} pixels"
+    assert sum(counts) > 60 * num_classes + 500, f"{png}: no curves, {counts} pixels"
+
+
+def assert_confusion_matrix_plot(png: Path, counts) -> None:
+    """A confusion-matrix figure (`plot_confusion_matrix`) whose cells are shaded by the share of
+    their row in `counts`: each share's "Blues" colour covers at least a cell (the colour bar
+    alone holds a few rows of pixels of each)."""
+    from matplotlib import colormaps
+
+    with Image.open(png) as image:
+        assert image.format == "PNG" and min(image.size) > 200, image.size
+    counts = np.asarray(counts, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    cells = {float(share): int((shares == share).sum()) for share in np.unique(shares)}
+    for share, number in cells.items():
+        rgb = [round(255 * c) for c in colormaps["Blues"](share)[:3]]
+        assert colour_pixels(png, rgb) > 2000 * number, f"{png}: no cell of share {share:.2f}"
+
+
 @pytest.fixture
 def make_export(tmp_path):
     """Factory: make_export(splits=("train",), coco=None) -> root of a tiny export."""
@@ -140,21 +191,32 @@ def dentalai_root() -> Path:
     return _shared_dataset(DENTALAI_ROOT)
 
 
-def load_tool(name: str, monkeypatch):
-    """tools/<name>.py as a fresh module, for calling its `main(argv)` in-process.
+@pytest.fixture
+def load_tool(monkeypatch):
+    """Factory: load_tool(name, folder="tools") -> <folder>/<name>.py as a fresh module, for
+    calling its `main(argv)` in-process. The one way tests load a script.
 
     Its logging set-up (`setup_logger`, `dental_d2.cli.setup_tool_logging`) is made a no-op: a
-    handler bound to one test's captured stderr would be closed in later tests.
+    handler bound to one test's captured stderr would be closed in later tests. A script outside
+    tools/ (benchmarks/) imports modules beside it, so its folder goes on sys.path for the test,
+    as it is when the script runs.
     """
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for setup in ("setup_logger", "setup_tool_logging"):
-        if hasattr(module, setup):
-            monkeypatch.setattr(module, setup, lambda *args, **kwargs: None)
-    # Tools that run through `cli.run_tool` set up logging there.
-    monkeypatch.setattr(cli, "setup_tool_logging", lambda *args, **kwargs: None)
-    return module
+
+    def load(name: str, folder: str = "tools"):
+        if folder != "tools":
+            monkeypatch.syspath_prepend(str(REPO_ROOT / folder))
+        path = REPO_ROOT / folder / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_tool", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for setup in ("setup_logger", "setup_tool_logging"):
+            if hasattr(module, setup):
+                monkeypatch.setattr(module, setup, lambda *args, **kwargs: None)
+        # Tools that run through `cli.run_tool` set up logging there.
+        monkeypatch.setattr(cli, "setup_tool_logging", lambda *args, **kwargs: None)
+        return module
+
+    return load
 
 
 @pytest.fixture

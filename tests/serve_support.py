@@ -3,18 +3,15 @@
 import os
 
 import torch
+from conftest import CLASSES, RANDOM_DEMO_MODEL
+from conftest import DEMO_CONFIG as CONFIG
 
 from dental_d2.predictor import Predictor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 # The demo's R18 with random weights at 128 px: fast on a CPU.
 OPTS = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.WEIGHTS", "",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192",
+    *RANDOM_DEMO_MODEL,
     "TEST.DETECTIONS_PER_IMAGE", "12",
     "TEST.IMS_PER_BATCH", "2",
     "DENTAL.CLASS_NAMES", str(CLASSES),

@@ -2,14 +2,14 @@
 order its behaviour implies, with the right reasons; the tool writes the CSV and pre-labels."""
 
 import csv
-import importlib.util
 import json
 import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import tool_error_lines
+from conftest import CLASSES, tool_error_lines
+from conftest import DEMO_CONFIG as CONFIG
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
@@ -18,9 +18,6 @@ from torch import nn
 from dental_d2.active_learning import flip_back, rank_images, score_image, write_ranking
 from dental_d2.predictor import Predictor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 CARIES, CAVITY, CRACK, TOOTH = range(4)
 TINY = [
     "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "64",
@@ -29,15 +26,14 @@ TINY = [
 SIZE = 64
 
 
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def rank_tool(load_tool):
+    return load_tool("rank_for_labeling")
 
 
-rank_tool = _load_tool("rank_for_labeling")
-merge_tool = _load_tool("merge_labels")
+@pytest.fixture
+def merge_tool(load_tool):
+    return load_tool("merge_labels")
 
 
 # Each scenario: image code -> detections (class, score, box x0, y0, x1, y1) of the plain image,
@@ -186,7 +182,7 @@ def test_prelabels_hold_the_top_images_confident_detections(scripted_predictor, 
     assert all("segmentation" in a for a in coco.dataset["annotations"])
 
 
-def test_tool_writes_ranking_and_prelabels(images, tmp_path):
+def test_tool_writes_ranking_and_prelabels(images, tmp_path, rank_tool):
     # The tool needs a weights file: the demo model's random weights.
     weights = tmp_path / "model.pth"
     torch.save({"model": Predictor(CONFIG, opts=TINY).model.state_dict()}, weights)
@@ -211,7 +207,7 @@ def test_tool_writes_ranking_and_prelabels(images, tmp_path):
         (["--band", "0.6"], "need 0 < band < threshold <= 1"),
     ],
 )
-def test_tool_bad_arguments_are_one_line(images, tmp_path, capsys, extra, message):
+def test_tool_bad_arguments_are_one_line(images, tmp_path, capsys, extra, message, rank_tool):
     argv = ["--config-file", CONFIG, "--input", images[0], "--output", str(tmp_path / "r.csv"),
             *extra, *TINY]  # fmt: skip
     assert rank_tool.main(argv) == 1
@@ -219,7 +215,7 @@ def test_tool_bad_arguments_are_one_line(images, tmp_path, capsys, extra, messag
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
-def test_tool_no_images_is_one_line(tmp_path, capsys):
+def test_tool_no_images_is_one_line(tmp_path, capsys, rank_tool):
     argv = ["--config-file", CONFIG, "--input", str(tmp_path), "--output", str(tmp_path / "r.csv"),
             *TINY]  # fmt: skip
     assert rank_tool.main(argv) == 1
@@ -247,7 +243,9 @@ def _corrected(folder, names, class_name="Tooth"):
     return path
 
 
-def test_merge_adds_corrected_images_with_classes_matched_by_name(make_export, tmp_path):
+def test_merge_adds_corrected_images_with_classes_matched_by_name(
+    make_export, tmp_path, merge_tool
+):
     from dental_d2.data import load_roboflow_json
 
     export = make_export(splits=("train",))
@@ -263,7 +261,7 @@ def test_merge_adds_corrected_images_with_classes_matched_by_name(make_export, t
     assert len({r["image_id"] for r in records}) == 5
 
 
-def test_merge_refuses_unknown_classes_and_images_it_has(make_export, tmp_path, capsys):
+def test_merge_refuses_unknown_classes_and_images_it_has(make_export, tmp_path, capsys, merge_tool):
     export = make_export(splits=("train",))
     split_json = export / "train" / "_annotations.coco.json"
     before = split_json.read_text()

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES
 from PIL import Image
 from serve_support import build_predictor
 
@@ -21,7 +22,6 @@ from dental_d2.predictor import Predictor
 from dental_d2.serving import PredictionService, create_app
 
 pytestmark = pytest.mark.usefixtures("restore_loggers")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO = str(CONFIGS / "quick_schedules" / "dental_demo_cpu.yaml")
 LITE0 = str(CONFIGS / "dental_lite0.yaml")

@@ -1,33 +1,31 @@
-"""tools/benchmark.py on the demo model at a tiny size: every runtime measured at equal work,
-one table, one JSON."""
+"""benchmarks/bench_runtimes.py (what tools/benchmark.py runs) on the demo model at a tiny size:
+every runtime measured at equal work, one table, one JSON."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_CONFIG as CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("restore_loggers")
-CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
 TINY = [
     "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96", "INPUT.MIN_SIZE_TRAIN", "(96,)",
     "INPUT.MAX_SIZE_TRAIN", "96", "SOLVER.IMS_PER_BATCH", "2", "TEST.IMS_PER_BATCH", "2",
 ]  # fmt: skip
 
 
-def benchmark_tool():
-    spec = importlib.util.spec_from_file_location("benchmark_tool", ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def benchmark_tool(load_tool):
+    """The benchmark script in-process; its `equal_work` package is importable beside it."""
+    return load_tool("bench_runtimes", "benchmarks")
 
 
 @pytest.mark.slow
-def test_benchmark_measures_every_runtime_at_equal_work(tmp_path, capsys):
+def test_benchmark_measures_every_runtime_at_equal_work(tmp_path, capsys, benchmark_tool):
     output = tmp_path / "bench.json"
-    code = benchmark_tool().main(
+    code = benchmark_tool.main(
         ["--config-file", CONFIG, "--output", str(output), "--repeats", "1", "--train-iters", "1",
          "--only", "pytorch,onnxruntime,torchvision_v1,training", *TINY]
     )  # fmt: skip
@@ -59,8 +57,8 @@ def test_benchmark_measures_every_runtime_at_equal_work(tmp_path, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the error without CUDA")
-def test_benchmark_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
-    code = benchmark_tool().main(
+def test_benchmark_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys, benchmark_tool):
+    code = benchmark_tool.main(
         ["--config-file", CONFIG, "--device", "cuda", "--output", str(tmp_path / "b.json")]
     )
     assert code == 1
@@ -68,9 +66,9 @@ def test_benchmark_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys):
     assert err.startswith("error: ") and "CUDA" in err and "\n" not in err
 
 
-def test_benchmark_names_an_empty_image_folder(tmp_path, capsys):
+def test_benchmark_names_an_empty_image_folder(tmp_path, capsys, benchmark_tool):
     (tmp_path / "empty").mkdir()
-    code = benchmark_tool().main(
+    code = benchmark_tool.main(
         ["--config-file", CONFIG, "--images", str(tmp_path / "empty"),
          "--output", str(tmp_path / "b.json"), *TINY]
     )  # fmt: skip
@@ -78,12 +76,12 @@ def test_benchmark_names_an_empty_image_folder(tmp_path, capsys):
     assert "empty" in capsys.readouterr().err
 
 
-def test_training_step_of_a_from_scratch_r50_is_measured():
+def test_training_step_of_a_from_scratch_r50_is_measured(benchmark_tool):
     """The reference R50 (frozen BN, no COCO weights here) has losses in the hundreds at
-    random init; at the config's LR its step diverged to NaN, so the benchmark had no R50
-    training row. At LR 0 the step does all its work and stays finite."""
-    from dental_d2.benchmark.models import equal_work_config
-    from dental_d2.benchmark.training import measure_dental_training
+    random init, and one step at the config's LR sends it to NaN. At LR 0 the step does all its
+    work and stays finite, so the R50 training row is measured."""
+    from equal_work.models import equal_work_config
+    from equal_work.training import measure_dental_training
 
     cfg = equal_work_config(
         str(ROOT / "configs" / "dental_r50.yaml"),
@@ -93,3 +91,16 @@ def test_training_step_of_a_from_scratch_r50_is_measured():
     result = measure_dental_training({"cfg": cfg, "device": "cpu", "iters": 3})
     (row,) = result["rows"]
     assert row["batch"] == 1 and row["median_s"] > 0
+
+
+def test_tools_benchmark_runs_the_benchmark_script(load_tool, tmp_path, capfd):
+    """tools/benchmark.py, the documented command, runs benchmarks/bench_runtimes.py in a process
+    of its own with the same arguments and returns its exit code."""
+    (tmp_path / "empty").mkdir()
+    code = load_tool("benchmark").main(
+        ["--config-file", CONFIG, "--images", str(tmp_path / "empty"),
+         "--output", str(tmp_path / "b.json"), *TINY]
+    )  # fmt: skip
+    assert code == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and str(tmp_path / "empty") in err[-1]

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import load_tool
 
 from dental_d2.data.check import check_dataset, format_report
 
@@ -14,9 +13,9 @@ TOOL = REPO_ROOT / "tools" / "check_dataset.py"
 
 
 @pytest.fixture
-def tool(monkeypatch):
+def tool(load_tool):
     """The tool's module, run in-process by calling `main(argv)`."""
-    return load_tool("check_dataset", monkeypatch)
+    return load_tool("check_dataset")
 
 
 def test_report_counts(make_export, coco):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import load_tool, tool_error_lines
+from conftest import NO_EVAL as FAST
+from conftest import tool_error_lines
 
 from dental_d2.data.synthetic import generate_synthetic_dataset
 from dental_d2.engine.distributed import ClusterProcess, cluster_process, first_host
@@ -23,10 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
 INSTANT = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 # A log line per iteration, no pictures, no test split, no evaluation: seconds per run.
-FAST = [
-    "DENTAL.LOG_PERIOD", "1", "DENTAL.EVAL.NUM_VIS_IMAGES", "0", "DATASETS.TEST", "()",
-    "TEST.EVAL_PERIOD", "0", "TEST.VALIDATION_LOSS", "False", "DATASETS.VALIDATION", "()",
-]  # fmt: skip
 # One intra-op thread per process: the same arithmetic whichever launcher started it.
 ENV = {"OMP_NUM_THREADS": "1"}
 # What launchers set, removed from the tests' own environment (a CI job may run under one).
@@ -249,12 +246,12 @@ def test_first_host_of_a_slurm_node_list(nodelist, host):
     assert first_host(nodelist) == host
 
 
-def test_num_gpus_under_torchrun_is_one_line_error(monkeypatch, capsys, restore_loggers):
+def test_num_gpus_under_torchrun_is_one_line_error(monkeypatch, load_tool, capsys, restore_loggers):
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
                         "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
                         "TORCHELASTIC_RUN_ID": "t"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
-    tool = load_tool("train_net", monkeypatch)
+    tool = load_tool("train_net")
     assert tool.main(["--config-file", INSTANT, "--num-gpus", "2"]) == 1
     lines = tool_error_lines(capsys.readouterr().err)
     assert lines == [

@@ -1,16 +1,15 @@
 """Cross-validation: stratified folds, fold exports that leave the test split alone, the summary,
 the tool's one-line errors, and a real 2-fold run that resumes."""
 
-import importlib.util
 import json
 import os
 import random
 import re
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_CONFIG as CONFIG
 from conftest import tiny_coco, tool_error_lines
 
 from dental_d2 import DentalError
@@ -28,21 +27,10 @@ from dental_d2.data.roboflow import load_roboflow_split
 from dental_d2.data.synthetic import generate_synthetic_dataset
 from dental_d2.evaluation.offline import load_ground_truth
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def _load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "cross_validate_tool", ROOT / "tools" / "cross_validate.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cross_validate_tool = _load_tool()
-
-CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
+@pytest.fixture
+def cross_validate_tool(load_tool):
+    return load_tool("cross_validate")
 
 
 def _labelled_images(seed=0):
@@ -173,7 +161,7 @@ def test_too_few_images_outside_a_fold_is_one_line():
     ],
 )
 def test_a_broken_record_is_refused_with_the_loaders_line(
-    make_export, capsys, field, value, message
+    make_export, capsys, cross_validate_tool, field, value, message
 ):
     coco = tiny_coco(num_images=4)
     coco["annotations"][1][field] = value
@@ -271,7 +259,7 @@ def test_unreadable_fold_metrics_is_one_line(tmp_path):
     assert "\n" not in str(error.value)
 
 
-def test_tool_bad_folds_is_one_line_error(make_export, capsys):
+def test_tool_bad_folds_is_one_line_error(make_export, capsys, cross_validate_tool):
     root = make_export(splits=("train", "valid"))
     argv = ["--config-file", CONFIG, "--folds", "1", "DENTAL.DATA_ROOT", str(root)]
     assert cross_validate_tool.main(argv) == 1
@@ -282,7 +270,7 @@ def test_tool_bad_folds_is_one_line_error(make_export, capsys):
     assert "between 2 and 6" in capsys.readouterr().err
 
 
-def test_tool_missing_data_root_is_one_line_error(tmp_path, capsys):
+def test_tool_missing_data_root_is_one_line_error(tmp_path, capsys, cross_validate_tool):
     argv = ["--config-file", CONFIG, "--folds", "2", "DENTAL.DATA_ROOT", str(tmp_path / "none")]
     assert cross_validate_tool.main(argv) == 1
     err = tool_error_lines(capsys.readouterr().err)
@@ -307,7 +295,7 @@ def _losses(fold_dir):
 
 
 @pytest.mark.slow
-def test_two_fold_run_learns_summarizes_and_resumes(tmp_path, capsys):
+def test_two_fold_run_learns_summarizes_and_resumes(tmp_path, capsys, cross_validate_tool):
     export = tmp_path / "export"
     generate_synthetic_dataset(str(export), num_train=6, num_valid=2, num_test=2, size=96, seed=5)
     output = tmp_path / "out"

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pydicom
 import pytest
-from conftest import load_tool, tiny_coco
+from conftest import tiny_coco
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from dicom_support import (
@@ -231,9 +231,9 @@ def test_visualize_predicts_a_folder_of_radiographs_and_keeps_patient_data_out(t
     assert_no_patient_data(out, result.stdout, result.stderr)
 
 
-def test_rank_for_labeling_reads_radiographs(tmp_path, monkeypatch, capsys, restore_loggers):
+def test_rank_for_labeling_reads_radiographs(tmp_path, load_tool, capsys, restore_loggers):
     folder = radiographs(tmp_path / "xrays")
-    tool = load_tool("rank_for_labeling", monkeypatch)
+    tool = load_tool("rank_for_labeling")
     out = tmp_path / "ranking"
     argv = ["--config-file", CONFIG, "--input", str(folder), "--output", str(out / "rank.csv")]
     assert tool.main([*argv, "--top", "4", *OPTS, *trained_weights(tmp_path)]) == 0
@@ -276,7 +276,7 @@ def test_service_answers_a_dicom_upload_and_logs_only_a_request_id(tmp_path):
     assert not overlay.getexif() and overlay.size[0] == 60
 
 
-def test_a_coco_export_of_radiographs_checks_and_maps_for_training(tmp_path, capsys, monkeypatch):
+def test_a_coco_export_of_radiographs_checks_and_maps_for_training(tmp_path, capsys, load_tool):
     coco = tiny_coco()
     root = tmp_path / "export" / "train"
     root.mkdir(parents=True)
@@ -284,7 +284,7 @@ def test_a_coco_export_of_radiographs_checks_and_maps_for_training(tmp_path, cap
         image["file_name"] = image["file_name"].replace(".jpg", ".dcm")
         write_dicom(root / image["file_name"], ramp(48, 64, 4095, np.uint16))
     (root / "_annotations.coco.json").write_text(json.dumps(coco))
-    tool = load_tool("check_dataset", monkeypatch)
+    tool = load_tool("check_dataset")
     render = tmp_path / "render"
     assert tool.main([str(root.parent), "--name", "dicom_export", "--render", str(render)]) == 0
     assert "3 images, 4 annotations" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from conftest import assert_confusion_matrix_plot, assert_pr_curves_plot
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
@@ -175,8 +176,10 @@ def test_dental_evaluator_end_to_end(dataset, tmp_path):
         # Rows = ground truth, columns = prediction; the Tooth predicted as Caries is off-diagonal.
         assert entry["confusion_matrix"]["counts"] == [[1, 0, 1], [1, 1, 0], [0, 1, 0]]
 
-    for file_name in ("bbox_pr_curves.png", "segm_confusion_matrix.png", "report.html"):
-        assert os.path.getsize(os.path.join(output_dir, file_name)) > 1000
+    assert_pr_curves_plot(os.path.join(output_dir, "bbox_pr_curves.png"), len(CLASSES))
+    segm_counts = metrics["segm"]["confusion_matrix"]["counts"]
+    assert_confusion_matrix_plot(os.path.join(output_dir, "segm_confusion_matrix.png"), segm_counts)
+    assert os.path.getsize(os.path.join(output_dir, "report.html")) > 1000
     with open(os.path.join(output_dir, "report.html"), encoding="utf-8") as f:
         page = f.read()
     sources = page.split('src="')[1:]

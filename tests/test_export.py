@@ -1,14 +1,14 @@
 """ONNX / TorchScript export of a briefly trained demo model, ONNX Runtime behind Predictor, and
 output parity with PyTorch on synthetic and real photos."""
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES
+from conftest import DEMO_CONFIG as CONFIG
 from detectron2.modeling import build_model
 
 from dental_d2 import DentalError
@@ -19,10 +19,7 @@ from dental_d2.data.synthetic import generate_synthetic_dataset
 from dental_d2.export import METADATA_FILE, export_model
 from dental_d2.predictor import Predictor
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("restore_loggers")
-CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 # The demo model at 160 px with random weights: seconds on a CPU. At a score threshold of 0.05
 # it keeps its 50 detections per image (scores near 1/5), each with a mask of its own.
 SIZE = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "160"]
@@ -59,13 +56,6 @@ def exported(weights, tmp_path_factory):
 @pytest.fixture(scope="module")
 def eager(weights):
     return Predictor(CONFIG, weights, opts=SIZE, confidence_threshold=SCORE, device="cpu")
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"{name}_tool", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def assert_same_detections(expected, actual):
@@ -127,7 +117,9 @@ def test_onnx_matches_pytorch_on_real_photos(exported, eager, calculus_root):
 @pytest.mark.slow
 def test_torchscript_matches_pytorch(exported, eager, synthetic):
     images = sorted(str(p) for p in (synthetic / "test").glob("*.jpg"))[:2]
-    _check_parity(eager, exported[1], images)
+    expected = _check_parity(eager, exported[1], images)
+    # Parity of empty outputs would check nothing: each photo has detections to compare.
+    assert all(len(instances) > 0 for instances in expected)
 
 
 @pytest.mark.slow
@@ -146,7 +138,9 @@ def test_confidence_threshold_filters_the_exported_detections(exported, eager, w
 
 
 @pytest.mark.slow
-def test_visualize_tool_runs_the_onnx_model_without_a_config(exported, synthetic, tmp_path):
+def test_visualize_tool_runs_the_onnx_model_without_a_config(
+    exported, synthetic, tmp_path, load_tool
+):
     output = tmp_path / "vis"
     code = load_tool("visualize").main(
         ["--input", str(synthetic / "test"), "--output", str(output),
@@ -160,7 +154,7 @@ def test_visualize_tool_runs_the_onnx_model_without_a_config(exported, synthetic
     assert predictions["annotations"]
 
 
-def test_export_tool_names_missing_weights(tmp_path, capsys):
+def test_export_tool_names_missing_weights(tmp_path, capsys, load_tool):
     missing = str(tmp_path / "missing.pth")
     code = load_tool("export_model").main(
         ["--config-file", CONFIG, "--output", str(tmp_path / "out"), "MODEL.WEIGHTS", missing]

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import torch
+from conftest import CLASSES
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from dental_d2.findings import (
@@ -15,7 +16,6 @@ from dental_d2.findings import (
     summarize,
 )
 
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 CARIES, CAVITY, CRACK, TOOTH = range(4)
 SIZE = (40, 60)
 

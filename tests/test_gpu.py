@@ -1,7 +1,8 @@
 """The GPU tier (marker `cuda`, `make test-gpu`): AMP training with gradient accumulation, the
 GradScaler through a checkpoint, ONNX parity against CUDA eager, Predictor and the service on
-CUDA, and tools/benchmark.py --device cuda. Where CUDA is missing they are collected and skipped
-with the reason (conftest.py); with DENTAL_D2_REQUIRE_CUDA=1 that is an error instead."""
+CUDA, and the benchmark (tools/benchmark.py) --device cuda. Where CUDA is missing they are
+collected and skipped with the reason (conftest.py); with DENTAL_D2_REQUIRE_CUDA=1 that is an
+error instead."""
 
 import json
 import math
@@ -12,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DEMO_CONFIG as DEMO
+from conftest import NO_EVAL as FAST
 from detectron2.modeling import build_model
 from fastapi.testclient import TestClient
 from serve_support import CLASSES, OPTS
-from test_benchmark import TINY, benchmark_tool
+from test_benchmark import TINY
 from test_export import SCORE, SIZE, assert_same_detections
 
 from dental_d2.checkpoint import CLASS_NAMES_KEY
@@ -31,11 +34,6 @@ pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("restore_loggers")]
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
 INSTANT = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
-DEMO = str(ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
-FAST = [
-    "DENTAL.LOG_PERIOD", "1", "DENTAL.EVAL.NUM_VIS_IMAGES", "0", "DATASETS.TEST", "()",
-    "TEST.EVAL_PERIOD", "0", "TEST.VALIDATION_LOSS", "False", "DATASETS.VALIDATION", "()",
-]  # fmt: skip
 # The serving tests' options, on the GPU.
 CUDA_OPTS = [value if value != "cpu" else "cuda" for value in OPTS]
 
@@ -147,9 +145,9 @@ def test_predictor_and_the_service_run_on_cuda(export):
     assert scores == pytest.approx(direct.scores.cpu().tolist(), abs=1e-4)
 
 
-def test_benchmark_on_cuda_prints_its_table(tmp_path, capsys):
+def test_benchmark_on_cuda_prints_its_table(tmp_path, capsys, load_tool):
     output = tmp_path / "bench.json"
-    code = benchmark_tool().main(
+    code = load_tool("bench_runtimes", "benchmarks").main(
         ["--config-file", DEMO, "--device", "cuda", "--output", str(output), "--repeats", "1",
          "--train-iters", "1", "--only", "pytorch,onnxruntime,training", *TINY]
     )  # fmt: skip

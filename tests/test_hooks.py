@@ -9,9 +9,9 @@ from detectron2.engine import SimpleTrainer
 from detectron2.engine.train_loop import HookBase
 from torch import nn
 
+from dental_d2.engine.accumulation import GradientAccumulationTrainer
 from dental_d2.engine.hooks import BestCheckpointer, EarlyStop, EarlyStopping, ReduceLROnPlateau
 from dental_d2.engine.lr_scheduler import WarmupPlateauLR
-from dental_d2.engine.trainer import GradientAccumulationTrainer
 
 PERIOD = 2
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_tool, write_split
+from conftest import assert_confusion_matrix_plot, assert_pr_curves_plot, write_split
 from matplotlib.text import Text
 from PIL import Image
 
@@ -31,13 +31,13 @@ def one_error_line(capsys) -> str:
 
 
 @pytest.fixture
-def check_dataset(monkeypatch):
-    return load_tool("check_dataset", monkeypatch)
+def check_dataset(load_tool):
+    return load_tool("check_dataset")
 
 
 @pytest.fixture
-def train_net(monkeypatch):
-    return load_tool("train_net", monkeypatch)
+def train_net(load_tool):
+    return load_tool("train_net")
 
 
 # tools/visualize.py
@@ -48,13 +48,13 @@ def train_net(monkeypatch):
     [("a.jpg", "."), ("", "."), ("", "vis")],
     ids=["photo-folder", "input-folder", "inside-input-folder"],
 )
-def test_visualize_refuses_output_among_the_photos(monkeypatch, tmp_path, capsys, given, output):
+def test_visualize_refuses_output_among_the_photos(load_tool, tmp_path, capsys, given, output):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(photos / "a.jpg")
     original = (photos / "a.jpg").read_bytes()
     output = photos / output
-    visualize = load_tool("visualize", monkeypatch)
+    visualize = load_tool("visualize")
     argv = ["--config-file", str(CONFIG), "--input", str(photos / given), "--output", str(output)]
     assert visualize.main([*argv, "MODEL.WEIGHTS", ""]) == 1
     line = one_error_line(capsys)
@@ -230,7 +230,7 @@ def test_eval_only_refuses_empty_weights(train_net, make_export, tmp_path, capsy
 
 @pytest.mark.parametrize("tool, doing", [("visualize", "visualizing"), ("rank_for_labeling",
                                          "ranking"), ("serve", "serving")])  # fmt: skip
-def test_tools_refuse_empty_weights(monkeypatch, tmp_path, capsys, tool, doing):
+def test_tools_refuse_empty_weights(load_tool, tmp_path, capsys, tool, doing):
     photo = tmp_path / "a.jpg"
     Image.fromarray(np.full((40, 50, 3), 200, np.uint8)).save(photo)
     output = tmp_path / "out"
@@ -240,7 +240,7 @@ def test_tools_refuse_empty_weights(monkeypatch, tmp_path, capsys, tool, doing):
         # Refused before anything listens; a port no socket takes, should it get that far.
         "serve": ["--port", "-1"],
     }[tool]
-    main = load_tool(tool, monkeypatch).main
+    main = load_tool(tool).main
     assert main(["--config-file", str(CONFIG), *argv, *TINY_MODEL]) == 1
     line = one_error_line(capsys)
     assert line.startswith(f"error: MODEL.WEIGHTS is empty: {doing} needs a trained model"), line
@@ -257,7 +257,7 @@ def test_plain_text_keeps_dollars_out_of_mathtext():
         assert text._preprocess_math(text.get_text()) == (name, False)
 
 
-def test_report_and_plots_render_special_class_names(monkeypatch, tmp_path):
+def test_report_and_plots_render_special_class_names(load_tool, tmp_path):
     names = {1: "Caries & $x^$", 2: "<Tooth>"}
     images, annotations, results = [], [], []
     for image_id in range(2):
@@ -275,13 +275,15 @@ def test_report_and_plots_render_special_class_names(monkeypatch, tmp_path):
     gt = {"images": images, "annotations": annotations, "categories": categories}
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "results.json").write_text(json.dumps(results))
-    evaluate = load_tool("evaluate", monkeypatch)
+    evaluate = load_tool("evaluate")
     output = tmp_path / "out"
     argv = ["--gt", str(tmp_path / "gt.json"), "--predictions", str(tmp_path / "results.json")]
     assert evaluate.main([*argv, "--images", str(tmp_path), "--output", str(output)]) == 0
     page = (output / "report.html").read_text(encoding="utf-8")
     assert "Caries &amp; $x^$" in page and "&lt;Tooth&gt;" in page
     assert "<Tooth>" not in page and "\\$" not in page
+    metrics = json.loads((output / "metrics.json").read_text())
     for task in ("bbox", "segm"):
-        for plot in ("pr_curves", "confusion_matrix"):
-            assert (output / f"{task}_{plot}.png").stat().st_size > 1000
+        assert_pr_curves_plot(output / f"{task}_pr_curves.png", len(names))
+        counts = metrics[task]["confusion_matrix"]["counts"]
+        assert_confusion_matrix_plot(output / f"{task}_confusion_matrix.png", counts)

@@ -1,10 +1,10 @@
 """The notebook Predictor: config order, class names, errors, batching, drawing."""
 
-import os
-
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES, RANDOM_DEMO_MODEL
+from conftest import DEMO_CONFIG as CONFIG
 from detectron2.structures import Instances
 
 from dental_d2 import DentalError
@@ -12,15 +12,9 @@ from dental_d2.checkpoint import CLASS_NAMES_KEY
 from dental_d2.drawing import relative_luminance
 from dental_d2.predictor import Predictor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 # The demo's random-weight R18 at 128 px: fast on a CPU, and with detections at threshold 0.
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.WEIGHTS", "",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192",
+    *RANDOM_DEMO_MODEL,
     "TEST.DETECTIONS_PER_IMAGE", "5",
 ]  # fmt: skip
 WITH_CLASSES = [*TINY, "DENTAL.CLASS_NAMES", str(CLASSES)]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_tool
 from detectron2.config import get_cfg
 from detectron2.structures import BitMasks, PolygonMasks
 from pycocotools import mask as mask_util
@@ -69,8 +68,8 @@ def rle_export(tmp_path_factory):
 
 
 @pytest.fixture
-def check_tool(monkeypatch):
-    return load_tool("check_dataset", monkeypatch)
+def check_tool(load_tool):
+    return load_tool("check_dataset")
 
 
 def test_rle_string_counts_match_pycocotools():

@@ -2,10 +2,8 @@
 
 import asyncio
 import base64
-import importlib.util
 import io
 import json
-import os
 import re
 import struct
 import time
@@ -23,7 +21,6 @@ from serve_support import (
     CONFIG,
     MIN_SCORE,
     OPTS,
-    ROOT,
     build_predictor,
     calculus_photos,
     copy_predictor,
@@ -52,7 +49,6 @@ def photo(calculus_root):
 
 
 OPTS_ARGS = ["--config-file", CONFIG, *OPTS]
-SERVE_TOOL = os.path.join(ROOT, "tools", "serve.py")
 
 
 def post(client, data: bytes, name="photo.jpg", field="file", **params):
@@ -268,10 +264,8 @@ def test_overload_gets_503_with_retry_after_and_every_accepted_request_an_answer
         (["--workers", "2", *OPTS_ARGS, "MODEL.WEIGHTS", "gone.pth"], "error: gone.pth: weights"),
     ],
 )
-def test_serve_tool_reports_bad_settings_in_one_line(argv, message, capsys):
-    spec = importlib.util.spec_from_file_location("serve_tool", SERVE_TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_serve_tool_reports_bad_settings_in_one_line(argv, message, capsys, load_tool):
+    tool = load_tool("serve")
     assert tool.main(argv) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith(message) and "\n" not in error

@@ -150,12 +150,7 @@ def test_an_upload_is_never_written_outside_its_spooled_temporary_file(predictor
     assert set(os.listdir(ROOT)) == before
 
 
-def _serve_main(argv, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("serve_tool", SERVE_TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def _serve_main(tool, argv, capsys):
     status = tool.main(["--config-file", CONFIG, *argv, *OPTS])
     return status, capsys.readouterr().err.strip()
 
@@ -177,7 +172,9 @@ def _serve_main(argv, capsys):
         (["--keep-minutes", "0"], {}, "error: --keep-minutes 0.0: must be above 0"),
     ],
 )  # fmt: skip
-def test_serve_refuses_unsafe_settings_in_one_line(argv, env, message, capsys, monkeypatch):
+def test_serve_refuses_unsafe_settings_in_one_line(
+    argv, env, message, capsys, monkeypatch, load_tool
+):
     def serve(*args, **kwargs):
         raise AssertionError("the server would start")
 
@@ -185,7 +182,7 @@ def test_serve_refuses_unsafe_settings_in_one_line(argv, env, message, capsys, m
     monkeypatch.delenv("DENTAL_D2_TOKEN", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    status, err = _serve_main(argv, capsys)
+    status, err = _serve_main(load_tool("serve"), argv, capsys)
     assert status == 1 and err.startswith(message) and "\n" not in err, err
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CLASSES
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dental_d2.checkpoint import CLASS_NAMES_KEY
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_NET = str(ROOT / "tools" / "train_net.py")
 CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 
 
 def _train_net(*args, timeout=600, config=CONFIG):

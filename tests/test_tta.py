@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import CLASSES
+from conftest import DEMO_CONFIG as CONFIG
 from detectron2.modeling import GeneralizedRCNNWithTTA
 
 from dental_d2 import DentalError
@@ -16,8 +18,6 @@ from dental_d2.data.synthetic import generate_synthetic_dataset
 from dental_d2.predictor import Predictor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 # The demo's random-weight model, small sizes; TTA at two sizes with flips.
 TTA = [
     "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "DENTAL.CLASS_NAMES", str(CLASSES),

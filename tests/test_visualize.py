@@ -11,7 +11,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from conftest import load_tool
+from conftest import CLASSES, RANDOM_DEMO_MODEL
+from conftest import DEMO_CONFIG as CONFIG
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
@@ -30,13 +31,8 @@ from dental_d2.predictor import Predictor
 from dental_d2.visualize import build_metadata, draw_instances, render_saved_predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "quick_schedules", "dental_demo_cpu.yaml")
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
 TINY = [
-    "MODEL.DEVICE", "cpu",
-    "MODEL.WEIGHTS", "",
-    "INPUT.MIN_SIZE_TEST", "128",
-    "INPUT.MAX_SIZE_TEST", "192",
+    *RANDOM_DEMO_MODEL,
     "TEST.DETECTIONS_PER_IMAGE", "5",
     "DENTAL.CLASS_NAMES", str(CLASSES),
 ]  # fmt: skip
@@ -258,9 +254,9 @@ def test_predict_images_writes_overlays_coco_and_findings(predictor, tmp_path):
     assert counted == len(coco.getAnnIds())
 
 
-def test_tool_says_at_what_score_nothing_was_found(weights, monkeypatch, tmp_path):
+def test_tool_says_at_what_score_nothing_was_found(weights, load_tool, tmp_path):
     Image.fromarray(noise(48, 64)).save(tmp_path / "photo.jpg")
-    visualize = load_tool("visualize", monkeypatch)
+    visualize = load_tool("visualize")
     # Every class a tooth: whatever the random model finds, no lesion is among it.
     argv = [
         "--config-file", CONFIG, "--input", str(tmp_path / "photo.jpg"), *TINY,

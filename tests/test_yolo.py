@@ -12,7 +12,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import yaml
-from conftest import REPO_ROOT, load_tool, tool_error_lines
+from conftest import REPO_ROOT, tool_error_lines
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
@@ -76,13 +76,13 @@ def name(request):
 
 
 @pytest.fixture
-def check_tool(monkeypatch):
-    return load_tool("check_dataset", monkeypatch)
+def check_tool(load_tool):
+    return load_tool("check_dataset")
 
 
 @pytest.fixture
-def convert_tool(monkeypatch):
-    return load_tool("convert_dataset", monkeypatch)
+def convert_tool(load_tool):
+    return load_tool("convert_dataset")
 
 
 def test_check_dataset_reads_a_yolo_export_and_draws_it(check_tool, name, tmp_path, capsys):

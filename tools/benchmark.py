@@ -3,50 +3,22 @@
     python tools/benchmark.py --config-file configs/dental_r50.yaml \\
         --images ../shared/datasets/calculus-segment-v10/test TEST.IMS_PER_BATCH 2
 
-Random weights with both box regressors zeroed and thresholds at 0, so every model keeps 1000
-proposals and 100 detections per image. Prints one table and writes it as JSON (--output).
+The benchmark is a measurement script, benchmarks/bench_runtimes.py, not part of the dental_d2
+package; this runs it with the same arguments (--help lists them). It runs as a process of its
+own so that its folder, where its `equal_work` package lives, is on its import path.
 """
 
+import subprocess
 import sys
+from pathlib import Path
 
-from dental_d2.benchmark import TARGETS, format_table, run_benchmark
-from dental_d2.cli import add_config_overrides, run_tool, tool_parser
-
-
-def parse_args(argv=None):
-    parser = tool_parser(__doc__, config_help="a dental config")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--images", metavar="DIR", help="photos to time (default: synthetic)")
-    parser.add_argument(
-        "--output", default="output/benchmark/benchmark.json", metavar="FILE", help="the JSON"
-    )
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
-    parser.add_argument("--train-iters", type=int, default=3, help="timed training steps")
-    parser.add_argument(
-        "--only",
-        default=",".join(TARGETS),
-        help=f"what to measure, comma-separated (default {','.join(TARGETS)})",
-    )
-    add_config_overrides(parser, "TEST.IMS_PER_BATCH 2")
-    args = parser.parse_args(argv)
-    args.only = [target.strip() for target in args.only.split(",") if target.strip()]
-    unknown = sorted(set(args.only) - set(TARGETS))
-    if unknown or not args.only:
-        parser.error(f"--only: unknown {unknown}; choose from {','.join(TARGETS)}")
-    return args
-
-
-def _run(args) -> None:
-    options = {name: getattr(args, name) for name in ("device", "images", "repeats", "train_iters")}
-    report = run_benchmark(
-        args.config_file, args.opts, args.output, targets=tuple(args.only), **options
-    )
-    print(format_table(report))
-    print(f"written to {args.output}")
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_runtimes.py"
 
 
 def main(argv=None) -> int:
-    return run_tool(parse_args, _run, argv)
+    """Runs the benchmark script on `argv` (default: this process's arguments); its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return subprocess.run([sys.executable, str(SCRIPT), *argv], check=False).returncode
 
 
 if __name__ == "__main__":

@@ -1,10 +1,8 @@
 """DentalTrainer: detectron2's DefaultTrainer plus validation loss, early stopping, plateau LR."""
 
-import contextlib
 import logging
 import os
 import signal
-import time
 import weakref
 from collections import OrderedDict
 
@@ -22,12 +20,12 @@ from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CLASS_NAMES_KEY, ClassNamesCheckpointable, DentalCheckpointer
 from ..data import DentalDatasetMapper, read_image
 from ..errors import DentalError, TrainingInterrupted
 from ..evaluation import DentalEvaluator
+from .accumulation import GradientAccumulationTrainer
 from .hooks import (
     BestCheckpointer,
     EarlyStop,
@@ -49,66 +47,6 @@ PLATEAU_SCHEDULER = "ReduceLROnPlateau"
 def validation_datasets(cfg) -> tuple[str, ...]:
     """The datasets evaluated during training: DATASETS.VALIDATION, else DATASETS.TEST."""
     return tuple(cfg.DATASETS.VALIDATION) or tuple(cfg.DATASETS.TEST)
-
-
-class GradientAccumulationTrainer(SimpleTrainer):
-    """SimpleTrainer that sums the gradients of several batches before each optimizer step.
-
-    One iteration reads `accumulation_steps` batches, so the effective batch is
-    `SOLVER.IMS_PER_BATCH * accumulation_steps` at the memory cost of one batch.
-
-    Args:
-        model (nn.Module): the model, possibly wrapped in DistributedDataParallel.
-        data_loader (Iterable): the training data.
-        optimizer (torch.optim.Optimizer): the optimizer.
-        accumulation_steps (int): batches per optimizer step.
-        amp (bool): use CUDA automatic mixed precision with a gradient scaler.
-    """
-
-    def __init__(self, model, data_loader, optimizer, accumulation_steps: int, amp: bool = False):
-        super().__init__(model, data_loader, optimizer)
-        self.accumulation_steps = accumulation_steps
-        self.amp = amp
-        self.grad_scaler = torch.amp.GradScaler("cuda") if amp else None
-
-    def run_step(self):
-        assert self.model.training, "[GradientAccumulationTrainer] model is in eval mode"
-        self.optimizer.zero_grad()
-        summed, data_time = {}, 0.0
-        for step in range(self.accumulation_steps):
-            start = time.perf_counter()
-            data = next(self._data_loader_iter)
-            data_time += time.perf_counter() - start
-            # DDP averages gradients across processes only on the last backward of a step.
-            last = step == self.accumulation_steps - 1
-            no_sync = isinstance(self.model, DistributedDataParallel) and not last
-            with (
-                self.model.no_sync() if no_sync else contextlib.nullcontext(),
-                torch.autocast("cuda", enabled=self.amp),
-            ):
-                loss_dict = self.model(data)
-                loss = sum(loss_dict.values()) / self.accumulation_steps
-            (self.grad_scaler.scale(loss) if self.amp else loss).backward()
-            for name, value in loss_dict.items():
-                summed[name] = summed.get(name, 0.0) + value.detach() / self.accumulation_steps
-        self.after_backward()
-        self._write_metrics(summed, data_time)
-        if self.amp:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
-
-    def state_dict(self):
-        state = super().state_dict()
-        if self.amp:
-            state["grad_scaler"] = self.grad_scaler.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if self.amp and "grad_scaler" in state_dict:
-            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
 class RemapClasses(nn.Module):

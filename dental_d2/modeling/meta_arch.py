@@ -30,10 +30,10 @@ class DentalRCNN(GeneralizedRCNN):
 
     detectron2 pads every image of a batch with zeros to the batch's largest size. GroupNorm
     then normalises over that padding, and every convolution near the image's right and bottom
-    edges sees it, so a photo batched beside a larger one got other detections than alone.
+    edges sees it, so a photo batched beside a larger one gets other detections than alone.
     Grouping by padded shape gives each image exactly the padding it has alone, while images of
-    one size (the common case in a clinic's export) still share a batch. Training is unchanged:
-    its loss is a batch statistic anyway.
+    one size (the common case in a clinic's export) still share a batch. Training is
+    GeneralizedRCNN's: its loss is a batch statistic anyway.
     """
 
     def inference(self, batched_inputs, detected_instances=None, do_postprocess=True):

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from detectron2.structures import BitMasks, Boxes, Instances
 
-from ..data.synthetic import CLASS_NAMES, make_synthetic_image
+from dental_d2.data.synthetic import CLASS_NAMES, make_synthetic_image
+
 from .inference import latency, memory_mib, time_calls
 from .models import torchvision_inputs, torchvision_maskrcnn, zero_box_regressors
 
@@ -78,7 +79,7 @@ def measure_dental_training(spec: dict, _unused=None) -> dict:
     from detectron2.modeling import build_model
     from detectron2.utils.events import EventStorage
 
-    from ..engine.trainer import DentalTrainer
+    from dental_d2.engine.trainer import DentalTrainer
 
     cfg = spec["cfg"]
     batch = _training_batch(cfg)

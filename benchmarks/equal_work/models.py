@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import CLASS_NAMES_KEY
-from ..config import build_config
+from dental_d2.checkpoint import CLASS_NAMES_KEY
+from dental_d2.config import build_config
 
 PROPOSALS = 1000
 DETECTIONS = 100
@@ -65,7 +65,7 @@ def write_equal_work_checkpoint(cfg, path: str, seed: int = 0) -> str:
     """
     from detectron2.modeling import build_model
 
-    from ..file_io import atomic_write
+    from dental_d2.file_io import atomic_write
 
     cfg = cfg.clone()
     cfg.defrost()

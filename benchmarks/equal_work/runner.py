@@ -1,4 +1,4 @@
-"""The benchmark behind tools/benchmark.py: every runtime at equal work, one table, one JSON."""
+"""The benchmark bench_runtimes.py runs: every runtime at equal work, one table, one JSON."""
 
 import logging
 import os
@@ -9,12 +9,13 @@ import torch
 from tabulate import tabulate
 from tqdm import tqdm
 
-from ..data import read_image
-from ..data.image_files import collect_images
-from ..data.synthetic import make_synthetic_image
-from ..errors import DentalError
-from ..export import export_model
-from ..file_io import write_json
+from dental_d2.data import read_image
+from dental_d2.data.image_files import collect_images
+from dental_d2.data.synthetic import make_synthetic_image
+from dental_d2.errors import DentalError
+from dental_d2.export import export_model
+from dental_d2.file_io import write_json
+
 from .inference import measure_dental, measure_torchvision, run_isolated, torch_threads
 from .models import EQUAL_WORK_OPTS, equal_work_config, write_equal_work_checkpoint
 from .training import measure_dental_training, measure_torchvision_training

@@ -28,7 +28,9 @@ def run_isolated(function, *args):
     # A fork server, not a plain fork: a parent that has run torch ops (a test session, a
     # notebook) has an OpenMP pool, and a plain fork of it deadlocks at the first parallel op.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["dental_d2.benchmark.training"])
+    # The server imports these once for every child. It does not see the parent's sys.path
+    # (each child does), so only installed modules can be preloaded, not this package.
+    context.set_forkserver_preload(["dental_d2.engine.trainer", "dental_d2.predictor"])
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(function, *args).result()
 
@@ -121,7 +123,7 @@ def measure_dental(spec: dict, images: list[np.ndarray]) -> dict:
             `batches`, `repeats`, `count_gmac`.
         images (list[np.ndarray]): BGR uint8, at least max(batches).
     """
-    from ..predictor import Predictor
+    from dental_d2.predictor import Predictor
 
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     opts = [*spec["opts"], "TEST.IMS_PER_BATCH", str(max(spec["batches"]))]
