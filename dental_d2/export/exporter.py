@@ -2,7 +2,7 @@
 
 The whole network is traced, RPN and ROI heads with their NMS and ROIAlign included, through
 detectron2's `TracingAdapter`. What the trace cannot hold (resizing the image, pasting the 28x28
-masks into it) stays in Python and is shared with the PyTorch path: see `backends.py`.
+masks into it) stays in Python and is shared with the PyTorch path: see `dental_d2.runtime`.
 """
 
 import io
