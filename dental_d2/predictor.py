@@ -29,11 +29,12 @@ logger = logging.getLogger(__name__)
 
 def predictor_config(
     config_file: str | None,
-    weights: str | None = None,
-    opts: Sequence[str] = (),
-    confidence_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    device: str | None = None,
-    require_weights: str | None = None,
+    opts: Sequence[str],
+    *,
+    weights: str | None,
+    confidence_threshold: float,
+    device: str | None,
+    require_weights: str | None,
 ) -> tuple[CfgNode, dict | None]:
     """The frozen config of a `Predictor`, and the `model.json` of an exported model.
 
@@ -42,8 +43,8 @@ def predictor_config(
 
     Args:
         config_file (str | None): a dental YAML config; None for an exported model.
-        weights (str | None): `MODEL.WEIGHTS`; None keeps the config's.
         opts (Sequence[str]): KEY VALUE config overrides.
+        weights (str | None): `MODEL.WEIGHTS`; None keeps the config's.
         confidence_threshold (float): the least score kept.
         device (str | None): `MODEL.DEVICE`; None keeps the config's. CUDA falls back to the CPU
             when there is none.
@@ -148,7 +149,12 @@ class Predictor:
         require_weights: str | None = None,
     ):
         self.cfg, export_metadata = predictor_config(
-            config_file, weights, opts, confidence_threshold, device, require_weights
+            config_file,
+            opts,
+            weights=weights,
+            confidence_threshold=confidence_threshold,
+            device=device,
+            require_weights=require_weights,
         )
         self.score_threshold = confidence_threshold
         read = read_weights(self.cfg)

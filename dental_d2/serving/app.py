@@ -33,7 +33,11 @@ _FORM_OVERHEAD = 64 << 10
 
 Threshold = Annotated[
     float | None,
-    Query(ge=0.0, le=1.0, description="drop instances scoring below this (a score equal to it is kept)"),
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="drop instances scoring below this (a score equal to it is kept)",
+    ),
 ]
 
 
