@@ -1,6 +1,6 @@
 """The service behind the web app: uploads in; instances, findings, overlays and COCO out.
 
-Everything the page and the API show comes from `Predictor`, `dental_d2.inference` and
+Everything the page and the API show comes from `Predictor`, `dental_d2.coco_format` and
 `dental_d2.visualize`, so an answer at a threshold is what `tools/visualize.py
 --confidence-threshold` writes for the image:
 the same overlay, the same `predictions.coco.json` annotations, the same findings.
@@ -23,11 +23,11 @@ import pycocotools.mask as mask_util
 import torch
 from detectron2.structures import Boxes, Instances
 
+from ..coco_format import coco_dataset, instances_to_coco_annotations, masks_to_rles
 from ..config import DEFAULT_SCORE_THRESHOLD
 from ..data.image_io import decode_image
 from ..errors import DentalError
 from ..findings import findings_to_dict
-from ..inference import coco_dataset, instances_to_coco_annotations
 from .batching import BatchQueue
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class StoredPrediction:
         boxes (np.ndarray): Nx4 XYXY float32.
         scores (np.ndarray): N float32, descending.
         classes (np.ndarray): N int64 contiguous class ids.
-        rles (list[dict] | None): N pycocotools RLEs; None for a box-only model.
+        rles (list[dict] | None): N COCO RLEs from `masks_to_rles`, encoded once when the image
+            was predicted; None for a box-only model.
         stored_at (float): when it was made, on the service's clock (for its expiry).
     """
 
@@ -85,10 +86,7 @@ def compact_instances(instances: Instances) -> dict:
     Args:
         instances (Instances): the predictions of one image.
     """
-    rles = None
-    if instances.has("pred_masks"):
-        masks = np.asarray(instances.pred_masks.numpy(), dtype=np.uint8)
-        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+    rles = masks_to_rles(instances.pred_masks) if instances.has("pred_masks") else None
     return {
         "boxes": instances.pred_boxes.tensor.numpy().astype(np.float32),
         "scores": instances.scores.numpy().astype(np.float32),
@@ -235,16 +233,10 @@ class PredictionService:
         The masks are the RLEs encoded once, when the image was predicted: they are not decoded
         and encoded again for each answer.
         """
+        keep = np.nonzero(stored.scores >= threshold)[0]
+        rles = None if stored.rles is None else [stored.rles[k] for k in keep]
         boxes_only = self.instances(stored, threshold, masks=False)
-        annotations = instances_to_coco_annotations(boxes_only, image_id=1)
-        if stored.rles is not None:
-            keep = np.nonzero(stored.scores >= threshold)[0]
-            for annotation, k in zip(annotations, keep):
-                rle = stored.rles[k]
-                annotation["area"] = int(mask_util.area(rle))
-                counts = rle["counts"].decode("ascii")
-                annotation["segmentation"] = {"size": rle["size"], "counts": counts}
-        return annotations
+        return instances_to_coco_annotations(boxes_only, image_id=1, rles=rles)
 
     def answer(
         self, stored: StoredPrediction, threshold: float, overlay: bool = False, image=None
