@@ -9,6 +9,7 @@ plain containers only) and a pickle is loaded only from detectron2's model zoo
 
 import contextlib
 import errno
+import io
 import logging
 import os
 import pickle
@@ -111,26 +112,32 @@ def _refuse_pickle(path: str, what: str):
     )
 
 
-def load_weights_file(path: str, allow_pickle: bool = False) -> dict:
+def load_weights_file(path: str, allow_pickle: bool = False, data: bytes | None = None) -> dict:
     """Reads a local `.pth` checkpoint without running code from it.
 
     Args:
         path (str): a local file written by `torch.save`.
         allow_pickle (bool): when the file holds more than tensors and plain containers, load
             it with full unpickling instead of refusing it.
+        data (bytes | None): the file's bytes, when the caller has read them; `path` then only
+            names the file in messages.
 
     Raises:
         DentalError: the file is torn or not a checkpoint, or needs unpickling not allowed.
     """
+
+    def source():
+        return path if data is None else io.BytesIO(data)
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source(), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not allow_pickle:
             _refuse_pickle(path, "this checkpoint holds Python objects besides tensors")
         logger.warning(f"{path}: loading Python objects from it (DENTAL.ALLOW_PICKLE True)")
         # The user chose to trust this file with DENTAL.ALLOW_PICKLE: full unpickling.
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return torch.load(source(), map_location="cpu", weights_only=False)
         except Exception as inner:
             raise _unreadable(path, inner) from e
     except Exception as e:  # a truncated or foreign file: name it instead of a traceback
@@ -148,6 +155,15 @@ def _unreadable(path: str, error: Exception) -> DentalError:
     )
 
 
+def class_names_in(checkpoint) -> list[str] | None:
+    """Returns the class names a checkpoint written by DentalTrainer stores, in contiguous-id
+    order, or None when it has none (a model-zoo or other trainer's checkpoint, or None)."""
+    if not isinstance(checkpoint, dict):
+        return None
+    names = checkpoint.get(CLASS_NAMES_KEY, {}).get("thing_classes")
+    return list(names) if names else None
+
+
 def read_class_names(weights_path: str, allow_pickle: bool = False) -> list[str] | None:
     """Returns the class names stored in a checkpoint written by DentalTrainer.
 
@@ -161,11 +177,7 @@ def read_class_names(weights_path: str, allow_pickle: bool = False) -> list[str]
     """
     if not weights_path or not weights_path.endswith(".pth") or not os.path.isfile(weights_path):
         return None
-    checkpoint = load_weights_file(weights_path, allow_pickle)
-    if not isinstance(checkpoint, dict):
-        return None
-    names = checkpoint.get(CLASS_NAMES_KEY, {}).get("thing_classes")
-    return list(names) if names else None
+    return class_names_in(load_weights_file(weights_path, allow_pickle))
 
 
 def check_finite(state_dict: dict, name: str):
@@ -247,12 +259,23 @@ class DentalCheckpointer(DetectionCheckpointer):
         model (nn.Module): the model.
         save_dir (str): where checkpoints are written and resumed from.
         allow_pickle (bool): DENTAL.ALLOW_PICKLE, the user's trust in pickled weight files.
+        read (dict[str, dict] | None): checkpoints already read, by local path
+            (`dental_d2.weights.read_weights`): `load` takes them from memory.
         **kwargs: as DetectionCheckpointer (save_to_disk, checkpointables).
     """
 
-    def __init__(self, model, save_dir: str = "", *, allow_pickle: bool = False, **kwargs):
+    def __init__(
+        self,
+        model,
+        save_dir: str = "",
+        *,
+        allow_pickle: bool = False,
+        read: dict[str, dict] | None = None,
+        **kwargs,
+    ):
         super().__init__(model, save_dir, **kwargs)
         self.allow_pickle = allow_pickle
+        self.read = dict(read or {})
 
     def _load_file(self, filename):
         parsed = self._parsed_url_during_load
@@ -270,6 +293,12 @@ class DentalCheckpointer(DetectionCheckpointer):
         return super()._load_file(filename)
 
     def _torch_load(self, f):
+        if f in self.read:
+            # fvcore pops "model" and edits the state dict while loading: give it copies.
+            checkpoint = dict(self.read[f])
+            if isinstance(checkpoint.get("model"), dict):
+                checkpoint["model"] = dict(checkpoint["model"])
+            return checkpoint
         return load_weights_file(f, self.allow_pickle)
 
     def save(self, name: str, **kwargs):

@@ -1,16 +1,21 @@
 """Config keys that dental_d2 adds to detectron2's defaults."""
 
 import difflib
+import logging
 import os
 import re
 import tempfile
 from collections.abc import Sequence
 
+import numpy as np
+import torch
 import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from .errors import DentalError
+
+logger = logging.getLogger(__name__)
 
 # Defaults shared by the config keys below and the functions that take the same values as
 # arguments (evaluation, findings, active learning, serving), so that both agree.
@@ -334,3 +339,28 @@ def build_config(config_file: str | None, opts: Sequence[str] = ()):
         )
     check_config(cfg)
     return cfg
+
+
+def fall_back_to_cpu(cfg, doing: str) -> None:
+    """Sets `MODEL.DEVICE cpu`, with a warning, when the config asks for CUDA and there is none.
+
+    Args:
+        cfg (CfgNode): a mutable config.
+        doing (str): what runs on the CPU instead, for the warning, e.g. "predicting".
+    """
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: %s on the CPU", doing)
+        cfg.MODEL.DEVICE = "cpu"
+
+
+def keeping_scores_from(threshold: float) -> float:
+    """The `MODEL.ROI_HEADS.SCORE_THRESH_TEST` that keeps detections scoring `threshold` or more.
+
+    Every dental tool keeps a score equal to its threshold, as COCO's evaluation does.
+    detectron2's box head keeps `score > SCORE_THRESH_TEST`, compared in float32, so the
+    value given to it is the float32 just below `threshold`.
+
+    Args:
+        threshold (float): the least score kept.
+    """
+    return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))

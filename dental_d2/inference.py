@@ -17,8 +17,7 @@ from .data import read_image
 from .data.image_files import overlay_names, relative_names
 from .errors import DentalError
 from .file_io import make_output_dir, write_json, write_overlay
-from .findings import findings_to_dict, summarize
-from .visualize import draw_instances
+from .findings import findings_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +43,7 @@ def _read_images(image_paths, indices, failures: list, progress) -> list[tuple[i
 def _draw_overlay(predictor, image_bgr: np.ndarray, instances: Instances, path: str):
     """Writes the overlay of one image's predictions; returns their findings."""
     findings = predictor.findings(instances)
-    overlay = draw_instances(
-        image_bgr[:, :, ::-1],
-        instances,
-        predictor.metadata,
-        findings=findings,
-        summary=summarize(findings, predictor.score_threshold),
-    )
-    write_overlay(path, overlay)
+    write_overlay(path, predictor.draw(image_bgr, instances, findings))
     return findings
 
 

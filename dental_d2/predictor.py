@@ -5,27 +5,89 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
+from detectron2.config import CfgNode
 from detectron2.data.catalog import Metadata
-from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA
 from detectron2.structures import Instances
 
-from .config import DEFAULT_SCORE_THRESHOLD, build_config
+from .config import DEFAULT_SCORE_THRESHOLD, build_config, fall_back_to_cpu, keeping_scores_from
 from .data import read_image
 from .errors import DentalError
-from .export import apply_export_metadata, build_backend, exported_format, read_export_metadata
+from .export import apply_export_metadata, exported_format, read_export_metadata
 from .findings import Findings, findings_from_instances, summarize
-from .model_config import (
+from .runtime import build_backend
+from .visualize import build_metadata, draw_instances
+from .weights import (
     check_weights_exist,
     check_weights_given,
-    fall_back_to_cpu,
     model_class_names,
+    read_weights,
+    registered_metadata,
 )
-from .visualize import build_metadata, draw_instances
 
 logger = logging.getLogger(__name__)
+
+
+def predictor_config(
+    config_file: str | None,
+    opts: Sequence[str],
+    *,
+    weights: str | None,
+    confidence_threshold: float,
+    device: str | None,
+    require_weights: str | None,
+) -> tuple[CfgNode, dict | None]:
+    """The frozen config of a `Predictor`, and the `model.json` of an exported model.
+
+    The config file comes first, then `opts`, then `weights` and `device`; an exported model's
+    `model.json` sets what the export fixed, and `opts` still win over it.
+
+    Args:
+        config_file (str | None): a dental YAML config; None for an exported model.
+        opts (Sequence[str]): KEY VALUE config overrides.
+        weights (str | None): `MODEL.WEIGHTS`; None keeps the config's.
+        confidence_threshold (float): the least score kept.
+        device (str | None): `MODEL.DEVICE`; None keeps the config's. CUDA falls back to the CPU
+            when there is none.
+        require_weights (str | None): what needs a trained model, refusing empty weights.
+
+    Returns:
+        tuple[CfgNode, dict | None]: the config; the export's metadata, None for a checkpoint.
+    """
+    cfg = build_config(config_file, opts)
+    if weights is not None:
+        cfg.MODEL.WEIGHTS = weights
+    weights = cfg.MODEL.WEIGHTS
+    if require_weights:
+        check_weights_given(cfg, require_weights)
+    check_weights_exist(cfg)
+    metadata = read_export_metadata(weights) if exported_format(weights) else None
+    if metadata:
+        apply_export_metadata(cfg, metadata)
+        cfg.merge_from_list(list(opts))  # the command line still wins
+        cfg.MODEL.WEIGHTS = weights
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    fall_back_to_cpu(cfg, "predicting")
+    # The box head's own filter, so that its per-image top-k sees only the detections kept.
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = keeping_scores_from(confidence_threshold)
+    if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
+        raise DentalError(
+            f"{config_file}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use BGR or RGB"
+        )
+    cfg.freeze()
+    return cfg, metadata
+
+
+def _drawing_metadata(cfg, class_names: list[str]) -> Metadata:
+    """A registered dataset's metadata when it has these classes and colours, else new."""
+    registered = registered_metadata(cfg)
+    if (
+        registered is not None
+        and list(registered.thing_classes) == class_names
+        and registered.get("thing_colors")
+    ):
+        return registered
+    return build_metadata(class_names)
 
 
 class Predictor:
@@ -38,7 +100,8 @@ class Predictor:
 
     The class names come from the checkpoint (written by the dental trainer), else
     `DENTAL.CLASS_NAMES`, else the metadata of a registered dataset in `DATASETS.TEST`/`TRAIN`
-    (`dental_d2.model_config.model_class_names`).
+    (`dental_d2.weights.model_class_names`). `MODEL.WEIGHTS` is read once, for the class names,
+    the weights and its digest.
 
     `MODEL.WEIGHTS` may also be a model written by `tools/export_model.py`: a `.onnx` file runs
     with ONNX Runtime, a `.ts` file with TorchScript. Its `model.json` gives the classes, input
@@ -56,7 +119,8 @@ class Predictor:
         weights (str | None): a checkpoint path or URL; None keeps `MODEL.WEIGHTS` of the config.
             An empty `MODEL.WEIGHTS` gives a randomly initialised model (for tests).
         opts (Sequence[str]): KEY VALUE config overrides, applied after the file.
-        confidence_threshold (float): detections scoring below this are dropped.
+        confidence_threshold (float): detections scoring below this are dropped; one scoring
+            exactly this is kept.
         device (str | None): "cpu", "cuda", "cuda:1"...; None keeps `MODEL.DEVICE`, falling
             back to the CPU when CUDA is not available.
         require_weights (str | None): refuse an empty `MODEL.WEIGHTS` with a `DentalError`
@@ -67,71 +131,40 @@ class Predictor:
         score_threshold (float): the confidence threshold, the least score predicted.
         class_names (list[str]): the classes, in contiguous-id order.
         metadata (Metadata): class names and colours for drawing.
-        model (nn.Module | None): the PyTorch model, in eval mode; None for an exported one.
-        backend: the runtime, `dental_d2.export.TorchBackend`, `OnnxBackend` or
-            `TorchScriptBackend`.
-            With `TEST.AUG.ENABLED`, the PyTorch model is wrapped in detectron2's
-            `GeneralizedRCNNWithTTA` (flips and `TEST.AUG.MIN_SIZES`).
+        weights_sha256 (str): the first 12 hex digits of `MODEL.WEIGHTS`'s SHA-256 ("" for a
+            URL or random weights).
+        backend (dental_d2.runtime.Backend): the runtime, `TorchBackend`, `OnnxBackend` or
+            `TorchScriptBackend`; it prepares the model's inputs.
+        model (nn.Module | None): the PyTorch model, in eval mode (with `TEST.AUG.ENABLED`,
+            detectron2's `GeneralizedRCNNWithTTA`); None for an exported one.
     """
 
     def __init__(
         self,
-        config_file: str,
+        config_file: str | None,
         weights: str | None = None,
         opts: Sequence[str] = (),
         confidence_threshold: float = DEFAULT_SCORE_THRESHOLD,
         device: str | None = None,
         require_weights: str | None = None,
     ):
-        cfg = build_config(config_file, opts)
-        if weights is not None:
-            cfg.MODEL.WEIGHTS = weights
-        weights = cfg.MODEL.WEIGHTS
-        if require_weights:
-            check_weights_given(cfg, require_weights)
-        check_weights_exist(cfg)
-        metadata = read_export_metadata(weights) if exported_format(weights) else None
-        if metadata:
-            apply_export_metadata(cfg, metadata)
-            cfg.merge_from_list(list(opts))  # the command line still wins
-            cfg.MODEL.WEIGHTS = weights
-        if device is not None:
-            cfg.MODEL.DEVICE = device
-        fall_back_to_cpu(cfg, "predicting")
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence_threshold
-        cfg.MODEL.RETINANET.SCORE_THRESH_TEST = confidence_threshold
-        cfg.MODEL.PANOPTIC_FPN.COMBINE.INSTANCES_CONFIDENCE_THRESH = confidence_threshold
-        if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
-            raise DentalError(
-                f"{config_file}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use BGR or RGB"
-            )
-
-        self.score_threshold = confidence_threshold
-        self.class_names = model_class_names(cfg, config_file)
-        cfg.freeze()
-        self.cfg = cfg
-        self.metadata = self._metadata(cfg)
-
-        self.backend = build_backend(cfg, metadata)
-        if cfg.TEST.AUG.ENABLED:
-            model = getattr(self.backend, "model", None)
-            self.backend.model = self._with_tta(cfg, model, config_file)
-        self.model = getattr(self.backend, "model", None)
-        if not weights:
-            logger.warning("MODEL.WEIGHTS is empty: the model has random weights")
-        self.aug = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        self.cfg, export_metadata = predictor_config(
+            config_file,
+            opts,
+            weights=weights,
+            confidence_threshold=confidence_threshold,
+            device=device,
+            require_weights=require_weights,
         )
-
-    def _metadata(self, cfg) -> Metadata:
-        for name in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
-            if name in MetadataCatalog.list():
-                metadata = MetadataCatalog.get(name)
-                if list(metadata.get("thing_classes", [])) == self.class_names and metadata.get(
-                    "thing_colors"
-                ):
-                    return metadata
-        return build_metadata(self.class_names)
+        self.score_threshold = confidence_threshold
+        read = read_weights(self.cfg)
+        self.weights_sha256 = read.sha256
+        self.class_names = model_class_names(self.cfg, config_file, checkpoint=read.checkpoint)
+        self.metadata = _drawing_metadata(self.cfg, self.class_names)
+        self.backend = build_backend(self.cfg, read, confidence_threshold, export_metadata)
+        self.model = getattr(self.backend, "model", None)
+        if not self.cfg.MODEL.WEIGHTS:
+            logger.warning("MODEL.WEIGHTS is empty: the model has random weights")
 
     def predict(self, image) -> Instances:
         """Predicts one image.
@@ -159,8 +192,7 @@ class Predictor:
         batch_size = max(1, self.cfg.TEST.IMS_PER_BATCH)
         results = []
         for start in range(0, len(images), batch_size):
-            inputs = [self._model_input(image) for image in images[start : start + batch_size]]
-            results.extend(self.backend(inputs))
+            results.extend(self.backend(images[start : start + batch_size]))
         return results
 
     def findings(self, instances: Instances) -> Findings:
@@ -179,27 +211,36 @@ class Predictor:
             min_overlap=self.cfg.DENTAL.FINDINGS.MIN_OVERLAP,
         )
 
-    def draw(self, image, instances: Instances, score_threshold: float | None = None) -> np.ndarray:
+    def draw(
+        self,
+        image,
+        instances: Instances,
+        findings: Findings | None = None,
+        score_threshold: float | None = None,
+    ) -> np.ndarray:
         """Draws predictions and the one-line findings summary on an image.
 
         Args:
             image (str | np.ndarray): a path or an HxWx3 BGR uint8 array.
             instances (Instances): the image's predictions.
+            findings (Findings | None): `findings(instances)` when the caller has them; None
+                computes them.
             score_threshold (float | None): the least score among `instances`, for the summary;
                 None means `score_threshold`, the predictor's.
 
         Returns:
             np.ndarray: the overlay, HxWx3 RGB uint8.
         """
-        findings = self.findings(instances)
+        if findings is None:
+            findings = self.findings(instances)
+        if score_threshold is None:
+            score_threshold = self.score_threshold
         return draw_instances(
             self._load(image)[:, :, ::-1],
             instances,
             self.metadata,
             findings=findings,
-            summary=summarize(
-                findings, self.score_threshold if score_threshold is None else score_threshold
-            ),
+            summary=summarize(findings, score_threshold),
         )
 
     @staticmethod
@@ -214,24 +255,3 @@ class Predictor:
                 f"expected an HxWx3 BGR uint8 image, got shape {image.shape} dtype {image.dtype}"
             )
         return image
-
-    @staticmethod
-    def _with_tta(cfg, model, config_file: str):
-        if not isinstance(model, GeneralizedRCNN):
-            raise DentalError(
-                f"{config_file}: TEST.AUG.ENABLED needs a PyTorch GeneralizedRCNN (not "
-                f"{cfg.MODEL.META_ARCHITECTURE} or an exported model); set TEST.AUG.ENABLED False"
-            )
-        return GeneralizedRCNNWithTTA(cfg, model).eval()
-
-    def _model_input(self, image_bgr: np.ndarray) -> dict:
-        image = image_bgr[:, :, ::-1] if self.cfg.INPUT.FORMAT == "RGB" else image_bgr
-        height, width = image.shape[:2]
-        if self.cfg.TEST.AUG.ENABLED:
-            # The TTA model resizes to each of TEST.AUG.MIN_SIZES itself, from the full image,
-            # in numpy: the image stays on the CPU.
-            tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-            return {"image": tensor, "height": height, "width": width}
-        resized = self.aug.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
-        return {"image": tensor.to(self.cfg.MODEL.DEVICE), "height": height, "width": width}

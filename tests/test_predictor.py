@@ -129,3 +129,53 @@ def test_weights_and_class_names_come_from_the_checkpoint(predictor, tmp_path):
 def test_cuda_falls_back_to_cpu_without_a_gpu():
     predictor = Predictor(CONFIG, opts=WITH_CLASSES, device="cuda")
     assert predictor.cfg.MODEL.DEVICE == "cpu"
+
+
+def test_a_detection_scoring_exactly_the_threshold_is_kept(predictor, tmp_path):
+    weights = tmp_path / "model_final.pth"
+    state = predictor.model.state_dict()
+    torch.save({"model": state, CLASS_NAMES_KEY: {"thing_classes": CLASSES}}, weights)
+    image = random_image(64, 96)
+    every = Predictor(CONFIG, weights=str(weights), opts=TINY, confidence_threshold=0.0)
+    scores = every.predict(image).scores.tolist()
+    threshold = scores[len(scores) // 2]  # a float32 score, exactly
+    kept = Predictor(CONFIG, weights=str(weights), opts=TINY, confidence_threshold=threshold)
+    assert kept.predict(image).scores.tolist() == [s for s in scores if s >= threshold]
+    assert threshold in kept.predict(image).scores.tolist()
+
+
+def test_the_checkpoint_is_read_once(predictor, tmp_path, monkeypatch):
+    import builtins
+    import hashlib
+
+    weights = tmp_path / "model_final.pth"
+    state = {k: v + 1 for k, v in predictor.model.state_dict().items()}
+    torch.save({"model": state, CLASS_NAMES_KEY: {"thing_classes": CLASSES}}, weights)
+    opened, real_open = [], builtins.open
+
+    def recording_open(file, *args, **kwargs):
+        if isinstance(file, str | os.PathLike) and os.fspath(file) == str(weights):
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    loaded = Predictor(CONFIG, weights=str(weights), opts=TINY)
+    monkeypatch.undo()
+    assert len(opened) == 1, opened
+    assert loaded.class_names == CLASSES
+    name = "roi_heads.box_predictor.cls_score.weight"
+    torch.testing.assert_close(loaded.model.state_dict()[name], state[name])
+    assert loaded.weights_sha256 == hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+
+
+def test_draw_takes_the_findings_it_is_given(predictor, monkeypatch):
+    image = random_image(64, 96)
+    instances = predictor.predict(image)
+    findings = predictor.findings(instances)
+    expected = predictor.draw(image, instances)
+
+    def not_again(_):
+        raise AssertionError("draw computed the findings again")
+
+    monkeypatch.setattr(predictor, "findings", not_again)
+    np.testing.assert_array_equal(predictor.draw(image, instances, findings), expected)

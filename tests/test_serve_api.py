@@ -12,6 +12,7 @@ import zlib
 import cv2
 import httpx
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -108,6 +109,32 @@ def test_answers_equal_tools_visualize_output(client, predictor, photo, tmp_path
     image = read_image(photo)
     drawn = reference.draw(image, reference.predict(image))
     np.testing.assert_array_equal(overlay[:, :, ::-1], drawn)
+
+
+def test_masks_are_encoded_once_and_a_score_equal_to_the_threshold_is_kept(
+    client, photo, monkeypatch
+):
+    encodes, encode = [], mask_util.encode
+
+    def counting_encode(*args, **kwargs):
+        encodes.append(1)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(mask_util, "encode", counting_encode)
+    with open(photo, "rb") as f:
+        answer = post(client, f.read(), score_threshold=0, overlay=True).json()
+    assert len(encodes) == 1  # the model's masks, as they leave the batching queue
+    stored = client.app.state.service.get(answer["id"])
+    middle = len(stored.scores) // 2
+    exact = float(stored.scores[middle])  # a stored float32 score, exactly
+    params = {"score_threshold": exact, "overlay": True}
+    again = client.get(f"/results/{answer['id']}", params=params).json()
+    client.get(f"/results/{answer['id']}/coco.json", params={"score_threshold": exact})
+    assert len(encodes) == 1
+    kept = int((stored.scores >= stored.scores[middle]).sum())
+    assert len(again["instances"]) == kept > middle
+    assert again["instances"][-1]["score"] == round(exact, 4)
+    assert again["instances"] == answer["instances"][: len(again["instances"])]
 
 
 def test_results_refilter_without_reuploading(client, photo, tmp_path):

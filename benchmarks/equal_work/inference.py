@@ -144,7 +144,7 @@ def measure_dental(spec: dict, images: list[np.ndarray]) -> dict:
         "runtime": predictor.backend.name,
     }
     if spec["count_gmac"] and predictor.model is not None:
-        result["gmac"] = dental_gmac(predictor.model, predictor._model_input(images[0]))
+        result["gmac"] = dental_gmac(predictor.model, predictor.backend.model_input(images[0]))
     result.update(memory_mib(spec["device"]))
     return result
 

@@ -14,15 +14,10 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import DentalCheckpointer, loading_weights
-from ..config import build_config, check_output_dir
+from ..config import build_config, check_output_dir, fall_back_to_cpu
 from ..data import check_num_classes, register_from_config
 from ..errors import DentalError
-from ..model_config import (
-    check_weights_exist,
-    check_weights_given,
-    fall_back_to_cpu,
-    model_class_names,
-)
+from ..weights import check_weights_exist, check_weights_given, model_class_names
 from .distributed import ClusterProcess, cluster_process, join_process_group, leave_process_group
 from .hooks import BestCheckpointer
 from .progress import log_training_summary, plain_log_files, tests_best_checkpoint

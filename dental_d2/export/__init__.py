@@ -1,24 +1,14 @@
-"""Deployment: export to ONNX or TorchScript, and the runtimes `Predictor` chooses between."""
+"""Deployment: export to ONNX or TorchScript with a `model.json` that makes it self-describing
+(the runtimes that run the exports are in `dental_d2.runtime`)."""
 
-from .backends import (
-    OnnxBackend,
-    TorchBackend,
-    TorchScriptBackend,
-    apply_export_metadata,
-    build_backend,
-    exported_format,
-    read_export_metadata,
-)
-from .exporter import METADATA_FILE, MODEL_FILES, export_model
+from .exporter import METADATA_FILE, MODEL_FILES, OUTPUT_NAMES, export_model
+from .metadata import apply_export_metadata, exported_format, read_export_metadata
 
 __all__ = [
     "METADATA_FILE",
     "MODEL_FILES",
-    "OnnxBackend",
-    "TorchBackend",
-    "TorchScriptBackend",
+    "OUTPUT_NAMES",
     "apply_export_metadata",
-    "build_backend",
     "export_model",
     "exported_format",
     "read_export_metadata",

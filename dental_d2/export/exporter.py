@@ -2,7 +2,7 @@
 
 The whole network is traced, RPN and ROI heads with their NMS and ROIAlign included, through
 detectron2's `TracingAdapter`. What the trace cannot hold (resizing the image, pasting the 28x28
-masks into it) stays in Python and is shared with the PyTorch path: see `backends.py`.
+masks into it) stays in Python and is shared with the PyTorch path: see `dental_d2.runtime`.
 """
 
 import io
@@ -15,9 +15,10 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_model
 
 from ..checkpoint import DentalCheckpointer
+from ..config import keeping_scores_from
 from ..errors import DentalError
 from ..file_io import write_bytes, write_json
-from ..model_config import check_weights_exist, model_class_names
+from ..weights import WeightsFile, check_weights_exist, model_class_names, read_weights
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def export_metadata(cfg, fmt: str, class_names: list[str]) -> dict:
         "pixel_std": list(cfg.MODEL.PIXEL_STD),
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
-        # Detections scoring at or below this were dropped inside the graph.
+        # Detections scoring below this were dropped inside the graph.
         "score_threshold": cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
         "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
         "mask_threshold": 0.5,
@@ -74,17 +75,26 @@ def export_metadata(cfg, fmt: str, class_names: list[str]) -> dict:
     }
 
 
-def build_traceable_model(cfg) -> TracingAdapter:
+def build_traceable_model(cfg, weights: WeightsFile | None = None) -> TracingAdapter:
     """Builds the model of `cfg` on the CPU with its weights, wrapped for tracing.
+
+    The graph keeps detections scoring `MODEL.ROI_HEADS.SCORE_THRESH_TEST` or more.
 
     Args:
         cfg (CfgNode): a dental config; `MODEL.WEIGHTS` is loaded.
+        weights (WeightsFile | None): `MODEL.WEIGHTS` already read; None reads it.
     """
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = keeping_scores_from(
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
+    )
     model = build_model(cfg).eval()
-    DentalCheckpointer(model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE).load(cfg.MODEL.WEIGHTS)
+    read = weights.checkpoints() if weights is not None else {}
+    DentalCheckpointer(model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE, read=read).load(
+        cfg.MODEL.WEIGHTS
+    )
     # A mid-grey image with noise: its values only steer the trace, shapes stay dynamic.
     size = cfg.INPUT.MIN_SIZE_TEST
     generator = torch.Generator().manual_seed(0)
@@ -127,8 +137,8 @@ def export_model(cfg, output_dir: str, fmt: str = "onnx") -> str:
 
     Args:
         cfg (CfgNode): a dental config whose `MODEL.WEIGHTS` is the checkpoint to export.
-            `MODEL.ROI_HEADS.SCORE_THRESH_TEST` and `TEST.DETECTIONS_PER_IMAGE` are fixed in
-            the graph.
+            `MODEL.ROI_HEADS.SCORE_THRESH_TEST` (the least score kept) and
+            `TEST.DETECTIONS_PER_IMAGE` are fixed in the graph.
         output_dir (str): created if missing.
         fmt (str): "onnx" or "torchscript".
 
@@ -145,13 +155,14 @@ def export_model(cfg, output_dir: str, fmt: str = "onnx") -> str:
             "is exported"
         )
     check_weights_exist(cfg)
-    class_names = model_class_names(cfg, from_registered=False)
+    weights = read_weights(cfg)
+    class_names = model_class_names(cfg, from_registered=False, checkpoint=weights.checkpoint)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting a model with random weights")
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, MODEL_FILES[fmt])
     logger.info("tracing the model for %s export", fmt)
-    write_bytes(path, _serialize(build_traceable_model(cfg), fmt))
+    write_bytes(path, _serialize(build_traceable_model(cfg, weights), fmt))
     write_json(
         os.path.join(output_dir, METADATA_FILE),
         export_metadata(cfg, fmt, class_names),

@@ -4,7 +4,6 @@ Every error is a 4xx/5xx with a one-line JSON body `{"error": "..."}`; the serve
 """
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -34,7 +33,11 @@ _FORM_OVERHEAD = 64 << 10
 
 Threshold = Annotated[
     float | None,
-    Query(ge=0.0, le=1.0, description="drop instances scoring at or below this"),
+    Query(
+        ge=0.0,
+        le=1.0,
+        description="drop instances scoring below this (a score equal to it is kept)",
+    ),
 ]
 
 
@@ -165,12 +168,8 @@ def create_app(service: PredictionService, token: str | None = None) -> FastAPI:
 
 
 async def _answer(service, stored, threshold: float, overlay: bool, image=None) -> dict:
-    # Both are CPU work (masks, findings, drawing): off the event loop.
-    answer = await run_in_threadpool(service.answer, stored, threshold)
-    if overlay:
-        png = await run_in_threadpool(service.overlay_png, stored, threshold, image)
-        answer["overlay_png"] = base64.b64encode(png).decode("ascii")
-    return answer
+    # CPU work (masks, findings, drawing): off the event loop.
+    return await run_in_threadpool(service.answer, stored, threshold, overlay, image)
 
 
 def _add_predict_route(app: FastAPI, service: PredictionService):

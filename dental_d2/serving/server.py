@@ -20,8 +20,8 @@ import uvicorn
 
 from ..config import DEFAULT_SCORE_THRESHOLD, build_config
 from ..errors import DentalError
-from ..model_config import check_weights_given
 from ..predictor import Predictor
+from ..weights import check_weights_given
 from .app import create_app
 from .security import check_access, is_loopback, load_token
 from .service import PredictionService

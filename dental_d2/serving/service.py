@@ -1,12 +1,12 @@
 """The service behind the web app: uploads in; instances, findings, overlays and COCO out.
 
-Everything the page and the API show comes from `Predictor`, `dental_d2.inference` and
+Everything the page and the API show comes from `Predictor`, `dental_d2.coco_format` and
 `dental_d2.visualize`, so an answer at a threshold is what `tools/visualize.py
 --confidence-threshold` writes for the image:
 the same overlay, the same `predictions.coco.json` annotations, the same findings.
 """
 
-import hashlib
+import base64
 import logging
 import os
 import re
@@ -23,11 +23,11 @@ import pycocotools.mask as mask_util
 import torch
 from detectron2.structures import Boxes, Instances
 
+from ..coco_format import coco_dataset, instances_to_coco_annotations, masks_to_rles
 from ..config import DEFAULT_SCORE_THRESHOLD
 from ..data.image_io import decode_image
 from ..errors import DentalError
 from ..findings import findings_to_dict
-from ..inference import coco_dataset, instances_to_coco_annotations
 from .batching import BatchQueue
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class StoredPrediction:
         boxes (np.ndarray): Nx4 XYXY float32.
         scores (np.ndarray): N float32, descending.
         classes (np.ndarray): N int64 contiguous class ids.
-        rles (list[dict] | None): N pycocotools RLEs; None for a box-only model.
+        rles (list[dict] | None): N COCO RLEs from `masks_to_rles`, encoded once when the image
+            was predicted; None for a box-only model.
         stored_at (float): when it was made, on the service's clock (for its expiry).
     """
 
@@ -85,10 +86,7 @@ def compact_instances(instances: Instances) -> dict:
     Args:
         instances (Instances): the predictions of one image.
     """
-    rles = None
-    if instances.has("pred_masks"):
-        masks = np.asarray(instances.pred_masks.numpy(), dtype=np.uint8)
-        rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0))) if len(masks) else []
+    rles = masks_to_rles(instances.pred_masks) if instances.has("pred_masks") else None
     return {
         "boxes": instances.pred_boxes.tensor.numpy().astype(np.float32),
         "scores": instances.scores.numpy().astype(np.float32),
@@ -97,23 +95,12 @@ def compact_instances(instances: Instances) -> dict:
     }
 
 
-def file_digest(path: str) -> str:
-    """Returns the first 12 hex digits of a file's SHA-256 ("" when there is no file)."""
-    if not path or not os.path.isfile(path):
-        return ""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
-
-
 class PredictionService:
     """A `Predictor` behind a bounded batching queue, with a small cache of recent answers.
 
     Args:
         predictor (Predictor): the model; its confidence threshold is the lowest score the
-            service keeps (`min_score`); answers are filtered above it per request.
+            service keeps (`min_score`); answers are filtered from it per request.
         config_file (str): the config the predictor was built from, shown by `GET /model`.
         score_threshold (float): the default threshold of answers.
         max_upload_bytes (int): larger uploads are refused.
@@ -141,7 +128,7 @@ class PredictionService:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.predictor = predictor
-        self.min_score = float(predictor.cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
+        self.min_score = float(predictor.score_threshold)
         self.score_threshold = max(score_threshold, self.min_score)
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels = max_pixels
@@ -160,7 +147,7 @@ class PredictionService:
             "tooth_classes": list(predictor.cfg.DENTAL.FINDINGS.TOOTH_CLASSES),
             "config_file": config_file,
             "weights": weights,
-            "weights_sha256": file_digest(weights),
+            "weights_sha256": predictor.weights_sha256,
             "device": str(predictor.cfg.MODEL.DEVICE),
             "batch_size": self.batches.batch_size,
             "queue_capacity": capacity,
@@ -218,36 +205,61 @@ class PredictionService:
         """The threshold an answer uses: the default when None, never below `min_score`."""
         return self.score_threshold if requested is None else max(requested, self.min_score)
 
-    def instances(self, stored: StoredPrediction, threshold: float) -> Instances:
-        """Rebuilds the predictions that score above `threshold` (the model's own `>` rule)."""
-        keep = np.nonzero(stored.scores > threshold)[0]
+    def instances(
+        self, stored: StoredPrediction, threshold: float, masks: bool = True
+    ) -> Instances:
+        """Rebuilds the predictions that score `threshold` or more.
+
+        Args:
+            stored (StoredPrediction): the image's predictions.
+            threshold (float): the least score kept (a score equal to it is kept).
+            masks (bool): decode the RLE masks into `pred_masks`; False leaves them out.
+        """
+        keep = np.nonzero(stored.scores >= threshold)[0]
         instances = Instances((stored.height, stored.width))
         instances.pred_boxes = Boxes(torch.from_numpy(stored.boxes[keep].reshape(-1, 4)))
         instances.scores = torch.from_numpy(stored.scores[keep])
         instances.pred_classes = torch.from_numpy(stored.classes[keep])
-        if stored.rles is not None:
-            masks = np.zeros((len(keep), stored.height, stored.width), dtype=bool)
+        if masks and stored.rles is not None:
+            dense = np.zeros((len(keep), stored.height, stored.width), dtype=bool)
             if len(keep):
-                masks = mask_util.decode([stored.rles[k] for k in keep]).transpose(2, 0, 1)
-            instances.pred_masks = torch.from_numpy(masks.astype(bool))
+                dense = mask_util.decode([stored.rles[k] for k in keep]).transpose(2, 0, 1)
+            instances.pred_masks = torch.from_numpy(dense.astype(bool))
         return instances
 
-    def answer(self, stored: StoredPrediction, threshold: float) -> dict:
-        """The JSON answer: instances (COCO annotations with class names), counts, findings.
+    def annotations(self, stored: StoredPrediction, threshold: float) -> list[dict]:
+        """COCO annotations of the predictions scoring `threshold` or more.
+
+        The masks are the RLEs encoded once, when the image was predicted: they are not decoded
+        and encoded again for each answer.
+        """
+        keep = np.nonzero(stored.scores >= threshold)[0]
+        rles = None if stored.rles is None else [stored.rles[k] for k in keep]
+        boxes_only = self.instances(stored, threshold, masks=False)
+        return instances_to_coco_annotations(boxes_only, image_id=1, rles=rles)
+
+    def answer(
+        self, stored: StoredPrediction, threshold: float, overlay: bool = False, image=None
+    ) -> dict:
+        """The JSON answer: instances (COCO annotations with class names), counts, findings and,
+        with `overlay`, the overlay as base64 PNG; the masks are decoded once for both.
 
         Args:
             stored (StoredPrediction): the image's predictions.
-            threshold (float): only instances scoring above it are included.
+            threshold (float): only instances scoring it or more are included.
+            overlay (bool): add `overlay_png`.
+            image (np.ndarray | None): the decoded BGR image, when the caller still has it.
         """
         instances = self.instances(stored, threshold)
+        findings = self.predictor.findings(instances)
         names = self.predictor.class_names
-        annotations = instances_to_coco_annotations(instances, image_id=1)
+        annotations = self.annotations(stored, threshold)
         for annotation in annotations:
             annotation["class"] = names[annotation["category_id"] - 1]
         counts = dict.fromkeys(names, 0)
         for annotation in annotations:
             counts[annotation["class"]] += 1
-        return {
+        answer = {
             "id": stored.id,
             "file_name": stored.file_name,
             "height": stored.height,
@@ -256,20 +268,29 @@ class PredictionService:
             "min_score": self.min_score,
             "instances": annotations,
             "counts": counts,
-            "findings": findings_to_dict(self.predictor.findings(instances), threshold),
+            "findings": findings_to_dict(findings, threshold),
         }
+        if overlay:
+            png = self._overlay_png(stored, instances, findings, threshold, image)
+            answer["overlay_png"] = base64.b64encode(png).decode("ascii")
+        return answer
 
     def overlay_png(self, stored: StoredPrediction, threshold: float, image=None) -> bytes:
         """Draws the overlay as `tools/visualize.py` does and encodes it as PNG.
 
         Args:
             stored (StoredPrediction): the image's predictions.
-            threshold (float): only instances scoring above it are drawn.
+            threshold (float): only instances scoring it or more are drawn.
             image (np.ndarray | None): the decoded BGR image, when the caller still has it.
         """
+        instances = self.instances(stored, threshold)
+        findings = self.predictor.findings(instances)
+        return self._overlay_png(stored, instances, findings, threshold, image)
+
+    def _overlay_png(self, stored, instances, findings, threshold: float, image=None) -> bytes:
         if image is None:
             image = self.decode(stored.data, stored.file_name)
-        overlay_rgb = self.predictor.draw(image, self.instances(stored, threshold), threshold)
+        overlay_rgb = self.predictor.draw(image, instances, findings, threshold)
         ok, encoded = cv2.imencode(".png", np.ascontiguousarray(overlay_rgb[:, :, ::-1]))
         if not ok:
             raise DentalError(f"{stored.file_name}: the overlay could not be encoded as PNG")
@@ -279,7 +300,7 @@ class PredictionService:
         """The image's predictions as a COCO dataset, the format of predictions.coco.json."""
         image = {"id": 1, "file_name": stored.file_name}
         image.update(height=stored.height, width=stored.width)
-        annotations = instances_to_coco_annotations(self.instances(stored, threshold), image_id=1)
+        annotations = self.annotations(stored, threshold)
         return coco_dataset([image], annotations, self.predictor.class_names)
 
     def close(self):

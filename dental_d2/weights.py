@@ -1,18 +1,24 @@
-"""What every user of a model checks before building it (training and `--eval-only`,
-`Predictor`, the exporter): the weights file exists, CUDA is there, and the class names are
-known and as many as the model predicts."""
+"""The model file named by `MODEL.WEIGHTS`: checked (given, exists), read once, and the class
+names of the model it holds; what training, `--eval-only`, `Predictor` and the exporter check
+before building a model."""
 
+import hashlib
 import logging
 import os
+from dataclasses import dataclass
 
-import torch
 from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
 
-from .checkpoint import read_class_names
+from .checkpoint import class_names_in, load_weights_file, read_class_names
 from .data import check_num_classes
 from .errors import DentalError
 
 logger = logging.getLogger(__name__)
+
+# Files read into memory by `read_weights`: checkpoints and exported models. Others (a
+# model-zoo `.pkl`, URLs) are left to detectron2's checkpointer.
+_READ_IN_MEMORY = (".pth", ".onnx", ".ts")
 
 
 def check_weights_exist(cfg) -> None:
@@ -45,25 +51,66 @@ def check_weights_given(cfg, doing: str) -> None:
         )
 
 
-def fall_back_to_cpu(cfg, doing: str) -> None:
-    """Sets `MODEL.DEVICE cpu`, with a warning, when the config asks for CUDA and there is none.
+@dataclass
+class WeightsFile:
+    """`MODEL.WEIGHTS`, read once: its digest for reports, its content for the runtime.
+
+    Attributes:
+        path (str): `MODEL.WEIGHTS` ("" for random weights, or a URL).
+        sha256 (str): the first 12 hex digits of the file's SHA-256; "" for a URL or nothing.
+        checkpoint (dict | None): a `.pth` checkpoint, deserialised; None for other files.
+        data (bytes | None): an exported model's bytes (`.onnx`, `.ts`); None for others.
+    """
+
+    path: str
+    sha256: str = ""
+    checkpoint: dict | None = None
+    data: bytes | None = None
+
+    def checkpoints(self) -> dict[str, dict]:
+        """The checkpoint by path, for `DentalCheckpointer(read=...)`; empty when none was read."""
+        return {} if self.checkpoint is None else {self.path: self.checkpoint}
+
+
+def read_weights(cfg) -> WeightsFile:
+    """Reads `MODEL.WEIGHTS` once, hashing the bytes it reads.
+
+    A `.pth` is deserialised as `load_weights_file` does; an exported model is kept as bytes
+    for its runtime. Any other local file (a model-zoo `.pkl`) is only hashed: detectron2's
+    checkpointer reads it when the model is built.
 
     Args:
-        cfg (CfgNode): a mutable config.
-        doing (str): what runs on the CPU instead, for the warning, e.g. "predicting".
+        cfg (CfgNode): the config; `DENTAL.ALLOW_PICKLE` is the user's trust in the file.
     """
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: %s on the CPU", doing)
-        cfg.MODEL.DEVICE = "cpu"
+    path = cfg.MODEL.WEIGHTS
+    if not path or "://" in path or not os.path.isfile(path):
+        return WeightsFile(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        if not path.endswith(_READ_IN_MEMORY):
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+            return WeightsFile(path, digest.hexdigest()[:12])
+        data = f.read()
+    digest.update(data)
+    weights = WeightsFile(path, digest.hexdigest()[:12])
+    if path.endswith(".pth"):
+        weights.checkpoint = load_weights_file(path, cfg.DENTAL.ALLOW_PICKLE, data=data)
+    else:
+        weights.data = data
+    return weights
 
 
-def _registered_class_names(cfg) -> list[str] | None:
-    """The classes of an already registered dataset named in the config, if any."""
+def registered_metadata(cfg) -> Metadata | None:
+    """The metadata of the first dataset named in `DATASETS.TEST`/`TRAIN` that is registered
+    in this process and has class names, if any.
+
+    Args:
+        cfg (CfgNode): the model's config.
+    """
     for name in (*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN):
-        if name in MetadataCatalog.list():
-            names = MetadataCatalog.get(name).get("thing_classes")
-            if names:
-                return list(names)
+        if name in MetadataCatalog.list() and MetadataCatalog.get(name).get("thing_classes"):
+            return MetadataCatalog.get(name)
     return None
 
 
@@ -72,6 +119,7 @@ def model_class_names(
     config_file: str | None = None,
     data_classes: list[str] | None = None,
     from_registered: bool = True,
+    checkpoint: dict | None = None,
 ) -> list[str]:
     """The classes of the model in `cfg`, in contiguous-id order.
 
@@ -86,11 +134,16 @@ def model_class_names(
         data_classes (list[str] | None): the classes of the data the model is evaluated on.
         from_registered (bool): fall back on a dataset registered in this process (the
             exporter does not: what it writes must not depend on what ran before it).
+        checkpoint (dict | None): `MODEL.WEIGHTS` already read (`read_weights`); None reads
+            the class names from the file.
 
     Raises:
         DentalError: no source names the classes, or not `MODEL.ROI_HEADS.NUM_CLASSES` of them.
     """
-    from_checkpoint = read_class_names(cfg.MODEL.WEIGHTS, cfg.DENTAL.ALLOW_PICKLE)
+    if checkpoint is None:
+        from_checkpoint = read_class_names(cfg.MODEL.WEIGHTS, cfg.DENTAL.ALLOW_PICKLE)
+    else:
+        from_checkpoint = class_names_in(checkpoint)
     from_config = list(cfg.DENTAL.CLASS_NAMES)
     if from_checkpoint and from_config and from_config != from_checkpoint:
         logger.warning(
@@ -99,14 +152,15 @@ def model_class_names(
             cfg.MODEL.WEIGHTS,
             from_checkpoint,
         )
+    registered = registered_metadata(cfg) if from_registered else None
     if from_checkpoint:
         names, source = from_checkpoint, cfg.MODEL.WEIGHTS
     elif from_config:
         names, source = from_config, f"DENTAL.CLASS_NAMES of {config_file or 'the config'}"
     elif data_classes:
         names, source = data_classes, "the dataset"
-    elif from_registered:
-        names, source = _registered_class_names(cfg), "the registered dataset"
+    elif registered is not None:
+        names, source = list(registered.thing_classes), "the registered dataset"
     else:
         names, source = None, None
     if not names:

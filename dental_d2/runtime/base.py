@@ -1,0 +1,44 @@
+"""What every runtime shares: BGR images in, detectron2's model inputs made, `Instances` out."""
+
+import numpy as np
+import torch
+from detectron2.data import transforms as T
+from detectron2.structures import Instances
+
+
+class Backend:
+    """Prepares images as detectron2's `DefaultPredictor` does and runs a model on them.
+
+    Images are converted to `INPUT.FORMAT` and resized with
+    `ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`; `run` takes the resulting
+    model inputs and returns predictions at each image's original size.
+
+    Args:
+        cfg (CfgNode): the predictor's config.
+    """
+
+    name = ""
+
+    def __init__(self, cfg):
+        self.input_format = cfg.INPUT.FORMAT
+        self.device = cfg.MODEL.DEVICE
+        self.resize = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+
+    def model_input(self, image_bgr: np.ndarray) -> dict:
+        """detectron2's model input for one HxWx3 BGR uint8 image: `image` (CHW float32,
+        resized, on `MODEL.DEVICE`), `height` and `width` (the original size)."""
+        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
+        height, width = image.shape[:2]
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+        return {"image": tensor.to(self.device), "height": height, "width": width}
+
+    def run(self, inputs: list[dict]) -> list[Instances]:
+        """Runs the model on `model_input`s; returns CPU `Instances` at the original sizes."""
+        raise NotImplementedError
+
+    def __call__(self, images_bgr: list[np.ndarray]) -> list[Instances]:
+        """Predicts HxWx3 BGR uint8 images, in one forward pass where the runtime allows."""
+        return self.run([self.model_input(image) for image in images_bgr])

@@ -1,0 +1,39 @@
+"""Chooses the runtime for `MODEL.WEIGHTS`."""
+
+from ..errors import DentalError
+from ..export import METADATA_FILE, exported_format, read_export_metadata
+from ..weights import WeightsFile
+from .base import Backend
+from .eager import TorchBackend
+from .exported import OnnxBackend, TorchScriptBackend
+
+
+def build_backend(
+    cfg, weights: WeightsFile, score_threshold: float, metadata: dict | None = None
+) -> Backend:
+    """The runtime for `cfg.MODEL.WEIGHTS`: ONNX Runtime for `.onnx`, TorchScript for `.ts`,
+    PyTorch eager for anything else.
+
+    Args:
+        cfg (CfgNode): the predictor's config.
+        weights (WeightsFile): `MODEL.WEIGHTS`, read once by the caller.
+        score_threshold (float): the least score kept (the eager model keeps it through
+            `MODEL.ROI_HEADS.SCORE_THRESH_TEST`).
+        metadata (dict | None): the export's `model.json`, for exported models.
+    """
+    fmt = exported_format(cfg.MODEL.WEIGHTS)
+    if fmt is None:
+        return TorchBackend(cfg, weights)
+    if cfg.TEST.AUG.ENABLED:
+        raise DentalError(
+            f"{cfg.MODEL.WEIGHTS}: TEST.AUG.ENABLED needs a PyTorch GeneralizedRCNN, not an "
+            "exported model; set TEST.AUG.ENABLED False"
+        )
+    metadata = metadata or read_export_metadata(cfg.MODEL.WEIGHTS)
+    if metadata.get("format") != fmt:
+        raise DentalError(
+            f"{cfg.MODEL.WEIGHTS}: the {METADATA_FILE} beside it describes a "
+            f"{metadata.get('format')} model; export again into a folder of its own"
+        )
+    backend = OnnxBackend if fmt == "onnx" else TorchScriptBackend
+    return backend(cfg, weights, metadata, score_threshold)
