@@ -1,5 +1,7 @@
 """The notebook Predictor: config order, class names, errors, batching, drawing."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
