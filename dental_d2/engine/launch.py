@@ -5,7 +5,6 @@ import logging
 import math
 import multiprocessing
 import os
-import signal
 
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -17,6 +16,7 @@ from ..checkpoint import DentalCheckpointer, loading_weights
 from ..config import build_config, check_output_dir, fall_back_to_cpu
 from ..data import check_num_classes, register_from_config
 from ..errors import DentalError
+from ..stop_signals import handling_stop_signals
 from ..weights import check_weights_exist, check_weights_given, model_class_names
 from .distributed import ClusterProcess, cluster_process, join_process_group, leave_process_group
 from .hooks import BestCheckpointer
@@ -242,12 +242,8 @@ def _forwarding_signals_to_workers():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal_number)
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with handling_stop_signals(forward):
         yield
-    finally:
-        for signal_number, handler in previous.items():
-            signal.signal(signal_number, handler)
 
 
 def _run_in_cluster_process(args, process: ClusterProcess):

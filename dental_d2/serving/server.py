@@ -21,6 +21,7 @@ import uvicorn
 from ..config import DEFAULT_SCORE_THRESHOLD, build_config
 from ..errors import DentalError
 from ..predictor import Predictor
+from ..stop_signals import handling_stop_signals
 from ..weights import check_weights_given
 from .app import create_app
 from .security import check_access, is_loopback, load_token
@@ -141,12 +142,8 @@ def _signals_end_cleanly():
     def stopped(signal_number, frame):
         logger.info(f"{signal.Signals(signal_number).name}: the server has stopped")
 
-    previous = {s: signal.signal(s, stopped) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with handling_stop_signals(stopped):
         yield
-    finally:
-        for signal_number, handler in previous.items():
-            signal.signal(signal_number, handler)
 
 
 def run(settings: ServeSettings):
