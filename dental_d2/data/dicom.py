@@ -14,9 +14,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
 
 from ..errors import DentalError
-
-# image_io imports this module too; its functions are looked up when called, after both loaded.
-from . import image_io
+from .pixels import MAX_IMAGE_PIXELS, ImageTooLargeError, one_line, to_uint8
 
 __all__ = ["DICOM_SUFFIXES", "dicom_size", "has_dicom_preamble", "is_dicom_file", "read_dicom"]
 
@@ -144,7 +142,7 @@ def _grayscale_to_uint8(dataset: pydicom.Dataset, pixels: np.ndarray) -> np.ndar
         gray = modality
     else:
         # No window in the file: the image's own range, as for 16-bit PNG and TIFF files.
-        gray = image_io.to_uint8(modality)
+        gray = to_uint8(modality)
     if dataset.PhotometricInterpretation == "MONOCHROME1":
         # MONOCHROME1 stores the brightest values as the darkest pixels.
         gray = 255 - gray
@@ -156,7 +154,7 @@ def read_dicom(source, name=None, max_pixels: int | None = None) -> np.ndarray:
 
     - Grayscale (MONOCHROME1/2): the Modality LUT (rescale slope/intercept), then the VOI LUT
       or the window centre/width when the file has one, mapped onto 0..255; without one, the
-      image's own range is stretched (see `image_io.to_uint8`). MONOCHROME1 is inverted.
+      image's own range is stretched (see `to_uint8`). MONOCHROME1 is inverted.
     - Colour (RGB, YBR from JPEG, PALETTE COLOR): RGB, as pydicom converts it.
     - Compressed pixel data is decoded by pydicom's plug-ins (pylibjpeg for JPEG and
       JPEG 2000, pydicom itself for RLE).
@@ -165,7 +163,7 @@ def read_dicom(source, name=None, max_pixels: int | None = None) -> np.ndarray:
         source (str, os.PathLike or bytes): the file, or its bytes (an upload).
         name (str or None): what messages call it; None uses `source`.
         max_pixels (int or None): refuse images with more pixels, before decoding them; None
-            for `image_io.MAX_IMAGE_PIXELS`.
+            for `MAX_IMAGE_PIXELS`.
 
     Returns:
         np.ndarray: HxWx3 RGB uint8.
@@ -178,9 +176,9 @@ def read_dicom(source, name=None, max_pixels: int | None = None) -> np.ndarray:
     name = source if name is None else name
     dataset = _read_dataset(source, name)
     height, width = _check_single_frame(dataset, name)
-    limit = image_io.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if height * width > limit:
-        raise image_io.ImageTooLargeError(
+        raise ImageTooLargeError(
             f"{name}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit "
             f"of {limit / 1e6:.1f}; downscale the image"
         )
@@ -194,7 +192,7 @@ def read_dicom(source, name=None, max_pixels: int | None = None) -> np.ndarray:
     except _DECODE_ERRORS as e:
         raise DentalError(
             f"{name}: DICOM pixel data cannot be decoded with {_transfer_syntax(dataset)} "
-            f"({image_io.one_line(e)}); export the image again uncompressed or as JPEG"
+            f"({one_line(e)}); export the image again uncompressed or as JPEG"
         ) from e
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise DentalError(
@@ -203,5 +201,5 @@ def read_dicom(source, name=None, max_pixels: int | None = None) -> np.ndarray:
         )
     if pixels.dtype != np.uint8:
         # One range for the three channels, so that colours keep their balance.
-        pixels = image_io.to_uint8(pixels)
+        pixels = to_uint8(pixels)
     return np.ascontiguousarray(pixels)

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..errors import DentalError
 from . import dicom
+from .pixels import MAX_IMAGE_PIXELS, ImageTooLargeError, one_line, to_uint8
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -20,11 +21,6 @@ __all__ = [
     "image_size",
     "to_uint8",
 ]
-
-# Larger images are refused before they are decoded: a 45-megapixel camera photo or a full
-# panoramic radiograph is far below, while a "decompression bomb" (a small file that decodes to
-# gigabytes) is above. Below PIL's own limit, so PIL's warning never fires first.
-MAX_IMAGE_PIXELS = 64_000_000
 
 # EXIF tag 0x0112 'Orientation'; values 5-8 swap width and height.
 _EXIF_ORIENTATION = 0x0112
@@ -42,10 +38,6 @@ def _exif_orientation(image: Image.Image) -> int:
     except (OSError, ValueError, TypeError, SyntaxError):
         # A broken EXIF block only loses the orientation, as in detectron2's read_image.
         return 1
-
-
-class ImageTooLargeError(DentalError):
-    """An image with more pixels than the reader was allowed to decode (a decompression bomb)."""
 
 
 def _too_large(name, pixels: str, limit: int = MAX_IMAGE_PIXELS) -> ImageTooLargeError:
@@ -76,35 +68,6 @@ def _open(path, name=None) -> Image.Image:
         image.close()
         raise _too_large(name, f"{width}x{height} (WxH)")
     return image
-
-
-def one_line(error: Exception) -> str:
-    """An exception's message on one line (its type's name when it has none)."""
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scales a high-bit-depth (or float) single-channel image to uint8.
-
-    The rule is a linear stretch of the image's own range: its minimum becomes 0 and its maximum
-    255. Radiographs often store 12 significant bits in a 16-bit container, so dividing by 257
-    would leave them almost black; stretching uses the whole 8-bit range whatever the bit depth.
-    A constant image (no range to stretch) becomes all zeros. NaNs become 0.
-
-    Args:
-        array (np.ndarray): an HxW array of any numeric dtype.
-
-    Returns:
-        np.ndarray: HxW uint8.
-    """
-    values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    if values.size == 0:
-        return np.zeros(values.shape, dtype=np.uint8)
-    low, high = float(values.min()), float(values.max())
-    if high <= low:
-        return np.zeros(values.shape, dtype=np.uint8)
-    scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
 def _to_rgb_array(image: Image.Image) -> np.ndarray:
