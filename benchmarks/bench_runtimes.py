@@ -6,7 +6,9 @@
 Random weights with both box regressors zeroed and thresholds at 0, so every model keeps 1000
 proposals and 100 detections per image. Prints one table and writes it as JSON (--output).
 `--only pytorch,training` times only a config's eager inference and training step (and
-torchvision's step). The measuring code is the `equal_work` package beside this script (a
+torchvision's step). `--weights model_final.pth` times the trained model too, as trained: its
+own detections at `--confidence-threshold` (0.5) on the photos of `--images`, eager and in
+ONNX Runtime. The measuring code is the `equal_work` package beside this script (a
 script's folder is on its import path).
 """
 
@@ -15,6 +17,7 @@ import sys
 from equal_work import TARGETS, format_table, run_benchmark
 
 from dental_d2.cli import add_config_overrides, run_tool, tool_parser
+from dental_d2.config import DEFAULT_SCORE_THRESHOLD
 
 
 def parse_args(argv=None):
@@ -26,6 +29,17 @@ def parse_args(argv=None):
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     parser.add_argument("--train-iters", type=int, default=3, help="timed training steps")
+    parser.add_argument(
+        "--weights",
+        metavar="PTH",
+        help="a trained model, timed too as trained: its own detections at --confidence-threshold",
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=DEFAULT_SCORE_THRESHOLD,
+        help=f"the least score the trained model keeps (default {DEFAULT_SCORE_THRESHOLD})",
+    )
     parser.add_argument(
         "--only",
         default=",".join(TARGETS),
@@ -41,7 +55,9 @@ def parse_args(argv=None):
 
 
 def _run(args) -> None:
-    options = {name: getattr(args, name) for name in ("device", "images", "repeats", "train_iters")}
+    names = ("device", "images", "repeats", "train_iters", "weights")
+    options = {name: getattr(args, name) for name in names}
+    options["confidence"] = args.confidence_threshold
     report = run_benchmark(
         args.config_file, args.opts, args.output, targets=tuple(args.only), **options
     )

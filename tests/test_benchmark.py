@@ -56,6 +56,31 @@ def test_benchmark_measures_every_runtime_at_equal_work(tmp_path, capsys, benchm
     assert all(name in table for name, _ in rows) and report["machine"]["cpu_count"] >= 1
 
 
+@pytest.mark.slow
+def test_a_trained_model_is_timed_as_trained_eager_and_in_onnx_runtime(tmp_path, benchmark_tool):
+    """--weights adds the model's own rows: its config's proposals and detection limit at its
+    threshold, not the equal work's 1000 and 100, the same detections in both runtimes."""
+    from equal_work.models import equal_work_config, write_equal_work_checkpoint
+
+    from dental_d2.config import build_config
+
+    weights = write_equal_work_checkpoint(equal_work_config(CONFIG, TINY), str(tmp_path / "m.pth"))
+    output = tmp_path / "bench.json"
+    code = benchmark_tool.main(
+        ["--config-file", CONFIG, "--output", str(output), "--repeats", "1",
+         "--only", "pytorch,onnxruntime", "--weights", weights, "--confidence-threshold", "0",
+         *TINY]
+    )  # fmt: skip
+    assert code == 0
+    rows = {(row["name"], row["batch"]): row for row in json.loads(output.read_text())["rows"]}
+    demo = build_config(CONFIG, TINY)
+    eager, onnx = rows["as trained: PyTorch eager", 1], rows["as trained: ONNX Runtime", 1]
+    assert eager["proposals"] == demo.MODEL.RPN.POST_NMS_TOPK_TEST < 1000
+    assert eager["detections"] == onnx["detections"] == demo.TEST.DETECTIONS_PER_IMAGE < 100
+    assert rows["dental_d2 PyTorch eager", 1]["detections"] == 100
+    assert onnx["runtime"] == "onnxruntime" and onnx["gmac_per_image"] == eager["gmac_per_image"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the error without CUDA")
 def test_benchmark_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys, benchmark_tool):
     code = benchmark_tool.main(

@@ -120,7 +120,7 @@ def measure_dental(spec: dict, images: list[np.ndarray]) -> dict:
 
     Args:
         spec (dict): `config_file`, `weights` (a `.pth` or `.onnx`), `opts`, `device`,
-            `batches`, `repeats`, `count_gmac`.
+            `batches`, `repeats`, `count_gmac`, and `confidence` (the least score kept, 0).
         images (list[np.ndarray]): BGR uint8, at least max(batches).
     """
     from dental_d2.predictor import Predictor
@@ -128,7 +128,11 @@ def measure_dental(spec: dict, images: list[np.ndarray]) -> dict:
     torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
     opts = [*spec["opts"], "TEST.IMS_PER_BATCH", str(max(spec["batches"]))]
     predictor = Predictor(
-        spec["config_file"], spec["weights"], opts, confidence_threshold=0.0, device=spec["device"]
+        spec["config_file"],
+        spec["weights"],
+        opts,
+        confidence_threshold=spec.get("confidence", 0.0),
+        device=spec["device"],
     )
     counter = predictor.model and OutputCounter(predictor.model.proposal_generator)
     detections = len(predictor.predict(images[0]))

@@ -9,6 +9,7 @@ import torch
 from tabulate import tabulate
 from tqdm import tqdm
 
+from dental_d2.config import DEFAULT_SCORE_THRESHOLD, build_config
 from dental_d2.data import read_image
 from dental_d2.data.image_files import collect_images
 from dental_d2.data.synthetic import make_synthetic_image
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 TARGETS = ("pytorch", "onnxruntime", "torchvision_v1", "torchvision_v2", "training")
 # The comparison the speed target is stated against.
 REFERENCE = "torchvision maskrcnn_resnet50_fpn_v2"
+# The rows of a trained model (--weights) at its own score threshold.
+AS_TRAINED = "as trained:"
 
 
 def load_images(images_dir: str | None, count: int, size: int) -> list[np.ndarray]:
@@ -69,6 +72,20 @@ def _export_onnx(cfg, weights: str, folder: str) -> str:
     return export_model(cfg, folder)
 
 
+def _dental_weights(spec: dict, cfg, equal_work_weights: str, workdir: str) -> dict:
+    """The spec with the weights its row runs: the equal-work or trained `.pth`, or its ONNX."""
+    trained = spec.get("trained")
+    weights = trained or equal_work_weights
+    if spec["config_file"] is not None:
+        return {**spec, "weights": weights}
+    if trained:
+        # Exported at the threshold the eager row runs, so both keep the same detections.
+        cfg = build_config(spec["trained_config"], [*spec["trained_opts"], "MODEL.DEVICE", "cpu"])
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = spec["confidence"]
+    folder = os.path.join(workdir, "trained_onnx" if trained else "equal_work_onnx")
+    return {**spec, "weights": run_isolated(_export_onnx, cfg, weights, folder)}
+
+
 def _jobs(config_file, opts, cfg, options: dict) -> list[tuple[str, object, dict]]:
     """(row name, measuring function, spec) per measurement, in table order."""
     device, targets = options["device"], options["targets"]
@@ -81,10 +98,20 @@ def _jobs(config_file, opts, cfg, options: dict) -> list[tuple[str, object, dict
     dental = {**common, "config_file": config_file, "opts": [*opts, *EQUAL_WORK_OPTS]}
     jobs = []
     if "pytorch" in targets:
-        jobs.append(("dental_d2 PyTorch eager", measure_dental, {**dental, "weights": None}))
+        jobs.append(("dental_d2 PyTorch eager", measure_dental, dental))
     if "onnxruntime" in targets:
         onnx = {**dental, "config_file": None, "opts": [], "count_gmac": False}
         jobs.append(("dental_d2 ONNX Runtime", measure_dental, onnx))
+    if options.get("weights"):
+        # The trained model with its own threshold: the work it does on these photos.
+        trained = {**dental, "opts": list(opts), "trained": options["weights"],
+                   "confidence": options["confidence"]}  # fmt: skip
+        if "pytorch" in targets:
+            jobs.append((f"{AS_TRAINED} PyTorch eager", measure_dental, trained))
+        if "onnxruntime" in targets:
+            onnx = {**trained, "config_file": None, "opts": [], "count_gmac": False,
+                    "trained_config": config_file, "trained_opts": list(opts)}  # fmt: skip
+            jobs.append((f"{AS_TRAINED} ONNX Runtime", measure_dental, onnx))
     for variant, suffix in (("v1", ""), ("v2", "_v2")):
         if f"torchvision_{variant}" in targets:
             spec = {**common, "cfg": cfg, "variant": variant}
@@ -120,14 +147,15 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
         output_json (str): where the results are written (atomically).
         **options: `device` ("cpu"), `images` (a folder, or None for synthetic photos),
             `repeats` (5), `train_iters` (3), `targets` (a subset of `TARGETS`), `workdir`
-            (for the equal-work checkpoint and its ONNX export).
+            (for the equal-work checkpoint and the ONNX exports), `weights` (a trained `.pth`
+            timed too, as trained, at score >= `confidence`, 0.5).
 
     Returns:
         dict: `machine`, `settings` and `rows` (one per runtime and batch size).
     """
     options = {"device": "cpu", "images": None, "repeats": 5, "train_iters": 3,
-               "targets": TARGETS, "workdir": os.path.dirname(os.path.abspath(output_json)),
-               **options}  # fmt: skip
+               "targets": TARGETS, "weights": None, "confidence": DEFAULT_SCORE_THRESHOLD,
+               "workdir": os.path.dirname(os.path.abspath(output_json)), **options}  # fmt: skip
     if options["device"].startswith("cuda") and not torch.cuda.is_available():
         raise DentalError("--device cuda but CUDA is not available; use --device cpu")
     cfg = equal_work_config(config_file, opts)
@@ -150,10 +178,7 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
     report["rows"] = []
     for name, function, spec in tqdm(_jobs(config_file, opts, cfg, options), desc="benchmark"):
         if function is measure_dental:
-            spec["weights"] = weights
-            if spec["config_file"] is None:
-                folder = os.path.join(options["workdir"], "equal_work_onnx")
-                spec["weights"] = run_isolated(_export_onnx, cfg, weights, folder)
+            spec = _dental_weights(spec, cfg, weights, options["workdir"])
         logger.info("measuring %s", name)
         training = function in (measure_dental_training, measure_torchvision_training)
         try:
@@ -163,7 +188,10 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
             continue
         if function is measure_dental and spec["config_file"] is None:
             # ONNX Runtime runs the eager model's traced graph: the same multiply-adds.
-            result["gmac"] = next((r["gmac_per_image"] for r in report["rows"][:1]), None)
+            eager = name.replace("ONNX Runtime", "PyTorch eager")
+            result["gmac"] = next(
+                (r["gmac_per_image"] for r in report["rows"] if r["name"] == eager), None
+            )
         report["rows"] = _compare(report["rows"] + [_row(name, result, r) for r in result["rows"]])
         write_json(output_json, report, indent=2)  # what is measured survives an interruption
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
