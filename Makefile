@@ -55,7 +55,8 @@ browser:
 test: install browser
 	$(PY) -m pytest tests
 
-# The fast tier: everything but the end-to-end runs marked `slow`, in about a minute.
+# The fast tier: everything but the end-to-end runs marked `slow` (trainings, tools run as
+# processes, servers), in about a minute.
 test-fast: install
 	$(PY) -m pytest tests -m "not slow"
 

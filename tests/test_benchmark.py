@@ -91,6 +91,7 @@ def test_benchmark_on_cuda_without_a_gpu_is_a_one_line_error(tmp_path, capsys, b
     assert err.startswith("error: ") and "CUDA" in err and "\n" not in err
 
 
+@pytest.mark.slow
 def test_benchmark_names_an_empty_image_folder(tmp_path, capsys, benchmark_tool):
     (tmp_path / "empty").mkdir()
     code = benchmark_tool.main(
@@ -101,6 +102,7 @@ def test_benchmark_names_an_empty_image_folder(tmp_path, capsys, benchmark_tool)
     assert "empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_training_step_of_a_from_scratch_r50_is_measured(benchmark_tool):
     """The reference R50 (frozen BN, no COCO weights here) has losses in the hundreds at
     random init, and one step at the config's LR sends it to NaN. At LR 0 the step does all its
@@ -118,6 +120,7 @@ def test_training_step_of_a_from_scratch_r50_is_measured(benchmark_tool):
     assert row["batch"] == 1 and row["median_s"] > 0
 
 
+@pytest.mark.slow
 def test_tools_benchmark_runs_the_benchmark_script(load_tool, tmp_path, capfd):
     """tools/benchmark.py, the documented command, runs benchmarks/bench_runtimes.py in a process
     of its own with the same arguments and returns its exit code."""

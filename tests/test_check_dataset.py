@@ -53,6 +53,7 @@ def test_broken_export_exits_nonzero_with_one_line(tool, make_export, coco, caps
     assert "train/_annotations.coco.json: annotation id 2" in err
 
 
+@pytest.mark.slow
 def test_subprocess_has_no_traceback(make_export):
     root = make_export()
     (root / "train" / "img1.jpg").unlink()

@@ -164,6 +164,7 @@ def test_calculus_export(calculus_root, name):
     assert total == 247
 
 
+@pytest.mark.slow
 def test_importing_the_package_registers_nothing():
     code = (
         "import dental_d2.data\n"

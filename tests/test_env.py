@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
@@ -26,6 +27,7 @@ def test_collect_env_names_versions_and_compiled_ops():
         assert "rotated boxes" in report
 
 
+@pytest.mark.slow
 def test_collect_env_module_runs():
     result = subprocess.run(
         [sys.executable, "-m", "dental_d2.collect_env"], capture_output=True, text=True, check=True
@@ -55,6 +57,7 @@ def test_import_without_detectron2_fails_with_one_line(tmp_path):
     assert "make install" in last_line and "detectron2" in last_line
 
 
+@pytest.mark.slow
 def test_import_has_no_side_effects():
     code = (
         "from detectron2.data import DatasetCatalog; before = set(DatasetCatalog.list());"

@@ -85,6 +85,7 @@ def export(tmp_path):
     return gt_path, results_path, images_dir, results
 
 
+@pytest.mark.slow
 def test_evaluate_tool_writes_metrics_plots_and_report(export, tmp_path):
     gt_path, results_path, images_dir, _ = export
     output = tmp_path / "out"
@@ -130,6 +131,7 @@ def test_evaluate_tool_writes_metrics_plots_and_report(export, tmp_path):
     assert "keeping only the predictions scoring at least this gives the highest F1" in page
 
 
+@pytest.mark.slow
 def test_evaluate_tool_bad_input_prints_one_line(export, tmp_path):
     gt_path, _, _, results = export
     bad = tmp_path / "bad.json"

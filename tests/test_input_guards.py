@@ -197,6 +197,7 @@ def test_train_net_refuses_an_unwritable_output_dir(train_net, tmp_path, capsys)
     assert line.startswith(f"error: OUTPUT_DIR {blocker / 'out'}: cannot write there"), line
 
 
+@pytest.mark.slow
 def test_train_net_yaml_error_has_no_traceback(tmp_path):
     config = _write_config(tmp_path / "bad.yaml", "SOLVER:\n\tBASE_LR: 0.1\n")
     result = subprocess.run(

@@ -323,6 +323,7 @@ def run_tool(*args):
     )
 
 
+@pytest.mark.slow
 def test_tool_skips_a_corrupt_image_and_exits_1(weights, tmp_path):
     folder = tmp_path / "in"
     write_image_kinds(folder)
@@ -344,6 +345,7 @@ def test_tool_skips_a_corrupt_image_and_exits_1(weights, tmp_path):
     assert len(coco.dataset["images"]) == 4
 
 
+@pytest.mark.slow
 def test_tool_reports_no_images_in_one_line(weights, tmp_path):
     result = run_tool(
         "--config-file", CONFIG, "--input", str(tmp_path / "*.png"),
