@@ -318,5 +318,8 @@ def test_a_failing_model_is_a_one_line_500_and_the_next_request_is_served(predic
             "error": "internal error (RuntimeError: CUDA out of memory Tried to allocate 2 GiB); "
             "see the server log"
         }
+        # The private-by-default headers are on a 500 too.
+        assert failed.headers["Cache-Control"] == "no-store"
+        assert "Content-Security-Policy" in failed.headers
         assert post(client, image).status_code == 200
         assert client.get("/health").json()["queue"]["in_use"] == 0

@@ -110,11 +110,6 @@ def _add_error_handlers(app: FastAPI):
     async def bad_input(request, e: DentalError):
         return _error(400, str(e))
 
-    @app.exception_handler(Exception)
-    async def internal_error(request, e: Exception):
-        logger.exception("request %s %s failed", request.method, request.url.path)
-        return _error(500, f"internal error ({type(e).__name__}: {e}); see the server log")
-
 
 def create_app(service: PredictionService, token: str | None = None) -> FastAPI:
     """Builds the app: `GET /` (the page), `/health`, `/model`, `POST /predict`, `/results/*`.

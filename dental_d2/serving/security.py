@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import re
 
@@ -16,6 +17,8 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.responses import JSONResponse
 
 from ..errors import DentalError
+
+logger = logging.getLogger(__name__)
 
 # The environment variable that holds the token when --token-file is not given.
 TOKEN_ENV = "DENTAL_D2_TOKEN"
@@ -146,8 +149,12 @@ class PrivateByDefault:
             await self.app(scope, receive, send)
             return
 
+        started = False
+
         async def send_with_headers(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = MutableHeaders(scope=message)
                 for name, value in self._headers.items():
                     headers[name] = value
@@ -161,4 +168,13 @@ class PrivateByDefault:
             )
             await refused(scope, receive, send_with_headers)
             return
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as e:
+            if started:
+                raise
+            # Starlette answers an error no handler took from outside every middleware, so
+            # without this a 500 would lack the headers above.
+            logger.exception("request %s %s failed", scope.get("method"), scope["path"])
+            text = " ".join(f"internal error ({type(e).__name__}: {e}); see the server log".split())
+            await JSONResponse({"error": text}, 500)(scope, receive, send_with_headers)
