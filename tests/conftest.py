@@ -233,3 +233,26 @@ def restore_loggers():
     for name in names:
         logging.getLogger(name).handlers = before[name]
     setup_logger.cache_clear()
+
+
+@pytest.fixture
+def count_cross_class_ious(monkeypatch):
+    """Call it to count the IoU rows the matcher computes itself (the cross-class pass) and to
+    refuse a second COCOeval from then on; it returns the list the counts go to."""
+    from dental_d2.evaluation import matching
+
+    def install() -> list[int]:
+        rows, real = [], matching.pairwise_ious
+
+        def counting_ious(coco_gt, predictions, gt_annotations, iou_type):
+            rows.append(len(predictions))
+            return real(coco_gt, predictions, gt_annotations, iou_type)
+
+        def no_second_coco_eval(*args):
+            raise AssertionError("COCOeval ran a second time")
+
+        monkeypatch.setattr(matching, "pairwise_ious", counting_ious)
+        monkeypatch.setattr(matching, "evaluate_coco", no_second_coco_eval)
+        return rows
+
+    return install

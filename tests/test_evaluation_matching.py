@@ -19,7 +19,6 @@ from dental_d2.evaluation import (
     precision_recall_f1,
     run_coco_eval,
 )
-from dental_d2.evaluation.matching import pairwise_ious
 
 CARIES, TOOTH = 1, 2
 CLASSES = {CARIES: "Caries", TOOTH: "Tooth"}
@@ -365,18 +364,26 @@ def _rle(mask):
     return rle
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_brute_force_on_perturbed_ground_truth(seed):
-    rng = np.random.default_rng(seed)
-    height, width, num_images = 40, 40, 20
-    images = [
-        {"id": i, "height": height, "width": width, "file_name": f"{i}.png"}
-        for i in range(num_images)
-    ]
-    masks, annotations, results = {}, [], []
+def _indexed_coco(images, annotations):
+    """A pycocotools COCO over these records and the test's classes, indexed quietly."""
+    coco = COCO()
+    coco.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": c, "name": n} for c, n in CLASSES.items()],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _random_ground_truth(rng, images, objects_per_image, crowd_rate):
+    """Random masks as COCO annotations, `objects_per_image` (low, high) a photo, and the masks
+    by ("gt", annotation id)."""
+    masks, annotations = {}, []
     for image in images:
-        for _ in range(rng.integers(0, 8)):  # crowded: same-class objects overlap
-            mask = _random_mask(rng, height, width)
+        for _ in range(rng.integers(*objects_per_image)):
+            mask = _random_mask(rng, image["height"], image["width"])
             ann_id = len(annotations) + 1
             masks[("gt", ann_id)] = mask
             annotations.append(
@@ -387,9 +394,23 @@ def test_matches_brute_force_on_perturbed_ground_truth(seed):
                     "segmentation": _rle(mask),
                     "bbox": _box_of(mask),
                     "area": float(mask.sum()),
-                    "iscrowd": int(rng.random() < 0.05),
+                    "iscrowd": int(rng.random() < crowd_rate),
                 }
             )
+    return masks, annotations
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_brute_force_on_perturbed_ground_truth(seed):
+    rng = np.random.default_rng(seed)
+    height, width, num_images = 40, 40, 20
+    images = [
+        {"id": i, "height": height, "width": width, "file_name": f"{i}.png"}
+        for i in range(num_images)
+    ]
+    # Crowded: same-class objects overlap.
+    masks, annotations = _random_ground_truth(rng, images, (0, 8), crowd_rate=0.05)
+    results = []
     for a in annotations:
         roll = rng.random()
         if roll < 0.15:
@@ -431,14 +452,7 @@ def test_matches_brute_force_on_perturbed_ground_truth(seed):
             }
         )
 
-    coco = COCO()
-    coco.dataset = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": c, "name": n} for c, n in CLASSES.items()],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
+    coco = _indexed_coco(images, annotations)
 
     off_diagonal = 0
     for iou_type in ("bbox", "segm"):
@@ -477,23 +491,8 @@ def _random_case(seed, num_images=8, size=40):
         {"id": i, "height": size, "width": size, "file_name": f"{i}.png"}
         for i in range(1, num_images + 1)
     ]
-    masks, annotations, dts = {}, [], []
-    for image in images:
-        for _ in range(rng.integers(1, 6)):
-            mask = _random_mask(rng, size, size)
-            ann_id = len(annotations) + 1
-            masks[("gt", ann_id)] = mask
-            annotations.append(
-                {
-                    "id": ann_id,
-                    "image_id": image["id"],
-                    "category_id": int(rng.choice(list(CLASSES))),
-                    "segmentation": _rle(mask),
-                    "bbox": _box_of(mask),
-                    "area": float(mask.sum()),
-                    "iscrowd": int(rng.random() < 0.1),
-                }
-            )
+    masks, annotations = _random_ground_truth(rng, images, (1, 6), crowd_rate=0.1)
+    dts = []
     for a in annotations:
         for _ in range(rng.integers(1, 3)):
             shift = (int(rng.integers(-4, 5)), int(rng.integers(-4, 5)))
@@ -510,14 +509,7 @@ def _random_case(seed, num_images=8, size=40):
                     "index": len(dts),
                 }
             )
-    coco = COCO()
-    coco.dataset = {
-        "images": images,
-        "annotations": annotations,
-        "categories": [{"id": c, "name": n} for c, n in CLASSES.items()],
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
+    coco = _indexed_coco(images, annotations)
     return coco, annotations, dts, masks
 
 
@@ -592,21 +584,13 @@ def test_metrics_from_coco_evals_ious_equal_brute_force(seed):
     assert off_diagonal > 0  # the cross-class pass was exercised
 
 
-def test_matching_takes_coco_evals_ious_and_computes_only_the_cross_class_ones(monkeypatch):
+def test_matching_takes_coco_evals_ious_and_computes_only_the_cross_class_ones(
+    count_cross_class_ious,
+):
     gt = make_gt([(1, CARIES, BOX_A), (1, TOOTH, BOX_B), (2, CARIES, BOX_B)])
     results = [det(1, CARIES, BOX_A, 0.9), det(1, CARIES, BOX_B, 0.8), det(2, CARIES, BOX_B, 0.7)]
     coco_eval = run_coco_eval(gt, results, "bbox")
-    computed = []
-
-    def counting_ious(coco_gt, predictions, gt_annotations, iou_type):
-        computed.append(len(predictions))
-        return pairwise_ious(coco_gt, predictions, gt_annotations, iou_type)
-
-    def no_second_coco_eval(*args):
-        raise AssertionError("COCOeval ran again")
-
-    monkeypatch.setattr(matching, "pairwise_ious", counting_ious)
-    monkeypatch.setattr(matching, "evaluate_coco", no_second_coco_eval)
+    computed = count_cross_class_ious()
     images = match_predictions(gt, results, "bbox", 0.5, 0.5, coco_eval=coco_eval)
     # Only the Caries prediction on the Tooth needs an IoU COCOeval did not compute.
     assert computed == [1]
