@@ -61,3 +61,20 @@ def test_unknown_key_is_rejected(tmp_path):
     )
     with pytest.raises(KeyError, match="EARLY_STOPING"):
         _load(bad)
+
+
+def test_gpu_recipe_trains_the_cpu_recipes_model():
+    """What the GPU config trains is the model the CPU config trains (and a clinic PC runs)."""
+    cpu = _load(CONFIG_DIR / "dental_lite0.yaml")
+    gpu = _load(CONFIG_DIR / "dental_lite0_gpu.yaml")
+    assert gpu.MODEL.DEVICE == "cuda" and gpu.SOLVER.AMP.ENABLED
+    # detectron2's linear scaling rule: the learning rate per image is the CPU recipe's.
+    per_image = [cfg.SOLVER.BASE_LR / cfg.SOLVER.IMS_PER_BATCH for cfg in (cpu, gpu)]
+    assert per_image[1] == pytest.approx(per_image[0])
+    gpu.MODEL.DEVICE = "cpu"
+    shapes = [
+        {name: tuple(value.shape) for name, value in build_model(cfg).state_dict().items()}
+        for cfg in (cpu, gpu)
+    ]
+    assert shapes[0] == shapes[1]
+    assert gpu.INPUT.dump() == cpu.INPUT.dump()
