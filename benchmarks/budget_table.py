@@ -82,15 +82,17 @@ def _segm_ap50(metrics_path: Path) -> dict[str, float]:
     return scores
 
 
-def score(run: Path, checkpoint: str, minutes: float, dataset: str, opts: list[str]) -> dict:
-    """Scores `checkpoint` with the run's own config; the per-class segm AP50."""
+def score(run: Path, checkpoint: str, minutes: float, dataset: str, opts: list[str]):
+    """Scores `checkpoint` with the run's own config: the per-class segm AP50, or None when the
+    evaluation failed (it has said why on stderr, and in its log.txt)."""
     out = run / "budgets" / f"{minutes:g}min"
     command = [
         sys.executable, str(TRAIN_NET), "--eval-only", "--config-file", str(run / "config.yaml"),
         "MODEL.WEIGHTS", checkpoint, "OUTPUT_DIR", str(out), "DATASETS.TEST", f"('{dataset}',)",
         *opts,
     ]  # fmt: skip
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    if subprocess.run(command, stdout=subprocess.DEVNULL).returncode != 0:
+        return None
     return _segm_ap50(out / "eval" / dataset / "metrics.json")
 
 
@@ -118,6 +120,10 @@ def main(argv=None) -> int:
             return 1
         at, path = chosen
         scores = score(args.run, path, minutes, args.dataset, args.opts)
+        if scores is None:
+            print(f"error: evaluating {path} failed; see {args.run}/budgets/{minutes:g}min/log.txt",
+                  file=sys.stderr)  # fmt: skip
+            return 1
         rows.append((minutes, at, os.path.basename(path), scores))
     classes = [name for name in rows[0][3] if name != "all"]
     print(f"{args.run}, {args.dataset}, segm AP50")

@@ -41,3 +41,11 @@ def test_the_last_periodic_checkpoint_within_the_budget_is_chosen(budget):
 def test_a_folder_without_a_log_is_named(budget, tmp_path, capsys):
     assert budget.main([str(tmp_path), "--minutes", "30"]) == 1
     assert f"{tmp_path / 'log.txt'} does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_failed_evaluation_is_named(budget, tmp_path, capsys):
+    (tmp_path / "log.txt").write_text(LOG.replace("/r/", f"{tmp_path}/"))
+    (tmp_path / "config.yaml").write_text("MODEL:\n  NOT_A_KEY: 1\n")
+    assert budget.main([str(tmp_path), "--minutes", "60"]) == 1
+    assert f"evaluating {tmp_path}/model_final.pth failed" in capsys.readouterr().err
