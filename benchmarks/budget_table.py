@@ -9,7 +9,8 @@ RUN/budgets/<minutes>min/), and prints a table::
 
 Minutes are minutes of training as the log's timestamps count them (evaluations during
 training included); the time a run spent stopped before a `--resume` is not counted.
-Trailing KEY VALUE pairs are passed to the evaluation (for example a DATASETS.TEST).
+Trailing KEY VALUE pairs are passed to the evaluation (for example a DENTAL.DATA_ROOT); the
+split scored is --dataset.
 """
 
 import argparse
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         "--minutes", required=True, type=lambda text: [float(m) for m in text.split(",")],
         help="budgets, comma-separated: 30,60,120",
     )  # fmt: skip
-    parser.add_argument("--dataset", default="dental_test")
+    parser.add_argument("--dataset", default="dental_test", help="the registered split to score")
     # What is left (KEY VALUE pairs) overrides the run's config in the evaluation.
     args, args.opts = parser.parse_known_args(argv)
     log = args.run / "log.txt"
