@@ -86,8 +86,6 @@ def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
     if eval_only:
         check_weights_given(cfg, "evaluating (--eval-only)")
     fall_back_to_cpu(cfg, "training and evaluating")
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        raise DentalError("SOLVER.AMP.ENABLED needs a CUDA GPU: set SOLVER.AMP.ENABLED False")
     if cfg.SOLVER.ACCUMULATION_STEPS < 1:
         raise DentalError("SOLVER.ACCUMULATION_STEPS must be at least 1")
     check_weights_exist(cfg)

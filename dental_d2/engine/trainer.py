@@ -14,7 +14,7 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.data import transforms as T
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
@@ -25,7 +25,7 @@ from ..checkpoint import CLASS_NAMES_KEY, ClassNamesCheckpointable, DentalCheckp
 from ..data import DentalDatasetMapper, read_image
 from ..errors import DentalError, TrainingInterrupted
 from ..evaluation import DentalEvaluator
-from .accumulation import GradientAccumulationTrainer
+from .accumulation import build_step_trainer
 from .hooks import (
     BestCheckpointer,
     EarlyStop,
@@ -191,7 +191,7 @@ class DentalTrainer(DefaultTrainer):
     def __init__(self, cfg):
         # DefaultTrainer.__init__, with two changes it has no hook for: DistributedDataParallel
         # gets device_ids=None on CPU processes (gloo), which refuse a device id, and
-        # SOLVER.ACCUMULATION_STEPS > 1 picks the accumulating trainer.
+        # the step's trainer follows SOLVER.ACCUMULATION_STEPS and SOLVER.AMP on this device.
         TrainerBase.__init__(self)
         cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
@@ -200,17 +200,7 @@ class DentalTrainer(DefaultTrainer):
         on_cpu = not cfg.MODEL.DEVICE.startswith("cuda")
         device_ids = None if on_cpu else [comm.get_local_rank()]
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
-        if cfg.SOLVER.ACCUMULATION_STEPS > 1:
-            self._trainer = GradientAccumulationTrainer(
-                model,
-                data_loader,
-                optimizer,
-                cfg.SOLVER.ACCUMULATION_STEPS,
-                amp=cfg.SOLVER.AMP.ENABLED,
-            )
-        else:
-            trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-            self._trainer = trainer_class(model, data_loader, optimizer)
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DentalCheckpointer(
             model,
