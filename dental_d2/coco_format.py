@@ -12,6 +12,8 @@ import pycocotools.mask as mask_util
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import Instances
 
+from .modeling.postprocessing import MASK_FROM_PEAK
+
 __all__ = ["coco_dataset", "instances_to_coco_annotations", "masks_to_rles"]
 
 
@@ -56,6 +58,7 @@ def instances_to_coco_annotations(
     instances = instances.to("cpu")
     if rles is None and instances.has("pred_masks"):
         rles = masks_to_rles(instances.pred_masks)
+    from_peak = instances.get(MASK_FROM_PEAK) if instances.has(MASK_FROM_PEAK) else None
     fields = {name: instances.get(name) for name in ("pred_boxes", "scores", "pred_classes")}
     # Without the masks, which are encoded above in one call (or came encoded).
     results = instances_to_coco_json(Instances(instances.image_size, **fields), image_id)
@@ -74,6 +77,9 @@ def instances_to_coco_annotations(
         if rles is not None:
             annotation["area"] = int(mask_util.area(rles[k]))
             annotation["segmentation"] = rles[k]
+        if from_peak is not None and bool(from_peak[k]):
+            # Its mask had no pixel at probability 0.5: outlined at half its peak.
+            annotation[MASK_FROM_PEAK] = True
         annotations.append(annotation)
     return annotations
 

@@ -7,8 +7,10 @@ import os
 import shutil
 import tempfile
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import detectron2.utils.comm as comm
+import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
@@ -17,9 +19,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..checkpoint import checkpoint_iteration
-from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
+from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD, DEFAULT_TOOTH_CLASSES
+from ..data.categories import is_tooth_class
+from ..modeling.postprocessing import MASK_FROM_PEAK
 from .matching import match_predictions
 from .metrics import coco_summary, compute_detection_metrics, per_class_ap, run_coco_eval
+from .per_tooth import per_tooth_scores
 from .report import TaskEvaluation, log_class_table, write_outputs
 
 logger = logging.getLogger(__name__)
@@ -136,6 +141,9 @@ class DentalEvaluator(COCOEvaluator):
         num_report_images (int): best and worst images drawn, each.
         provenance (dict[str, str] or None): what is scored (model, config, data), for the
             report; see `describe_evaluation`.
+        tooth_classes (Sequence[str]): class names that are teeth; with masks and teeth in the
+            data, the report adds per-tooth sensitivity and specificity of each lesion class.
+        min_overlap (float): the least share of a lesion on a tooth that places it there.
     """
 
     @configurable
@@ -150,6 +158,8 @@ class DentalEvaluator(COCOEvaluator):
         draw_images: bool = True,
         num_report_images: int = 4,
         provenance: dict[str, str] | None = None,
+        tooth_classes: Sequence[str] = DEFAULT_TOOTH_CLASSES,
+        min_overlap: float = 0.1,
     ):
         # Not cached: the cleaned dataset may change between runs with the same output_dir.
         super().__init__(
@@ -165,6 +175,8 @@ class DentalEvaluator(COCOEvaluator):
         self._draw_images = draw_images
         self._num_report_images = num_report_images
         self._provenance = dict(provenance or {})
+        self._tooth_classes = list(tooth_classes)
+        self._min_overlap = min_overlap
         id_map = self._metadata.get("thing_dataset_id_to_contiguous_id", None)
         num_classes = len(self._metadata.thing_classes)
         # Report order is the model's class order.
@@ -191,11 +203,27 @@ class DentalEvaluator(COCOEvaluator):
             "score_threshold": cfg.DENTAL.EVAL.SCORE_THRESHOLD,
             "iou_threshold": cfg.DENTAL.EVAL.IOU_THRESHOLD,
             "provenance": describe_evaluation(cfg, dataset_name),
+            "tooth_classes": list(cfg.DENTAL.FINDINGS.TOOTH_CLASSES),
+            "min_overlap": cfg.DENTAL.FINDINGS.MIN_OVERLAP,
         }
 
     def reset(self):
         super().reset()
         self._coco_evals = {}
+
+    def process(self, inputs, outputs):
+        first = len(self._predictions)
+        super().process(inputs, outputs)
+        # Marks the COCO results whose outline came from half their peak probability, so the
+        # results file and the report say how many (see dental_d2.modeling.postprocessing).
+        by_image = {p["image_id"]: p for p in self._predictions[first:] if "instances" in p}
+        for record, output in zip(inputs, outputs):
+            instances = output.get("instances")
+            if instances is None or not instances.has(MASK_FROM_PEAK):
+                continue
+            results = by_image[record["image_id"]]["instances"]
+            for k in torch.nonzero(instances.get(MASK_FROM_PEAK)).flatten().tolist():
+                results[k][MASK_FROM_PEAK] = True
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         # Kept for the per-class AP50 of the report.
@@ -254,9 +282,42 @@ class DentalEvaluator(COCOEvaluator):
                 coco_ap=self._results[task],
                 coco_eval=coco_eval,
             )
+            if task == "segm":
+                evaluation.masks_from_peak = self._count_masks_from_peak(results)
+            if task == "segm" and self._has_teeth():
+                evaluation.per_tooth = per_tooth_scores(
+                    self._coco_api,
+                    results,
+                    tooth_classes=self._tooth_classes,
+                    score_threshold=self._score_threshold,
+                    iou_threshold=self._iou_threshold,
+                    min_overlap=self._min_overlap,
+                )
             log_class_table(evaluation)
             self._results[task] = evaluation.flat_results()
             self._evaluations[task] = evaluation
+
+    def _count_masks_from_peak(self, results: list[dict]) -> dict[str, int]:
+        """Class name -> detections whose outline came from half their peak probability."""
+        names = {c: self._coco_api.cats[c]["name"] for c in self._category_ids}
+        counts = {name: 0 for name in names.values()}
+        for result in results:
+            if result.get(MASK_FROM_PEAK):
+                counts[names[result["category_id"]]] += 1
+        if any(counts.values()):
+            logger.warning(
+                f"{sum(counts.values())} of {len(results)} detections ("
+                + ", ".join(f"{name} {n}" for name, n in counts.items() if n)
+                + ") had no pixel at mask probability >= 0.5; each is outlined where its "
+                "probability is at least half its peak (mask_from_peak in "
+                "coco_instances_results.json)"
+            )
+        return counts
+
+    def _has_teeth(self) -> bool:
+        return any(
+            is_tooth_class(name, self._tooth_classes) for name in self._metadata.thing_classes
+        )
 
     def _write_outputs(self, output_dir: str):
         if not getattr(self, "_evaluations", None):

@@ -29,11 +29,17 @@ class TaskEvaluation:
         metrics (DetectionMetrics): counts, P/R/F1, confusion matrix, PR curves.
         coco (dict): COCO AP in percent as detectron2 reports it ("AP", "AP50", ..., "AP-<class>").
         class_ap (dict[int, dict]): category id -> {"AP": .., "AP50": ..} in percent.
+        per_tooth (dict | None): masks only, where the data has teeth: per-tooth sensitivity
+            and specificity (`dental_d2.evaluation.per_tooth.per_tooth_scores`).
+        masks_from_peak (dict | None): masks only: class name -> detections outlined at half
+            their peak probability, having no pixel at 0.5 (`dental_d2.modeling.postprocessing`).
     """
 
     metrics: DetectionMetrics
     coco: dict
     class_ap: dict
+    per_tooth: dict | None = None
+    masks_from_peak: dict | None = None
 
     def per_class(self) -> dict:
         """Class name -> counts, P/R/F1, AP, AP50 and the best-F1 threshold."""
@@ -68,6 +74,8 @@ class TaskEvaluation:
                 "columns": "prediction",
                 "counts": m.confusion.tolist(),
             },
+            **({"per_tooth": self.per_tooth} if self.per_tooth is not None else {}),
+            **({"masks_from_peak": self.masks_from_peak} if self.masks_from_peak else {}),
         }
 
     def flat_results(self) -> dict:
@@ -182,11 +190,51 @@ def _task_section(task: str, evaluation: TaskEvaluation, pngs: dict[str, bytes])
 <p class="note">Counted at score &ge; {m.score_threshold:g} and IoU &ge; {m.iou_threshold:g}.
 Precision, recall and F1 are fractions; AP (COCO, IoU 0.50:0.95) and AP50 are percent.</p>
 <table><tr>{header}</tr>{"".join(rows)}</table>
+{_masks_from_peak_note(evaluation.masks_from_peak)}
 <details><summary>All COCO metrics</summary><table>{coco_cells}</table></details>
 <div class="plots">
 <img alt="{task} precision-recall curves" src="{data_uri(pngs["pr"], "image/png")}">
 <img alt="{task} confusion matrix" src="{data_uri(pngs["confusion"], "image/png")}">
-</div>"""
+</div>{_per_tooth_section(evaluation.per_tooth, m.score_threshold)}"""
+
+
+def _masks_from_peak_note(counts: dict | None) -> str:
+    if not counts or not any(counts.values()):
+        return ""
+    listed = ", ".join(f"{html.escape(name)} {n}" for name, n in counts.items() if n)
+    return (
+        f'<p class="note">Detections with no pixel at mask probability &ge; 0.5 ({listed}) are '
+        "outlined where their probability is at least half its peak.</p>"
+    )
+
+
+def _per_tooth_section(per_tooth: dict | None, score_threshold: float) -> str:
+    """The per-tooth table: for each lesion class, the teeth that have it and those flagged."""
+    if not per_tooth:
+        return ""
+    header = "".join(
+        f"<th>{h}</th>"
+        for h in ("lesion", "teeth with it", "of those flagged", "sensitivity")
+        + ("teeth without it", "of those flagged", "specificity")
+    )
+    rows = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{_fmt(c)}</td>"
+            for c in (name, v["with"], v["flagged_with"], v["sensitivity"])
+            + (v["without"], v["flagged_without"], v["specificity"])
+        )
+        + "</tr>"
+        for name, v in per_tooth["classes"].items()
+    )
+    return f"""
+<h3>By tooth, as a dentist reads it</h3>
+<p class="note">Each of the {per_tooth["teeth"]} teeth in the ground truth is one case per lesion
+class. A tooth is flagged for a class when a predicted tooth matches it (mask IoU as above; the
+model found {per_tooth["teeth_found"]} of them) and a predicted lesion of that class, at score
+&ge; {score_threshold:g}, lies on that predicted tooth. Sensitivity: flagged teeth among those
+with the lesion; specificity: unflagged teeth among those without it.</p>
+<table><tr>{header}</tr>{rows}</table>"""
 
 
 def _write_plots(

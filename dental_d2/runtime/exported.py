@@ -1,7 +1,7 @@
 """Runtimes for models written by `tools/export_model.py`: ONNX Runtime and TorchScript.
 
-The exported graphs stop before mask pasting; `detector_postprocess` does it for them exactly as
-it does inside `GeneralizedRCNN`, so every runtime shares one post-processing.
+The exported graphs stop before mask pasting; `dental_postprocess` does it for them exactly as
+it does inside `DentalRCNN`, so every runtime shares one post-processing.
 """
 
 import io
@@ -9,11 +9,11 @@ import logging
 
 import numpy as np
 import torch
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, Instances
 
 from ..errors import DentalError
 from ..export import OUTPUT_NAMES
+from ..modeling.postprocessing import dental_postprocess
 from ..weights import WeightsFile
 from .base import Backend
 
@@ -79,7 +79,7 @@ class ExportedBackend(Backend):
                 instances = instances[instances.scores >= self.score_threshold]
             height = record.get("height", image.shape[1])
             width = record.get("width", image.shape[2])
-            results.append(detector_postprocess(instances, height, width))
+            results.append(dental_postprocess(instances, height, width))
         return results
 
 
