@@ -6,6 +6,7 @@ import signal
 
 import numpy as np
 import torch
+from detectron2.config import configurable
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
@@ -13,6 +14,7 @@ from PIL import Image
 
 from ..errors import DentalError
 from .image_io import read_image
+from .lesion_crop import RandomCropAroundLesion, lesion_boxes, lesion_class_ids
 
 __all__ = ["DentalDatasetMapper"]
 
@@ -51,8 +53,11 @@ def build_train_augmentations(cfg) -> list:
             cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING
         )
     ]
-    if cfg.INPUT.CROP.ENABLED:
-        augmentations.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
+    crop = cfg.INPUT.CROP
+    if crop.ENABLED and crop.LESION_PROBABILITY > 0:
+        augmentations.append(RandomCropAroundLesion(crop.TYPE, crop.SIZE, crop.LESION_PROBABILITY))
+    elif crop.ENABLED:
+        augmentations.append(T.RandomCrop(crop.TYPE, crop.SIZE))
     if cfg.INPUT.RANDOM_FLIP != "none":
         augmentations.append(
             T.RandomFlip(
@@ -82,13 +87,26 @@ class DentalDatasetMapper(DatasetMapper):
     With `INPUT.MASK_FORMAT polygon`, an image whose annotations include an RLE mask (as CVAT
     and other tools export) gets bitmasks instead; detectron2's mask loss takes both, image by
     image. Build it as the parent: `DentalDatasetMapper(cfg, is_train=True)`.
+
+    Args:
+        lesion_ids (Collection[int]): contiguous ids of the lesion classes, whose boxes a
+            training crop may be placed around (`INPUT.CROP.LESION_PROBABILITY`).
+        Others: as `DatasetMapper`'s.
     """
+
+    @configurable
+    def __init__(self, is_train: bool = True, *, lesion_ids=(), **kwargs):
+        super().__init__(is_train, **kwargs)
+        self.lesion_ids = frozenset(lesion_ids)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
         if is_train:
             ret["augmentations"] = build_train_augmentations(cfg)
+        ret["lesion_ids"] = lesion_class_ids(
+            cfg.DENTAL.CLASS_NAMES, cfg.DENTAL.FINDINGS.TOOTH_CLASSES
+        )
         return ret
 
     def load_image(self, dataset_dict: dict) -> np.ndarray:
@@ -139,7 +157,10 @@ class DentalDatasetMapper(DatasetMapper):
         if "sem_seg_file_name" in dataset_dict:
             sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
 
-        aug_input = T.AugInput(image, sem_seg=sem_seg_gt)
+        boxes = None
+        if self.is_train and self.lesion_ids and "annotations" in dataset_dict:
+            boxes = lesion_boxes(dataset_dict["annotations"], self.lesion_ids)
+        aug_input = T.AugInput(image, boxes=boxes, sem_seg=sem_seg_gt)
         transforms = self.augmentations(aug_input)
         image, sem_seg_gt = aug_input.image, aug_input.sem_seg
         image_shape = image.shape[:2]
