@@ -53,6 +53,23 @@ def build_metadata(class_names: Sequence[str]) -> Metadata:
     )
 
 
+def instance_labels(classes, scores, class_names, findings: Findings | None = None) -> list[str]:
+    """The label of each instance: class, T-number for a tooth, score ("Tooth T3 97%").
+
+    Args:
+        classes (Sequence[int]): contiguous class ids.
+        scores (Sequence[float] | None): confidences; None for ground truth.
+        class_names (Sequence[str]): names of the class ids.
+        findings (Findings | None): the image's findings, to number the teeth.
+    """
+    labels = [class_names[c] for c in classes]
+    for tooth in findings.teeth if findings is not None else ():
+        labels[tooth.index] += f" {tooth_label(tooth.number)}"
+    if scores is not None:
+        labels = [f"{label} {score:.0%}" for label, score in zip(labels, scores)]
+    return labels
+
+
 def draw_instances(
     image_rgb: np.ndarray,
     instances: Instances,
@@ -90,15 +107,10 @@ def draw_instances(
         fields = instance_arrays(instances)
         classes = fields.classes.tolist()
         palette = class_colors(metadata.thing_classes, metadata.get("thing_colors", None))
-        labels = [metadata.thing_classes[c] for c in classes]
-        for tooth in findings.teeth if findings is not None else ():
-            labels[tooth.index] += f" {tooth_label(tooth.number)}"
-        if fields.scores is not None:
-            labels = [f"{label} {score:.0%}" for label, score in zip(labels, fields.scores)]
         kwargs = {
             "boxes": fields.boxes,
             "masks": fields.masks,
-            "labels": labels,
+            "labels": instance_labels(classes, fields.scores, metadata.thing_classes, findings),
             "colors": [palette[c] for c in classes],
         }
     overlay = draw_overlay(image_rgb, scale=scale, **kwargs)
