@@ -130,10 +130,12 @@ def _mask_crop(mask, scale: float) -> tuple[np.ndarray, np.ndarray | None]:
         mask = mask_util.decode(mask)
     mask = np.asarray(mask)
     mask = mask.view(np.uint8) if mask.dtype == bool else (mask != 0).view(np.uint8)
-    x, y, w, h = cv2.boundingRect(mask)
+    # NumPy's reductions find the extent several times faster than cv2.boundingRect here.
+    columns, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+    if not len(columns):
+        return np.zeros(4), None
+    x, y, w, h = columns[0], rows[0], columns[-1] + 1 - columns[0], rows[-1] + 1 - rows[0]
     box = np.array([x, y, x + w, y + h], dtype=np.float64)
-    if w == 0 or h == 0:
-        return box, None
     crop = np.ascontiguousarray(mask[y : y + h, x : x + w])
     if scale != 1:
         x0, y0, x1, y1 = _drawn_box(box, scale)
