@@ -1,4 +1,4 @@
-"""Drawing predictions and ground truth: masks, boxes, tooth numbers and a findings summary, for
+"""Drawing predictions and ground truth: masks, boxes, T-numbered teeth and a findings summary, for
 live predictions and for saved results beside their ground truth."""
 
 import logging
