@@ -3,6 +3,7 @@ photos, T-numbered teeth."""
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 import torch
 from conftest import CLASSES
@@ -211,3 +212,17 @@ def test_teeth_are_labelled_with_t_numbers_and_the_band_says_what_they_are():
     unnumbered = draw_instances(photo, instances, metadata, summary=summary)
     # The legend adds lines to the band above the same photo.
     assert numbered.shape[0] > unnumbered.shape[0] and numbered.shape[1] == unnumbered.shape[1]
+
+
+def test_masks_as_coco_rles_draw_as_arrays_do():
+    shape = (90, 140)
+    photo = textured_photo(*shape, seed=1)
+    masks = np.stack([disc(shape, (50, 45), 30), disc(shape, (100, 50), 20, hole=6)])
+    rles = [mask_util.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+    colors = [class_colors(CLASSES)[c] for c in (TOOTH, CAVITY)]
+    labels = ["Tooth missed", "Cavity 70% FP"]
+    for scale in (1, 0.5, 2):
+        np.testing.assert_array_equal(
+            draw_overlay(photo, masks=rles, labels=labels, colors=colors, scale=scale),
+            draw_overlay(photo, masks=masks, labels=labels, colors=colors, scale=scale),
+        )
