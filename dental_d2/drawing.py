@@ -274,6 +274,17 @@ def draw_labels(canvas: np.ndarray, labels, boxes, colors) -> np.ndarray:
     return np.asarray(picture).copy()
 
 
+def _draw_masks(canvas, crops, colors, alpha: float, thickness: int, scale: float) -> None:
+    """Fills and outlines the masks (`_mask_crop`s), largest first so that small lesions stay
+    on top."""
+    areas = [0 if crop is None else int(crop.sum()) for _, crop in crops]
+    for index in np.argsort(areas, kind="stable")[::-1]:
+        box, crop = crops[index]
+        if crop is not None:
+            origin = _drawn_box(box, scale)[:2]
+            _fill_and_outline(canvas, origin, crop, colors[index], alpha, thickness)
+
+
 def draw_overlay(
     image_rgb: np.ndarray,
     *,
@@ -317,15 +328,9 @@ def draw_overlay(
         return canvas
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     colors = [_rgb255(c) for c in colors]
-    points = outline_points(*canvas.shape[:2])
-    thickness = max(1, round(points * PIXELS_PER_POINT))
+    thickness = max(1, round(outline_points(*canvas.shape[:2]) * PIXELS_PER_POINT))
     if has_masks:
-        areas = [0 if crop is None else int(crop.sum()) for _, crop in crops]
-        for index in np.argsort(areas, kind="stable")[::-1]:
-            box, crop = crops[index]
-            if crop is not None:
-                origin = _drawn_box(box, scale)[:2]
-                _fill_and_outline(canvas, origin, crop, colors[index], alpha, thickness)
+        _draw_masks(canvas, crops, colors, alpha, thickness, scale)
     else:
         for box, color in zip(boxes * scale, colors):
             x0, y0, x1, y1 = (int(round(v)) for v in box)
