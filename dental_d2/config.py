@@ -105,7 +105,7 @@ def _add_evaluation_config(cfg):
 
     cfg.DENTAL.FINDINGS = CN()
     # A lesion is assigned to the tooth covering the largest share of its mask, if that share
-    # is at least this; otherwise it is "unassigned".
+    # is at least this; otherwise it is listed as "not on a detected tooth".
     cfg.DENTAL.FINDINGS.MIN_OVERLAP = 0.1
     # Class names that are teeth (compared case-insensitively); every other class is a lesion
     # placed on a tooth.

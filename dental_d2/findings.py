@@ -10,8 +10,16 @@ from .config import DEFAULT_TOOTH_CLASSES
 from .data.categories import is_tooth_class
 from .instances import instance_arrays, mask_boxes
 
-# Name of the group for lesions that no tooth covers enough, in findings.json and summaries.
+# Key of the lesions that no tooth covers enough, in findings.json.
 UNASSIGNED = "unassigned"
+# What those lesions are called where people read them: summaries, overlays, the service page.
+NOT_ON_A_TOOTH = "not on a detected tooth"
+# What the tooth labels T1, T2, ... mean, said beside them wherever they are shown: they count
+# the teeth found, so they change with the photo's framing and with every tooth missed.
+TOOTH_NUMBERS = (
+    "T1, T2, ... count the detected teeth left to right in the photo, upper and lower jaw "
+    "together; they are not FDI or Universal tooth numbers"
+)
 
 
 @dataclass
@@ -25,7 +33,7 @@ class Lesion:
         score (float | None): the confidence, None for ground truth.
         box (list[float]): XYXY in pixels of the original image.
         overlap (float): share of the lesion's mask covered by its tooth (by the best tooth when
-            unassigned).
+            on no tooth).
     """
 
     index: int
@@ -40,7 +48,8 @@ class Tooth:
     """One tooth instance and the lesions assigned to it.
 
     Attributes:
-        number (int): 1..N, left to right in the image by the x of the mask's centroid.
+        number (int): 1..N, left to right in the image by the x of the mask's centroid; shown
+            as "T<number>" (`tooth_label`), never as an FDI or Universal number.
         index (int): position of the instance in the image's predictions.
         score (float | None): the confidence, None for ground truth.
         box (list[float]): XYXY in pixels of the original image.
@@ -60,6 +69,11 @@ class Findings:
 
     teeth: list[Tooth] = field(default_factory=list)
     unassigned: list[Lesion] = field(default_factory=list)
+
+
+def tooth_label(number: int) -> str:
+    """How tooth `number` is shown to people: "T3" (see `TOOTH_NUMBERS`)."""
+    return f"T{number}"
 
 
 def mask_centroid_x(mask: np.ndarray) -> float:
@@ -134,9 +148,9 @@ def assign_findings(
 
     A lesion is an instance of any class not in `tooth_classes`. Its share on a tooth is
     |lesion ∩ tooth| / |lesion| (so a small caries fully inside a tooth has share 1 whatever
-    the tooth's size). It goes to the tooth with the largest share, or to "unassigned" when that
-    share is below `min_overlap` (also when there are no teeth). Teeth are numbered 1..N left to
-    right by the x of their mask's centroid.
+    the tooth's size). It goes to the tooth with the largest share, or to `Findings.unassigned`
+    (shown as "not on a detected tooth") when that share is below `min_overlap` (also when there
+    are no teeth). Teeth are numbered 1..N left to right by the x of their mask's centroid.
 
     Args:
         masks (np.ndarray): NxHxW binary masks of all instances.
@@ -245,9 +259,10 @@ def findings_from_instances(
 
 
 def summarize(findings: Findings, score_threshold: float | None = None) -> str:
-    """Returns a one-line summary, e.g. "5 teeth; tooth 2: caries 0.91, crack 0.55".
+    """Returns a one-line summary, e.g. "5 teeth; T2: caries 0.91, crack 0.55".
 
-    Lesions on no tooth follow as "unassigned: ...". For predictions, an absence says what was
+    Teeth are named by `tooth_label`; lesions on no tooth follow as "not on a detected tooth:
+    ...". For predictions, an absence says what was
     looked for and at what confidence: "4 teeth; no lesion found at score >= 0.5", "no tooth
     or lesion found at score >= 0.5"; a model that misses lesions must not read as a negative
     finding. Ground truth reads "no lesions" and "no findings".
@@ -269,19 +284,24 @@ def summarize(findings: Findings, score_threshold: float | None = None) -> str:
 
     n = len(findings.teeth)
     parts = [f"{n} tooth" if n == 1 else f"{n} teeth"]
-    parts += [f"tooth {t.number}: {lesions_text(t.lesions)}" for t in findings.teeth if t.lesions]
+    parts += [
+        f"{tooth_label(t.number)}: {lesions_text(t.lesions)}" for t in findings.teeth if t.lesions
+    ]
     if findings.unassigned:
-        parts.append(f"{UNASSIGNED}: {lesions_text(findings.unassigned)}")
+        parts.append(f"{NOT_ON_A_TOOTH}: {lesions_text(findings.unassigned)}")
     elif n and len(parts) == 1:
         parts.append("no lesions" if score_threshold is None else f"no lesion{at_score}")
     return "; ".join(parts)
 
 
 def findings_to_dict(findings: Findings, score_threshold: float | None = None) -> dict:
-    """Returns the JSON form of one image's findings (`teeth`, `unassigned`, `summary`).
+    """Returns the JSON form of one image's findings (`summary`, `tooth_numbers`, `teeth`,
+    `unassigned`).
 
-    Lesions carry `class`, `score`, `overlap`, `box` (XYXY pixels) and `instance`, the index of
-    the instance among the image's predictions.
+    `tooth_numbers` says what the teeth's numbers are (`TOOTH_NUMBERS`); each tooth carries its
+    `number` and the `label` shown on overlays ("T3"). `unassigned` holds the lesions on no
+    detected tooth. Lesions carry `class`, `score`, `overlap`, `box` (XYXY pixels) and
+    `instance`, the index of the instance among the image's predictions.
 
     Args:
         findings (Findings): one image's findings.
@@ -299,9 +319,11 @@ def findings_to_dict(findings: Findings, score_threshold: float | None = None) -
 
     return {
         "summary": summarize(findings, score_threshold),
+        "tooth_numbers": TOOTH_NUMBERS,
         "teeth": [
             {
                 "number": t.number,
+                "label": tooth_label(t.number),
                 "score": t.score,
                 "box": t.box,
                 "instance": t.index,

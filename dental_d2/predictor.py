@@ -229,7 +229,8 @@ class Predictor:
                 None means `score_threshold`, the predictor's.
 
         Returns:
-            np.ndarray: the overlay, HxWx3 RGB uint8.
+            np.ndarray: the overlay, RGB uint8: the findings band above the photo, which is
+            enlarged when small (`dental_d2.drawing.drawn_scale`).
         """
         if findings is None:
             findings = self.findings(instances)

@@ -1,4 +1,4 @@
-"""Drawing predictions and ground truth: masks, boxes, tooth numbers and a findings summary, for
+"""Drawing predictions and ground truth: masks, boxes, T-numbered teeth and a findings summary, for
 live predictions and for saved results beside their ground truth."""
 
 import logging
@@ -6,28 +6,32 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 
-import matplotlib
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.data.detection_utils import annotations_to_instances
 from detectron2.structures import Instances
-from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
 from .config import DEFAULT_SCORE_THRESHOLD
-from .data import read_image, register_from_config
-from .data.categories import thing_colors
+from .data import load_registered_split, read_image, register_from_config
+from .data.categories import is_tooth_class, thing_colors
 from .data.image_files import overlay_names
-from .drawing import class_colors, draw_overlay, label_points, plain_text
+from .drawing import class_colors, draw_overlay, drawn_scale, label_points, text_band
 from .errors import DentalError
 from .evaluation.saved_results import (
     check_results_fit_dataset,
     load_coco_results,
     results_to_instances,
 )
-from .file_io import make_output_dir, write_overlay
-from .findings import Findings, findings_from_instances, summarize
+from .file_io import make_output_dir, write_image, write_overlay
+from .findings import (
+    TOOTH_NUMBERS,
+    Findings,
+    findings_from_instances,
+    summarize,
+    tooth_label,
+)
 from .instances import instance_arrays
 
 logger = logging.getLogger(__name__)
@@ -49,6 +53,23 @@ def build_metadata(class_names: Sequence[str]) -> Metadata:
     )
 
 
+def instance_labels(classes, scores, class_names, findings: Findings | None = None) -> list[str]:
+    """The label of each instance: class, T-number for a tooth, score ("Tooth T3 97%").
+
+    Args:
+        classes (Sequence[int]): contiguous class ids.
+        scores (Sequence[float] | None): confidences; None for ground truth.
+        class_names (Sequence[str]): names of the class ids.
+        findings (Findings | None): the image's findings, to number the teeth.
+    """
+    labels = [class_names[c] for c in classes]
+    for tooth in findings.teeth if findings is not None else ():
+        labels[tooth.index] += f" {tooth_label(tooth.number)}"
+    if scores is not None:
+        labels = [f"{label} {score:.0%}" for label, score in zip(labels, scores)]
+    return labels
+
+
 def draw_instances(
     image_rgb: np.ndarray,
     instances: Instances,
@@ -56,75 +77,51 @@ def draw_instances(
     *,
     findings: Findings | None = None,
     summary: str | None = None,
+    scale: float | None = None,
 ) -> np.ndarray:
-    """Draws masks, boxes, class names and scores with detectron2's Visualizer.
+    """Draws masks (or boxes), class names and scores, and teeth's T-numbers.
 
     Colours come from `metadata.thing_colors` (one per class, not jittered, so a class looks
     the same in every image; see `dental_d2.drawing.class_colors`). Teeth are labelled with
-    their number from `findings`. Masks are outlined and labels placed clear of each other by
-    `dental_d2.drawing.draw_overlay`.
+    their T-number from `findings` ("Tooth T3 97%"), and the band above says what T-numbers
+    are (`dental_d2.findings.TOOTH_NUMBERS`). Masks are outlined and labels placed clear of
+    each other by `dental_d2.drawing.draw_overlay`.
 
     Args:
         image_rgb (np.ndarray): HxWx3 RGB uint8.
         instances (Instances): predictions (`pred_*`, `scores`) or ground truth (`gt_*`).
         metadata (Metadata): with `thing_classes` and `thing_colors`.
         findings (Findings | None): the image's findings, to number the teeth.
-        summary (str | None): a line written on a black band above the image, so that it
-            hides nothing.
+        summary (str | None): text written, wrapped to the width, on a black band above the
+            image, so that it hides nothing.
+        scale (float | None): drawing pixels per photo pixel; None enlarges small photos
+            (`dental_d2.drawing.drawn_scale`) and draws the others at their size.
 
     Returns:
-        np.ndarray: (H + band)xWx3 RGB uint8; HxWx3 without a summary.
+        np.ndarray: (s*H + band)x(s*W)x3 RGB uint8 for scale s; no band without a summary.
     """
-    visualizer = Visualizer(image_rgb, metadata, instance_mode=ColorMode.IMAGE)
+    if scale is None:
+        scale = drawn_scale(*image_rgb.shape[:2])
+    kwargs = {}
     if len(instances):
         fields = instance_arrays(instances)
         classes = fields.classes.tolist()
         palette = class_colors(metadata.thing_classes, metadata.get("thing_colors", None))
-        labels = [plain_text(metadata.thing_classes[c]) for c in classes]
-        if findings is not None:
-            for tooth in findings.teeth:
-                labels[tooth.index] += f" {tooth.number}"
-        if fields.scores is not None:
-            labels = [f"{label} {score:.0%}" for label, score in zip(labels, fields.scores)]
-        draw_overlay(
-            visualizer,
-            boxes=fields.boxes,
-            masks=None if fields.masks is None else fields.masks.astype(np.uint8),
-            labels=labels,
-            colors=[palette[c] for c in classes],
-        )
-    overlay = visualizer.get_output().get_image()
+        kwargs = {
+            "boxes": fields.boxes,
+            "masks": fields.masks,
+            "labels": instance_labels(classes, fields.scores, metadata.thing_classes, findings),
+            "colors": [palette[c] for c in classes],
+        }
+    overlay = draw_overlay(image_rgb, scale=scale, **kwargs)
     if summary:
+        paragraphs = [summary]
+        if findings is not None and findings.teeth:
+            paragraphs.append(TOOTH_NUMBERS)
         # The labels' type size.
-        font_size = label_points(overlay.shape[0], overlay.shape[1])
-        overlay = np.concatenate([summary_band(summary, overlay.shape[1], font_size), overlay])
+        points = label_points(*overlay.shape[:2])
+        overlay = np.concatenate([text_band(paragraphs, overlay.shape[1], points), overlay])
     return overlay
-
-
-def summary_band(text: str, width: int, font_size: float) -> np.ndarray:
-    """Returns a black band `width` pixels wide with one line of white text, shrunk to fit.
-
-    Args:
-        text (str): the line.
-        width (int): the width of the image the band goes above.
-        font_size (float): the font size in points before shrinking.
-
-    Returns:
-        np.ndarray: hxwx3 RGB uint8, h about 1.5 lines of text.
-    """
-    # Points to pixels at the figure dpi that detectron2's VisImage draws with.
-    line_height = font_size * matplotlib.rcParams["figure.dpi"] / 72
-    height = int(np.ceil(line_height * 1.5)) + 4
-    band = Visualizer(np.zeros((height, width, 3), dtype=np.uint8))
-    band.draw_text(
-        plain_text(text), (4, 2), font_size=font_size, color="white", horizontal_alignment="left"
-    )
-    artist = band.output.ax.texts[-1]
-    artist.set_bbox(None)  # the band itself is the background
-    text_width = artist.get_window_extent(renderer=band.output.canvas.get_renderer()).width
-    if text_width > width - 8:
-        artist.set_fontsize(artist.get_fontsize() * (width - 8) / text_width)
-    return band.get_output().get_image()
 
 
 def side_by_side(left: np.ndarray, right: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -224,3 +221,48 @@ def render_saved_predictions(
         write_overlay(os.path.join(output_dir, name), pair)
     logger.info("wrote %d images to %s", len(records) - len(failures), output_dir)
     return failures
+
+
+def render_ground_truth(dataset_name: str, output_dir, num_images: int = 3) -> list[str]:
+    """Draws the ground truth of a few images as every overlay is drawn (`draw_instances`):
+    class colours, outlined masks, labels on chips, T-numbered teeth and the findings band.
+
+    Images with annotations are preferred. Teeth are the classes whose name says so, as for the
+    colours (`dental_d2.data.categories.is_tooth_class`): no model config is at hand.
+
+    Args:
+        dataset_name (str): a dataset registered by `register_dental_splits`.
+        output_dir (str or os.PathLike): folder for the JPEGs (created if needed).
+        num_images (int): images to draw.
+
+    Returns:
+        list[str]: the files written.
+    """
+    metadata = MetadataCatalog.get(dataset_name)
+    records = load_registered_split(dataset_name).dataset_dicts
+    chosen = [d for d in records if d["annotations"]][:num_images]
+    chosen += [d for d in records if not d["annotations"]][: num_images - len(chosen)]
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise DentalError(f"{output_dir}: cannot create the folder ({e}); choose another") from e
+    tooth_classes = [name for name in metadata.thing_classes if is_tooth_class(name)]
+    written = []
+    for record in chosen:
+        image = read_image(record["file_name"], format="RGB")
+        truth = annotations_to_instances(
+            record["annotations"], image.shape[:2], mask_format="bitmask"
+        )
+        findings = findings_from_instances(
+            truth, metadata.thing_classes, tooth_classes=tooth_classes
+        )
+        summary = f"ground truth: {summarize(findings)}"
+        drawn = draw_instances(image, truth, metadata, findings=findings, summary=summary)
+        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
+        path = os.path.join(output_dir, f"{dataset_name}_{stem}.jpg")
+        if not write_image(path, drawn[:, :, ::-1]):
+            raise DentalError(
+                f"{path}: cannot write the drawing; check that the folder is writable"
+            )
+        written.append(path)
+    return written

@@ -4,9 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dental_d2.data.check import check_dataset, format_report
+from dental_d2.data.image_io import read_image
+from dental_d2.drawing import class_colors, drawn_scale
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL = REPO_ROOT / "tools" / "check_dataset.py"
@@ -42,6 +45,21 @@ def test_good_export_exits_zero_and_renders(tool, make_export, tmp_path, capsys)
     assert "usable (2 splits)" in stdout
     drawings = sorted(p.name for p in out.iterdir())
     assert len(drawings) == 6 and all(name.endswith(".jpg") for name in drawings)
+    # Drawn as every other picture: the findings band above the (enlarged) photo, masks tinted
+    # with their class colour (not a random one) and outlined.
+    photo = read_image(str(root / "train" / "img0.jpg"), format="RGB").astype(float)
+    drawn = read_image(str(out / "check_good_train_img0.jpg"), format="RGB").astype(float)
+    k = drawn_scale(48, 64)
+    assert drawn.shape[1] == 64 * k and drawn.shape[0] > 48 * k
+    band, drawn = drawn[: -48 * k], drawn[-48 * k :]
+    assert band.max() > 200 and np.median(band) < 30  # white text on black
+    tooth, caries = (np.array(c) * 255 for c in class_colors(["Tooth", "Caries"]))
+    # conftest's tiny export: a tooth at x, y 4..40 with a caries at x 10..20, y 10..22 on it.
+    tooth_only, under_caries = photo[24:38, 6:38].mean((0, 1)), photo[12:20, 12:18].mean((0, 1))
+    tinted = 0.65 * tooth_only + 0.35 * tooth
+    np.testing.assert_allclose(drawn[24 * k : 38 * k, 6 * k : 38 * k].mean((0, 1)), tinted, atol=6)
+    twice = 0.65 * (0.65 * under_caries + 0.35 * tooth) + 0.35 * caries
+    np.testing.assert_allclose(drawn[12 * k : 20 * k, 12 * k : 18 * k].mean((0, 1)), twice, atol=6)
 
 
 def test_broken_export_exits_nonzero_with_one_line(tool, make_export, coco, capsys):

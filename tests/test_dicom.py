@@ -31,6 +31,7 @@ from dental_d2 import DentalError, add_dental_config
 from dental_d2.data import DentalDatasetMapper, image_size, read_image
 from dental_d2.data.image_files import collect_images
 from dental_d2.data.image_io import decode_image
+from dental_d2.drawing import drawn_scale
 from dental_d2.serving import PredictionService, create_app
 from dental_d2.serving.service import safe_file_name
 
@@ -273,7 +274,7 @@ def test_service_answers_a_dicom_upload_and_logs_only_a_request_id(tmp_path):
     for secret in (PATIENT_NAME, PATIENT_BIRTH_DATE, PATIENT_ID):
         assert secret not in body
     overlay = Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"])))
-    assert not overlay.getexif() and overlay.size[0] == 60
+    assert not overlay.getexif() and overlay.size[0] == 60 * drawn_scale(40, 60)
 
 
 def test_a_coco_export_of_radiographs_checks_and_maps_for_training(tmp_path, capsys, load_tool):

@@ -8,6 +8,7 @@ from conftest import CLASSES
 from detectron2.structures import BitMasks, Boxes, Instances
 
 from dental_d2.findings import (
+    TOOTH_NUMBERS,
     assign_findings,
     findings_from_instances,
     findings_to_dict,
@@ -66,7 +67,9 @@ def test_lesions_without_teeth_and_teeth_without_lesions():
         rect(5, 5, 10, 10)[None], [CARIES], CLASSES, scores=[0.5], tooth_classes=["Tooth"]
     )
     assert lesion_only.teeth == [] and len(lesion_only.unassigned) == 1
-    assert summarize(lesion_only) == "0 teeth; unassigned: caries 0.50"
+    # Said in plain words; "unassigned" stays the machine-readable key of findings.json.
+    assert summarize(lesion_only) == "0 teeth; not on a detected tooth: caries 0.50"
+    assert [les["class"] for les in findings_to_dict(lesion_only)["unassigned"]] == ["Caries"]
 
     teeth_only = assign_findings(
         np.stack([rect(0, 0, 10, 10), rect(20, 0, 30, 10)]), [TOOTH, TOOTH], CLASSES
@@ -76,7 +79,12 @@ def test_lesions_without_teeth_and_teeth_without_lesions():
 
     empty = assign_findings(np.zeros((0, *SIZE), dtype=bool), [], CLASSES)
     assert summarize(empty) == "no findings"
-    assert findings_to_dict(empty) == {"summary": "no findings", "teeth": [], "unassigned": []}
+    assert findings_to_dict(empty) == {
+        "summary": "no findings",
+        "tooth_numbers": TOOTH_NUMBERS,
+        "teeth": [],
+        "unassigned": [],
+    }
 
     # Predictions say what was looked for and at what confidence: a miss is no negative finding.
     assert summarize(teeth_only, 0.5) == "2 teeth; no lesion found at score >= 0.5"
@@ -113,10 +121,14 @@ def test_summary_lists_lesions_per_tooth_by_score():
         CLASSES,
         scores=[0.99] * 5 + [0.55, 0.91],
     )
-    assert summarize(findings) == "5 teeth; tooth 2: caries 0.91, crack 0.55"
+    # T-numbers, so that no one reads an FDI or Universal tooth number into them.
+    assert summarize(findings) == "5 teeth; T2: caries 0.91, crack 0.55"
     data = json.loads(json.dumps(findings_to_dict(findings)))
+    assert "not FDI or Universal" in data["tooth_numbers"]
+    assert "left to right" in data["tooth_numbers"]
     tooth = data["teeth"][1]
-    assert tooth["number"] == 2 and tooth["box"] == [10.0, 0.0, 20.0, 40.0]
+    assert tooth["number"] == 2 and tooth["label"] == "T2"
+    assert tooth["box"] == [10.0, 0.0, 20.0, 40.0]
     assert [(les["class"], les["score"], les["overlap"]) for les in tooth["lesions"]] == [
         ("Caries", 0.91, 1.0),
         ("Crack", 0.55, 1.0),
@@ -142,9 +154,9 @@ def test_findings_from_predictions_and_ground_truth():
         CLASSES,
         tooth_classes=["tooth"],  # compared case-insensitively
     )
-    assert summarize(predicted) == "2 teeth; tooth 1: cavity 0.70"
+    assert summarize(predicted) == "2 teeth; T1: cavity 0.70"
     truth = findings_from_instances(_instances(masks, [TOOTH, TOOTH, CAVITY], prefix="gt"), CLASSES)
-    assert summarize(truth) == "2 teeth; tooth 1: cavity"
+    assert summarize(truth) == "2 teeth; T1: cavity"
     assert truth.teeth[0].score is None
 
 

@@ -113,6 +113,9 @@ def test_page_predicts_refilters_and_downloads(server_url, browser, calculus_roo
     assert page.evaluate("document.getElementById('overlay').naturalWidth") == 640
     findings, counts = table_text(page, "#findings"), table_text(page, "#counts")
     assert len(counts) == len(CLASSES) and findings and "no findings" not in findings[0]
+    # Teeth are T-numbers, and the page says they are not FDI numbers.
+    assert all(row.startswith(("T", "not on a detected tooth")) for row in findings), findings
+    assert "not FDI" in page.inner_text("#tooth-numbers")
 
     page.fill("#threshold", str(higher))
     page.wait_for_selector(f'body[data-state="ready"][data-threshold="{higher:.2f}"]')

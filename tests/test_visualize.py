@@ -15,16 +15,15 @@ from conftest import CLASSES, RANDOM_DEMO_MODEL
 from conftest import DEMO_CONFIG as CONFIG
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from pycocotools.coco import COCO
 
 from dental_d2 import DentalError
 from dental_d2.coco_format import coco_dataset, instances_to_coco_annotations, masks_to_rles
 from dental_d2.config import build_config
-from dental_d2.data.categories import LESION_COLORS, TOOTH_COLOR, thing_colors
+from dental_d2.data.categories import thing_colors
 from dental_d2.data.image_files import collect_images, overlay_names
-from dental_d2.drawing import class_colors, draw_overlay, relative_luminance
+from dental_d2.drawing import class_colors, drawn_scale, label_chips, relative_luminance
 from dental_d2.evaluation import report_images
 from dental_d2.inference import FINDINGS_FILE, PREDICTIONS_FILE, predict_images
 from dental_d2.predictor import Predictor
@@ -92,19 +91,21 @@ def test_draw_instances_uses_class_colours_and_summary():
     image = np.full((64, 96, 3), 60, dtype=np.uint8)
     metadata = build_metadata(CLASSES)
     overlay = draw_instances(image, hand_built_instances(), metadata, summary="1 tooth; caries")
-    assert overlay.shape[1:] == (96, 3) and overlay.dtype == np.uint8
+    # A small photo is drawn enlarged, by a whole factor.
+    k = drawn_scale(64, 96)
+    assert k > 1 and overlay.shape[1:] == (96 * k, 3) and overlay.dtype == np.uint8
     # The summary is on a band above the image: black with white text.
-    band, drawn = overlay[: overlay.shape[0] - 64], overlay[-64:]
+    band, drawn = overlay[: overlay.shape[0] - 64 * k], overlay[-64 * k :]
     assert len(band) >= 10 and band.min() < 30 and band.max() > 200
     # The caries is filled with its class colour (Okabe-Ito orange: red > blue) over the
     # tooth's blue.
-    red, _, blue = drawn[25, 20].astype(int)
-    tooth_red, _, tooth_blue = drawn[50, 30].astype(int)
+    red, _, blue = drawn[25 * k, 20 * k].astype(int)
+    tooth_red, _, tooth_blue = drawn[50 * k, 30 * k].astype(int)
     assert red - blue > tooth_red - tooth_blue + 60 and tooth_blue > tooth_red + 30
     # No mask at the right edge: the image shows through unchanged.
-    np.testing.assert_array_equal(drawn[60, 90], [60, 60, 60])
+    np.testing.assert_array_equal(drawn[60 * k, 90 * k], [60, 60, 60])
     no_summary = draw_instances(image, hand_built_instances(), metadata)
-    assert no_summary.shape == image.shape
+    assert no_summary.shape == (64 * k, 96 * k, 3)
 
 
 def test_overlays_and_report_images_take_one_colour_rule():
@@ -142,7 +143,7 @@ def test_tooth_outline_contrasts_with_white_enamel():
     instances.pred_boxes = Boxes(torch.tensor([[40.0, 20.0, 100.0, 76.0]]))
     instances.pred_classes = torch.tensor([CLASSES.index("Tooth")])
     instances.scores = torch.tensor([0.97])
-    overlay = draw_instances(image, instances, build_metadata(CLASSES))
+    overlay = draw_instances(image, instances, build_metadata(CLASSES), scale=1)
     # The outline across the mask's left edge: WCAG's 3:1 for graphics against the enamel.
     across_edge = overlay[48, 36:45]
     assert max(_contrast(pixel, enamel) for pixel in across_edge) >= 3.0, across_edge
@@ -153,29 +154,20 @@ def test_tooth_outline_contrasts_with_white_enamel():
 
 def test_labels_keep_clear_of_each_other_and_of_the_image_edge():
     height, width = 160, 200
-    visualizer = Visualizer(np.full((height, width, 3), 240, np.uint8))
     # Four narrow teeth side by side, the last at the right edge, and a small lesion on it:
     # each label is wider than its tooth.
     boxes = [[72.0 + 32 * k, 50.0, 102.0 + 32 * k, 110.0] for k in range(4)] + [[188, 70, 198, 80]]
-    labels = [f"Tooth {k + 1} 9{k}%" for k in range(4)] + ["Cavity missed"]
-    colors = [np.array(TOOTH_COLOR) / 255] * 4 + [np.array(LESION_COLORS[1]) / 255]
-    output = draw_overlay(visualizer, boxes=np.array(boxes), labels=labels, colors=colors)
-    output.get_image()  # draws, which lays out the chips
-    renderer = output.canvas.get_renderer()
-    chips = {
-        text.get_text(): text.get_bbox_patch().get_window_extent(renderer)
-        for text in output.ax.texts
-    }
-    assert sorted(chips) == sorted(labels)
-    for label, chip in chips.items():
-        # inside the picture (figure pixels, y up), nothing cut off at an edge
-        assert chip.x0 >= -0.5 and chip.x1 <= width + 0.5, (label, chip)
-        assert chip.y0 >= -0.5 and chip.y1 <= height + 0.5, (label, chip)
-        for other_label, other in chips.items():
-            overlap_x = min(chip.x1, other.x1) - max(chip.x0, other.x0)
-            overlap_y = min(chip.y1, other.y1) - max(chip.y0, other.y0)
-            if other_label != label:
-                assert overlap_x <= 0.5 or overlap_y <= 0.5, (label, chip, other_label, other)
+    labels = [f"Tooth T{k + 1} 9{k}%" for k in range(4)] + ["Cavity missed"]
+    chips = label_chips(labels, np.array(boxes), (height, width))
+    for label, (x0, y0, x1, y1) in zip(labels, chips):
+        assert x1 - x0 > 30 and y1 - y0 > 8, (label, x0, y0, x1, y1)  # a chip, not a speck
+        # inside the picture, nothing cut off at an edge
+        assert x0 >= 0 and x1 <= width and y0 >= 0 and y1 <= height, (label, x0, y0, x1, y1)
+    for i, a in enumerate(chips):
+        for b in chips[i + 1 :]:
+            overlap_x = min(a[2], b[2]) - max(a[0], b[0])
+            overlap_y = min(a[3], b[3]) - max(a[1], b[1])
+            assert overlap_x <= 0 or overlap_y <= 0, (a, b)
 
 
 def test_coco_annotations_round_trip_through_pycocotools(tmp_path):
@@ -231,12 +223,11 @@ def test_predict_images_writes_overlays_coco_and_findings(predictor, tmp_path):
     images, _ = collect_images([str(tmp_path / "in")])
     failures = predict_images(predictor, images, str(tmp_path / "out"))
     assert failures == []
-    bands = set()
     for name, (height, width) in sizes.items():
         overlay = cv2.imread(str(tmp_path / "out" / (os.path.splitext(name)[0] + ".jpg")))
-        assert overlay.shape[1:] == (width, 3), name
-        bands.add(overlay.shape[0] - height)
-    assert len(bands) == 1 and bands.pop() > 0  # the same summary band above each image
+        k = drawn_scale(height, width)  # small photos are drawn enlarged
+        assert overlay.shape[1:] == (width * k, 3), name
+        assert overlay.shape[0] > height * k, name  # the summary band above the image
     coco = COCO(str(tmp_path / "out" / PREDICTIONS_FILE))
     entries = {img["file_name"]: (img["height"], img["width"]) for img in coco.dataset["images"]}
     assert entries == sizes
@@ -294,16 +285,17 @@ def test_render_saved_predictions_side_by_side(make_export, tmp_path):
     failures = render_saved_predictions(cfg, str(predictions), "vis_t_test", str(tmp_path / "out"))
     assert failures == []
     assert sorted(os.listdir(tmp_path / "out")) == ["img0.jpg", "img1.jpg", "img2.jpg"]
-    left_right = cv2.imread(str(tmp_path / "out" / "img0.jpg"))[-48:, :, ::-1].astype(int)
-    assert left_right.shape == (48, 64 + 4 + 64, 3)
-    left, right = left_right[:, :64], left_right[:, 68:]
+    k = drawn_scale(48, 64)  # small photos are drawn enlarged
+    left_right = cv2.imread(str(tmp_path / "out" / "img0.jpg"))[-48 * k :, :, ::-1].astype(int)
+    assert left_right.shape == (48 * k, 64 * k + 4 + 64 * k, 3)
+    left, right = left_right[:, : 64 * k], left_right[:, 64 * k + 4 :]
 
     # The predicted tooth (blue) is on the right panel only, the true one on the left only.
     def blueness(pixel):
         return pixel[2] - pixel[0]
 
-    assert blueness(right[30, 52]) > blueness(left[30, 52]) + 20
-    assert blueness(left[30, 30]) > blueness(right[30, 30]) + 20
+    assert blueness(right[30 * k, 52 * k]) > blueness(left[30 * k, 52 * k]) + 20
+    assert blueness(left[30 * k, 30 * k]) > blueness(right[30 * k, 30 * k]) + 20
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{**results[0], "category_id": 3}]))

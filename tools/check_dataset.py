@@ -8,7 +8,8 @@ Exits 0 when every split is usable, 1 with a one-line reason otherwise. Example:
 import sys
 
 from dental_d2.cli import run_tool, tool_parser
-from dental_d2.data.check import check_dataset, format_report, render_ground_truth
+from dental_d2.data.check import check_dataset, format_report
+from dental_d2.visualize import render_ground_truth
 
 
 def parse_args(argv=None):

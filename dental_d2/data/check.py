@@ -1,21 +1,18 @@
-"""Checks a Roboflow COCO or YOLO-seg export before training: counts, sizes, repairs, drawings."""
+"""Checks a Roboflow COCO or YOLO-seg export before training: counts, sizes, repairs.
+
+(`dental_d2.visualize.render_ground_truth` draws a few of its images.)"""
 
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 
 from detectron2.data import MetadataCatalog
-from detectron2.utils.visualizer import ColorMode, Visualizer
 from tabulate import tabulate
 
-from ..errors import DentalError
-from ..file_io import write_image
-from .image_io import read_image
 from .register import load_registered_split, register_dental_splits
 from .roboflow import short_name
 
-__all__ = ["SplitReport", "check_dataset", "format_report", "render_ground_truth"]
+__all__ = ["SplitReport", "check_dataset", "format_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,39 +130,3 @@ def format_report(report: SplitReport) -> str:
         "repaired: " + "; ".join(problems),
     ]
     return "\n".join(lines)
-
-
-def render_ground_truth(dataset_name: str, output_dir, num_images: int = 3) -> list[str]:
-    """Draws the ground truth of a few images with detectron2's `Visualizer`.
-
-    Images with annotations are preferred; colours come from the metadata's `thing_colors`.
-
-    Args:
-        dataset_name (str): a dataset registered by `register_dental_splits`.
-        output_dir (str or os.PathLike): folder for the JPEGs (created if needed).
-        num_images (int): images to draw.
-
-    Returns:
-        list[str]: the files written.
-    """
-    metadata = MetadataCatalog.get(dataset_name)
-    records = load_registered_split(dataset_name).dataset_dicts
-    chosen = [d for d in records if d["annotations"]][:num_images]
-    chosen += [d for d in records if not d["annotations"]][: num_images - len(chosen)]
-    try:
-        os.makedirs(output_dir, exist_ok=True)
-    except OSError as e:
-        raise DentalError(f"{output_dir}: cannot create the folder ({e}); choose another") from e
-    written = []
-    for record in chosen:
-        image = read_image(record["file_name"], format="RGB")
-        visualizer = Visualizer(image, metadata, instance_mode=ColorMode.SEGMENTATION)
-        drawn = visualizer.draw_dataset_dict(record).get_image()
-        stem = os.path.splitext(os.path.basename(record["file_name"]))[0]
-        path = os.path.join(output_dir, f"{dataset_name}_{stem}.jpg")
-        if not write_image(path, drawn[:, :, ::-1]):
-            raise DentalError(
-                f"{path}: cannot write the drawing; check that the folder is writable"
-            )
-        written.append(path)
-    return written

@@ -7,18 +7,18 @@ import logging
 import os
 
 import numpy as np
-from detectron2.utils.visualizer import Visualizer
 from PIL import Image
 from pycocotools.coco import COCO
 
 from ..data.image_io import read_image
-from ..drawing import class_colors, draw_overlay, plain_text
+from ..drawing import class_colors, draw_overlay
 from ..errors import DentalError
 from .metrics import DetectionMetrics
 
 logger = logging.getLogger(__name__)
 
-# Long side, in pixels, of each drawn image in the report.
+# Long side, in pixels, of each drawn image in the report: large photos are shrunk to it, small
+# ones enlarged, so that labels take the same share of every picture.
 REPORT_IMAGE_SIZE = 512
 
 
@@ -53,21 +53,16 @@ def _image_path(coco_gt: COCO, image_id: int, image_root: str | None) -> str:
 
 
 def _draw(image: np.ndarray, instances: list[tuple], coco_gt: COCO, iou_type: str) -> np.ndarray:
-    scale = min(1.0, REPORT_IMAGE_SIZE / max(image.shape[:2]))
-    visualizer = Visualizer(image, scale=scale)
+    scale = REPORT_IMAGE_SIZE / max(image.shape[:2])
     if not instances:
-        return visualizer.output.get_image()
+        return draw_overlay(image, scale=scale)
     annotations, labels, colors = zip(*instances)
     boxes = np.asarray([a["bbox"] for a in annotations], dtype=np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
     masks = [coco_gt.annToRLE(a) for a in annotations] if iou_type == "segm" else None
     return draw_overlay(
-        visualizer,
-        boxes=boxes,
-        masks=masks,
-        labels=[plain_text(label) for label in labels],
-        colors=list(colors),
-    ).get_image()
+        image, boxes=boxes, masks=masks, labels=list(labels), colors=list(colors), scale=scale
+    )
 
 
 def draw_image_pair(
