@@ -57,8 +57,8 @@ def _add_model_config(cfg):
     # timm downloads its own ImageNet weights (needs internet); False leaves MODEL.WEIGHTS to
     # load them.
     cfg.MODEL.TIMM.PRETRAINED = False
-    # Convolutions run on NHWC ("channels last") tensors: oneDNN's CPU convolutions are faster
-    # on them (a training step 1.3x, docs/speed.md); the weights saved are the same numbers.
+    # Convolutions run on NHWC ("channels last") tensors, which oneDNN's CPU convolutions run
+    # faster (a training step 1.1x to 2x, docs/speed.md); the weights are the same numbers.
     cfg.MODEL.CHANNELS_LAST = False
 
     # Training-time colour jitter: brightness, contrast and saturation are each scaled by a
@@ -120,7 +120,8 @@ def _add_solver_config(cfg):
     # Gradients of this many batches are summed before each optimizer step.
     cfg.SOLVER.ACCUMULATION_STEPS = 1
     # SOLVER.AMP.ENABLED (detectron2's key) autocasts the forward pass: float16 with a gradient
-    # scaler on a CUDA GPU, bfloat16 (no scaler needed) on a CPU with AVX-512 BF16 or AMX.
+    # scaler on a CUDA GPU, bfloat16 (no scaler needed) on a CPU. Only a CPU with AVX-512 BF16
+    # or AMX has bfloat16 kernels; elsewhere it is emulated and many times slower.
 
     cfg.SOLVER.EARLY_STOPPING = CN()
     # Stop training when METRIC has not improved for PATIENCE evaluations.

@@ -1,0 +1,80 @@
+"""What the outline rule for faint masks changes in an evaluation: per-class segm AP50 with the
+outlines as written, and with every `mask_from_peak` outline emptied (detectron2's answer).
+
+    python benchmarks/outline_fallback.py output/dental_lite0/eval/dental_test
+
+The folder is one written by an evaluation (`coco_instances_results.json` and
+`<dataset>_coco_format.json`, the ground truth COCOEvaluator wrote). Prints, per class, the
+detections, how many had no pixel at probability 0.5, the score of those, and AP50 both ways.
+"""
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from dental_d2.modeling.postprocessing import MASK_FROM_PEAK
+
+
+def _ap50(coco_gt: COCO, results: list[dict]) -> dict[int, float]:
+    """Category id -> segm AP50 in percent (NaN without ground truth)."""
+    evaluation = COCOeval(coco_gt, coco_gt.loadRes(results), "segm")
+    evaluation.evaluate()
+    evaluation.accumulate()
+    precision = evaluation.eval["precision"][0, :, :, 0, -1]  # IoU 0.5, all areas, 100 dets
+    out = {}
+    for k, cat in enumerate(evaluation.params.catIds):
+        values = precision[:, k]
+        values = values[values > -1]
+        out[cat] = float(np.mean(values) * 100) if values.size else float("nan")
+    return out
+
+
+def _emptied(result: dict) -> dict:
+    height, width = result["segmentation"]["size"]
+    empty = mask_util.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
+    return {**result, "segmentation": {"size": [height, width], "counts": empty["counts"].decode()}}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("eval_dir", help="an evaluation's output folder")
+    args = parser.parse_args(argv)
+    results_path = os.path.join(args.eval_dir, "coco_instances_results.json")
+    gt_paths = glob.glob(os.path.join(args.eval_dir, "*_coco_format.json"))
+    if not os.path.isfile(results_path) or not gt_paths:
+        print(
+            f"{args.eval_dir}: no coco_instances_results.json and *_coco_format.json",
+            file=sys.stderr,
+        )
+        return 2
+    coco_gt = COCO(gt_paths[0])
+    with open(results_path) as f:
+        results = json.load(f)
+    with_outlines = _ap50(coco_gt, results)
+    without = _ap50(coco_gt, [_emptied(r) if r.get(MASK_FROM_PEAK) else r for r in results])
+    print(f"{args.eval_dir}: {len(results)} detections")
+    print(
+        "| class | detections | no pixel at 0.5 | their median score | AP50 outlined | AP50 empty |"
+    )
+    print("|---|---|---|---|---|---|")
+    for cat in sorted(coco_gt.cats):
+        mine = [r for r in results if r["category_id"] == cat]
+        faint = [r["score"] for r in mine if r.get(MASK_FROM_PEAK)]
+        median = f"{statistics.median(faint):.2f}" if faint else "–"
+        print(
+            f"| {coco_gt.cats[cat]['name']} | {len(mine)} | {len(faint)} | {median} | "
+            f"{with_outlines[cat]:.1f} | {without[cat]:.1f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
