@@ -107,6 +107,10 @@ class Predictor:
     with ONNX Runtime, a `.ts` file with TorchScript. Its `model.json` gives the classes, input
     format and test sizes, so `config_file` may then be None.
 
+    With `TEST.SLICED.ENABLED True` in `opts`, any of these runtimes also predicts a photo larger
+    than `TEST.SLICED.TILE_SIZE` in overlapping tiles and merges their lesions with the whole
+    photo's (`dental_d2.runtime.SlicedBackend`).
+
     Example::
 
         predictor = Predictor("configs/dental_r50.yaml", weights="output/model_final.pth")

@@ -5,11 +5,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, RANDOM_DEMO_MODEL
+from conftest import CLASSES, RANDOM_DEMO_MODEL, write_split
 from conftest import DEMO_CONFIG as CONFIG
+from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from dental_d2 import DentalError
+from dental_d2.checkpoint import CLASS_NAMES_KEY
 from dental_d2.config import build_config
 from dental_d2.predictor import Predictor
 from dental_d2.runtime import Backend, SlicedBackend, TorchBackend
@@ -192,3 +194,41 @@ def test_predictor_runs_the_eager_model_on_tiles():
     torch.testing.assert_close(
         predictor.predict(small).pred_boxes.tensor, wrapped([small])[0].pred_boxes.tensor
     )
+
+
+@pytest.mark.slow
+def test_bench_sliced_scores_a_split_whole_and_sliced(tmp_path, load_tool, capsys):
+    torch.manual_seed(0)
+    model = build_model(build_config(CONFIG, RANDOM_DEMO_MODEL))
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": model.state_dict(), CLASS_NAMES_KEY: {"thing_classes": CLASSES}}, weights)
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(CLASSES)]
+    images = [{"id": k, "file_name": f"{k}.jpg", "height": 300, "width": 400} for k in range(2)]
+    box = [100, 100, 60, 50]
+    annotations = [
+        {"id": k + 1, "image_id": k, "category_id": 4, "bbox": box, "area": 3000.0,
+         "segmentation": [[100, 100, 160, 100, 160, 150, 100, 150]], "iscrowd": 0}
+        for k in range(2)
+    ]  # fmt: skip
+    coco = {"images": images, "annotations": annotations, "categories": categories}
+    split = write_split(tmp_path, "test", coco).parent
+
+    code = load_tool("bench_sliced", "benchmarks").main(
+        ["--config-file", CONFIG, "--split", str(split), "--score-threshold", "0.0",
+         *RANDOM_DEMO_MODEL[:2], *RANDOM_DEMO_MODEL[4:], "MODEL.WEIGHTS", str(weights),
+         "TEST.SLICED.TILE_SIZE", "160"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "2 photos; AP50 in percent"
+    header = "| class | segm AP50 whole | segm AP50 sliced | bbox AP50 whole | bbox AP50 sliced |"
+    assert lines[1] == header
+    assert [line.split(" | ")[0] for line in lines[3:]] == [
+        *(f"| {name}" for name in CLASSES),
+        "| all",
+        "| s per photo",
+        "| passes per photo",
+    ]
+    # The whole photo and 3 x 3 tiles of 160 px.
+    assert lines[-1] == "| passes per photo | 1.00 | 10.00 | 1.00 | 10.00 |"
