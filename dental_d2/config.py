@@ -162,6 +162,22 @@ def _add_test_config(cfg):
     # DATASETS.TEST.
     cfg.DATASETS.VALIDATION = ()
 
+    cfg.TEST.SLICED = CN()
+    # Predict a photo larger than TILE_SIZE also in overlapping tiles (dental_d2/runtime/
+    # sliced.py): each tile is resized like a photo, so small lesions are seen nearer their own
+    # resolution. Lesions come from the tiles and the whole photo, teeth from the whole photo
+    # only (a tile cuts them). Costs one model pass per tile besides the whole photo's.
+    cfg.TEST.SLICED.ENABLED = False
+    # Side of a square tile, in photo pixels. A tile of side INPUT.MIN_SIZE_TEST is seen at the
+    # photo's own resolution; a photo no larger than a tile runs whole only, as without tiles.
+    cfg.TEST.SLICED.TILE_SIZE = 1024
+    # Least share of a tile's side that neighbouring tiles share, in [0, 1): a lesion up to
+    # about this share of a tile lies whole in one tile.
+    cfg.TEST.SLICED.OVERLAP = 0.25
+    # Two lesions of one class (from tiles or the whole photo) whose boxes overlap by more than
+    # this IoU are one, and the higher-scoring is kept: the box head's own per-class rule.
+    cfg.TEST.SLICED.NMS_THRESH = 0.5
+
 
 # yacs: "Type mismatch (<class 'float'> vs. <class 'str'>) with values (0.001 vs. fast) for
 # config key: SOLVER.BASE_LR"; a whole sub-config can stand for a value.

@@ -14,7 +14,7 @@ from .data import read_image
 from .errors import DentalError
 from .export import apply_export_metadata, exported_format, read_export_metadata
 from .findings import Findings, findings_from_instances, summarize
-from .runtime import build_backend
+from .runtime import build_runtime
 from .visualize import build_metadata, draw_instances
 from .weights import (
     check_weights_exist,
@@ -107,6 +107,10 @@ class Predictor:
     with ONNX Runtime, a `.ts` file with TorchScript. Its `model.json` gives the classes, input
     format and test sizes, so `config_file` may then be None.
 
+    With `TEST.SLICED.ENABLED True` in `opts`, any of these runtimes also predicts a photo larger
+    than `TEST.SLICED.TILE_SIZE` in overlapping tiles and merges their lesions with the whole
+    photo's (`dental_d2.runtime.SlicedBackend`).
+
     Example::
 
         predictor = Predictor("configs/dental_r50.yaml", weights="output/model_final.pth")
@@ -134,7 +138,8 @@ class Predictor:
         weights_sha256 (str): the first 12 hex digits of `MODEL.WEIGHTS`'s SHA-256 ("" for a
             URL or random weights).
         backend (dental_d2.runtime.Backend): the runtime, `TorchBackend`, `OnnxBackend` or
-            `TorchScriptBackend`; it prepares the model's inputs.
+            `TorchScriptBackend`, wrapped in `SlicedBackend` when `TEST.SLICED.ENABLED` (large
+            photos are predicted whole and in overlapping tiles); it prepares the model's inputs.
         model (nn.Module | None): the PyTorch model, in eval mode (with `TEST.AUG.ENABLED`,
             detectron2's `GeneralizedRCNNWithTTA`); None for an exported one.
     """
@@ -161,7 +166,9 @@ class Predictor:
         self.weights_sha256 = read.sha256
         self.class_names = model_class_names(self.cfg, config_file, checkpoint=read.checkpoint)
         self.metadata = _drawing_metadata(self.cfg, self.class_names)
-        self.backend = build_backend(self.cfg, read, confidence_threshold, export_metadata)
+        self.backend = build_runtime(
+            self.cfg, read, confidence_threshold, export_metadata, self.class_names
+        )
         self.model = getattr(self.backend, "model", None)
         if not self.cfg.MODEL.WEIGHTS:
             logger.warning("MODEL.WEIGHTS is empty: the model has random weights")

@@ -125,6 +125,32 @@ def test_torchscript_matches_pytorch(exported, eager, synthetic):
 
 
 @pytest.mark.slow
+def test_sliced_inference_runs_every_runtime_alike(exported, weights, synthetic):
+    """TEST.SLICED wraps ONNX Runtime and TorchScript as it wraps PyTorch: a photo twice a
+    tile's width, predicted whole and in 3 tiles, gives the same merged detections."""
+    files = sorted(str(p) for p in (synthetic / "test").glob("*.jpg"))[:2]
+    photo = np.concatenate([read_image(f, format="BGR") for f in files], axis=1)
+    sliced = ["TEST.SLICED.ENABLED", "True", "TEST.SLICED.TILE_SIZE", "160"]
+    opts = {"pytorch": (CONFIG, weights), "onnx": (None, exported[0]), "ts": (None, exported[1])}
+    results = {}
+    for name, (config, model) in opts.items():
+        predictor = Predictor(
+            config, model, opts=[*SIZE, *sliced], confidence_threshold=SCORE, device="cpu"
+        )
+        assert predictor.backend.name.endswith(", sliced")
+        calls = []
+        real_run = predictor.backend.backend.run
+        predictor.backend.backend.run = lambda inputs, real_run=real_run, calls=calls: (
+            calls.append(len(inputs)) or real_run(inputs)
+        )
+        results[name] = predictor.predict(photo)
+        assert sum(calls) == 4, name  # the whole photo and 3 tiles
+    assert results["pytorch"].image_size == photo.shape[:2] and len(results["pytorch"]) > 0
+    assert_same_detections(results["pytorch"], results["onnx"])
+    assert_same_detections(results["pytorch"], results["ts"])
+
+
+@pytest.mark.slow
 def test_confidence_threshold_filters_the_exported_detections(exported, eager, weights, synthetic):
     images = sorted(str(p) for p in (synthetic / "test").glob("*.jpg"))
     # Above the exported threshold: ONNX Runtime filters what the graph kept, like PyTorch does.

@@ -6,6 +6,7 @@ from ..weights import WeightsFile
 from .base import Backend
 from .eager import TorchBackend
 from .exported import OnnxBackend, TorchScriptBackend
+from .sliced import SlicedBackend
 
 
 def build_backend(
@@ -37,3 +38,12 @@ def build_backend(
         )
     backend = OnnxBackend if fmt == "onnx" else TorchScriptBackend
     return backend(cfg, weights, metadata, score_threshold)
+
+
+def build_runtime(
+    cfg, weights: WeightsFile, score_threshold: float, metadata: dict | None, class_names: list
+) -> Backend:
+    """`build_backend`'s runtime, wrapped in `SlicedBackend` when `TEST.SLICED.ENABLED`; the
+    arguments are `build_backend`'s and `class_names` (list[str]), the model's classes."""
+    backend = build_backend(cfg, weights, score_threshold, metadata)
+    return SlicedBackend(backend, cfg, class_names) if cfg.TEST.SLICED.ENABLED else backend
