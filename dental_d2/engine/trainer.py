@@ -25,6 +25,7 @@ from ..checkpoint import CLASS_NAMES_KEY, ClassNamesCheckpointable, DentalCheckp
 from ..data import DentalDatasetMapper, read_image
 from ..errors import DentalError, TrainingInterrupted
 from ..evaluation import DentalEvaluator
+from ..runtime.base import PredictorInput
 from .accumulation import GradientAccumulationTrainer
 from .hooks import (
     BestCheckpointer,
@@ -308,6 +309,7 @@ class DentalTrainer(DefaultTrainer):
                     period,
                     records,
                     validation[0],
+                    PredictorInput(cfg),
                     lambda path: read_image(path, format="RGB"),
                     cfg.DENTAL.EVAL.SCORE_THRESHOLD,
                 )
