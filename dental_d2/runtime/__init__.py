@@ -1,8 +1,8 @@
 """The runtimes behind `Predictor`, chosen by `MODEL.WEIGHTS`: PyTorch eager for a checkpoint,
 ONNX Runtime for a `.onnx` file, TorchScript for a `.ts` file.
 
-Each takes HxWx3 BGR images, prepares detectron2's model inputs with `PredictorInput` (`Backend.model_input`)
-and returns `Instances` at the original size, on the CPU.
+Each takes HxWx3 BGR images, prepares detectron2's model inputs with `base.PredictorInput`
+(`Backend.model_input`) and returns `Instances` at the original size, on the CPU.
 """
 
 from .base import Backend
