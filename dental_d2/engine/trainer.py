@@ -2,7 +2,6 @@
 
 import logging
 import os
-import signal
 import weakref
 from collections import OrderedDict
 
@@ -26,6 +25,7 @@ from ..data import DentalDatasetMapper, read_image
 from ..errors import DentalError, TrainingInterrupted
 from ..evaluation import DentalEvaluator
 from ..runtime.base import PredictorInput
+from ..stop_signals import signal_name
 from .accumulation import GradientAccumulationTrainer
 from .hooks import (
     BestCheckpointer,
@@ -345,8 +345,3 @@ class DentalTrainer(DefaultTrainer):
         if comm.is_main_process():
             ret.append(BestCheckpointer(period, self.checkpointer, early.METRIC, early.MODE))
         return ret
-
-
-def signal_name(signal_number: int) -> str:
-    """ "SIGTERM" for 15, and so on."""
-    return signal.Signals(signal_number).name
