@@ -142,7 +142,7 @@ def main():
             rows.append((f"pycocotools COCOeval {iou_type}", seconds))
         for iou_type in ("segm", "bbox"):
             start = time.perf_counter()
-            images = match_predictions(coco_gt, results, iou_type)
+            images = match_predictions(coco_gt, results, iou_type, coco_eval=stats[iou_type])
             metrics = compute_detection_metrics(
                 images, category_ids, CLASSES, iou_type, score_threshold=0.5, iou_threshold=0.5
             )

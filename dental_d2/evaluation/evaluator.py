@@ -18,8 +18,9 @@ from pycocotools.cocoeval import COCOeval
 
 from ..checkpoint import checkpoint_iteration
 from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
+from .coco_eval import run_coco_eval
 from .matching import match_predictions
-from .metrics import coco_summary, compute_detection_metrics, per_class_ap, run_coco_eval
+from .metrics import coco_summary, compute_detection_metrics, per_class_ap
 from .report import TaskEvaluation, log_class_table, write_outputs
 
 logger = logging.getLogger(__name__)
