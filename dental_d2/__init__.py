@@ -1,5 +1,11 @@
-"""dental_d2: Mask R-CNN for teeth, caries, cavities and cracks in dental images, on detectron2."""
+"""dental_d2: Mask R-CNN for teeth, caries, cavities and cracks in dental images, on detectron2.
 
+`DentalError` comes without loading torch; `Predictor` and `add_dental_config` are imported on
+first use (PEP 562), so a tool that fails early, or only needs the error type, starts quickly.
+"""
+
+import importlib
+import importlib.util
 import warnings
 
 # fvcore calls torch.jit.script while detectron2 imports, and torch 2.14 answers each time with
@@ -10,18 +16,30 @@ warnings.filterwarnings(
 # detectron2's anchor generator calls torch.meshgrid without `indexing`: same story.
 warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release")
 
-try:
-    import detectron2  # noqa: F401
-except ImportError as e:  # pragma: no cover - exercised by a subprocess test
+# Looked up, not imported: importing detectron2 imports torch, seconds that `DentalError` does not
+# need. Every module that uses detectron2 imports it itself.
+if importlib.util.find_spec("detectron2") is None:  # pragma: no cover - a subprocess test
     raise ImportError(
         "dental_d2 needs detectron2, which is not installed: run `make install` in the project "
         "root (see docs/install.md)"
-    ) from e
+    )
 
-from .config import add_dental_config  # noqa: E402
 from .errors import DentalError  # noqa: E402
-from .modeling import DentalRCNN  # noqa: E402, F401 - registers the model parts with detectron2
-from .predictor import Predictor  # noqa: E402
+
+# Public names imported on first use: the module that defines each.
+_LAZY = {"Predictor": ".predictor", "add_dental_config": ".config"}
 
 __all__ = ["DentalError", "Predictor", "add_dental_config"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later look-ups find it without calling __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

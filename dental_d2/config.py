@@ -13,6 +13,9 @@ import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+# `modeling` registers what dental configs name (DentalRCNN, the timm backbones,
+# `efficientnet-lite://` weights) with detectron2: a config built here can always build its model.
+from . import modeling  # noqa: F401
 from .errors import DentalError
 
 logger = logging.getLogger(__name__)

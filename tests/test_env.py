@@ -43,18 +43,33 @@ def test_tools_package_of_the_wheel_is_not_importable(tmp_path):
     assert result.returncode != 0 and "No module named 'tools'" in result.stderr
 
 
-def test_import_without_detectron2_fails_with_one_line(tmp_path):
-    # A fake, broken detectron2 earlier on sys.path stands in for a missing one.
-    fake = tmp_path / "detectron2"
-    fake.mkdir()
-    (fake / "__init__.py").write_text("raise ImportError('No module named detectron2')\n")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    result = subprocess.run(
-        [sys.executable, "-c", "import dental_d2"], capture_output=True, text=True, env=env
-    )
+def test_import_without_detectron2_fails_with_one_line():
+    # A None in sys.modules makes Python find no detectron2, as where it is not installed.
+    code = "import sys; sys.modules['detectron2'] = None; import dental_d2"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0
     last_line = result.stderr.strip().splitlines()[-1]
     assert "make install" in last_line and "detectron2" in last_line
+
+
+def test_the_error_type_comes_without_torch():
+    code = (
+        "import sys; from dental_d2 import DentalError; "
+        "print(sorted(m for m in ('torch', 'detectron2', 'matplotlib') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_package_gives_its_other_names_on_first_use():
+    import dental_d2
+    from dental_d2 import config, predictor
+
+    assert dental_d2.Predictor is predictor.Predictor
+    assert dental_d2.add_dental_config is config.add_dental_config
+    assert set(dental_d2.__all__) <= set(dir(dental_d2))
+    with pytest.raises(AttributeError, match="no attribute 'Predicter'"):
+        dental_d2.Predicter  # noqa: B018
 
 
 @pytest.mark.slow

@@ -1,17 +1,31 @@
-"""Early stopping, plateau LR and best-checkpoint hooks driven by scripted metric sequences."""
+"""Early stopping, plateau LR and best-checkpoint hooks driven by scripted metric sequences;
+the TensorBoard pictures predicted as the Predictor predicts."""
 
 import math
+import types
 
 import pytest
 import torch
+from conftest import CLASSES, DEMO_CONFIG, RANDOM_DEMO_MODEL, REPO_ROOT
 from detectron2.checkpoint import Checkpointer
+from detectron2.data import MetadataCatalog
 from detectron2.engine import SimpleTrainer
 from detectron2.engine.train_loop import HookBase
+from detectron2.utils.events import EventStorage
 from torch import nn
 
+from dental_d2.data import read_image
 from dental_d2.engine.accumulation import GradientAccumulationTrainer
-from dental_d2.engine.hooks import BestCheckpointer, EarlyStop, EarlyStopping, ReduceLROnPlateau
+from dental_d2.engine.hooks import (
+    BestCheckpointer,
+    EarlyStop,
+    EarlyStopping,
+    ReduceLROnPlateau,
+    VisualizePredictions,
+)
 from dental_d2.engine.lr_scheduler import WarmupPlateauLR
+from dental_d2.predictor import Predictor
+from dental_d2.runtime.base import PredictorInput
 
 PERIOD = 2
 
@@ -254,3 +268,55 @@ def test_scheduler_choice_follows_config():
     cosine = build_config(None, ["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"])
     assert isinstance(DentalTrainer.build_lr_scheduler(plateau, optimizer), WarmupPlateauLR)
     assert isinstance(DentalTrainer.build_lr_scheduler(cosine, optimizer), LRMultiplier)
+
+
+class _RecordingModel(nn.Module):
+    """A model that keeps the outputs it returned."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.outputs = []
+
+    def forward(self, batched_inputs):
+        outputs = self.model(batched_inputs)
+        self.outputs.append(outputs)
+        return outputs
+
+
+def test_tensorboard_pictures_are_predicted_as_the_predictor_predicts():
+    # An RGB model at 128 px, and a 266x270 photo: the input must be converted and resized.
+    opts = [*RANDOM_DEMO_MODEL, "INPUT.FORMAT", "RGB", "DENTAL.CLASS_NAMES", str(CLASSES)]
+    opts += ["TEST.DETECTIONS_PER_IMAGE", "5"]  # fewer masks to paste: faster
+    torch.manual_seed(0)
+    predictor = Predictor(DEMO_CONFIG, opts=opts, confidence_threshold=0.0)
+    photo = next(REPO_ROOT.glob("datasets/dentalai_demo/valid/1040_jpg.*.jpg"))
+    expected = predictor.predict(str(photo))
+    assert len(expected) > 0 and expected.image_size == (270, 266)
+
+    name = "test_hooks_pictures"
+    MetadataCatalog.get(name).thing_classes = CLASSES
+    record = {"file_name": str(photo), "height": 270, "width": 266, "annotations": []}
+    hook = VisualizePredictions(
+        1,
+        [record],
+        name,
+        PredictorInput(predictor.cfg),
+        lambda path: read_image(path, format="RGB"),
+        score_threshold=0.0,
+    )
+    model = _RecordingModel(predictor.model).eval()
+    hook.trainer = types.SimpleNamespace(model=model, iter=0, max_iter=1)
+    try:
+        with EventStorage(0) as storage:
+            hook.trainer.storage = storage
+            hook.after_train()
+    finally:
+        MetadataCatalog.remove(name)
+    (outputs,) = model.outputs
+    drawn = outputs[0]["instances"].to("cpu")
+    assert drawn.image_size == expected.image_size
+    for field in ("scores", "pred_classes", "pred_masks"):
+        assert torch.equal(drawn.get(field), expected.get(field)), field
+    assert torch.equal(drawn.pred_boxes.tensor, expected.pred_boxes.tensor)
+    assert "val_predictions/0_truth_vs_predicted" in [entry[0] for entry in storage._vis_data]

@@ -25,6 +25,7 @@ from serve_support import CONFIG, OPTS, ROOT, build_predictor
 from test_serve_browser import CHROMIUM, CHROMIUM_ARGS, _require
 
 from dental_d2.serving import PredictionService, create_app, security
+from dental_d2.serving.answer_cache import AnswerCache
 from dental_d2.serving.security import content_security_policy
 
 SERVE_TOOL = os.path.join(ROOT, "tools", "serve.py")
@@ -121,6 +122,32 @@ def test_answers_expire_after_keep_minutes_as_well_as_by_count(predictor):
                  for s in range(2, 5)]  # fmt: skip
         assert client.get(f"/results/{second}").status_code == 404
         assert all(client.get(f"/results/{i}").status_code == 200 for i in later)
+
+
+class _Answer:
+    def __init__(self, size):
+        self.size = size
+
+    def nbytes(self):
+        return self.size
+
+
+def test_answers_are_bounded_by_bytes_least_recently_used_first():
+    now = [0.0]
+    cache = AnswerCache(max_answers=10, max_bytes=100, keep_seconds=60, clock=lambda: now[0])
+    for key in "abc":
+        cache.add(key, _Answer(30))
+    cache.get("a")  # read: b is now the least recently used
+    cache.add("d", _Answer(30))  # 120 bytes would be over 100
+    with pytest.raises(KeyError):
+        cache.get("b")
+    assert [cache.get(key).size for key in "acd"] == [30, 30, 30]
+    cache.add("huge", _Answer(101))  # over the whole budget: not kept, the others stay
+    with pytest.raises(KeyError):
+        cache.get("huge")
+    now[0] = 60.0  # reading "a" did not make it younger
+    with pytest.raises(KeyError):
+        cache.get("a")
 
 
 def test_an_upload_is_never_written_outside_its_spooled_temporary_file(predictor, tmp_path):

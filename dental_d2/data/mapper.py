@@ -2,7 +2,6 @@
 taking RLE masks in a polygon-format config."""
 
 import copy
-import signal
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ from detectron2.data import transforms as T
 from PIL import Image
 
 from ..errors import DentalError
+from ..stop_signals import ignore_stop_signals
 from .image_io import read_image
 from .lesion_crop import RandomCropAroundLesion, lesion_boxes, lesion_class_ids
 
@@ -32,8 +32,7 @@ def _ignore_stop_signals_in_worker():
     global _worker_ignores_stop_signals
     if _worker_ignores_stop_signals or torch.utils.data.get_worker_info() is None:
         return
-    for signal_number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signal_number, signal.SIG_IGN)
+    ignore_stop_signals()
     _worker_ignores_stop_signals = True
 
 

@@ -3,9 +3,9 @@
 import copy
 import logging
 import os
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import cachetools
 from detectron2.structures import BoxMode
 
 from ..errors import DentalError
@@ -34,9 +34,8 @@ logger = logging.getLogger(__name__)
 ANNOTATION_FILE = "_annotations.coco.json"
 
 # Loaded splits kept in-process, keyed by file identity, so repeated DatasetCatalog.get calls
-# don't decode every image again.
+# don't decode every image again; the least recently used go first.
 _CACHE_SIZE = 16
-_CACHE: "OrderedDict[tuple, RoboflowSplit]" = OrderedDict()
 
 # Repair kinds, each logged once per file as "<file>: <text> (<ids>)".
 _DROPPED_SHORT_POLYGONS = "dropped {n} polygons with fewer than 3 points (annotation ids {ids})"
@@ -252,21 +251,16 @@ def split_from_coco(
     return RoboflowSplit(source, image_root, categories, dataset_dicts, repair_lines)
 
 
+@cachetools.cached(cachetools.LRUCache(_CACHE_SIZE), key=lambda key, build: key)
 def cached_split(key: tuple, build) -> RoboflowSplit:
-    """Returns the split cached under `key`, or builds, caches and returns it.
+    """Returns the split cached under `key`, or builds, caches and returns it; a split that
+    fails to load is not cached.
 
     Args:
         key (tuple): identifies the files read (paths with modification times and sizes).
         build (Callable[[], RoboflowSplit]): loads the split.
     """
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    split = build()
-    _CACHE[key] = split
-    while len(_CACHE) > _CACHE_SIZE:
-        _CACHE.popitem(last=False)
-    return split
+    return build()
 
 
 def load_roboflow_split(json_file, image_root=None, check_images: bool = True) -> RoboflowSplit:

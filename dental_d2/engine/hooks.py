@@ -6,7 +6,6 @@ import math
 import operator
 import time
 
-import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import annotations_to_instances
@@ -339,12 +338,16 @@ class BestCheckpointer(hooks.BestCheckpointer):
 class VisualizePredictions(EvalOnceHook):
     """Writes a few validation images with predictions next to ground truth to TensorBoard.
 
+    The model sees each image as `Predictor` and evaluation do (`PredictorInput`: converted to
+    `INPUT.FORMAT`, resized to `INPUT.MIN_SIZE_TEST`), so the pictures show what is scored.
     Register it in every process (EvalOnceHook synchronises them); only the main one draws.
 
     Args:
         period (int): run every `period` iterations (the evaluation period) and after training.
         dataset_dicts (list[dict]): the images to draw, in detectron2's dataset format.
         dataset_name (str): the registered dataset, for class names and colours.
+        model_input (Callable[[np.ndarray], dict]): makes the model's input from a BGR image;
+            `dental_d2.runtime.base.PredictorInput(cfg)`.
         read_image (Callable[[str], np.ndarray]): loads an image file as RGB uint8.
         score_threshold (float): predictions below this score are not drawn.
     """
@@ -354,12 +357,14 @@ class VisualizePredictions(EvalOnceHook):
         period,
         dataset_dicts,
         dataset_name,
+        model_input,
         read_image,
         score_threshold=DEFAULT_SCORE_THRESHOLD,
     ):
         super().__init__(period)
         self._dicts = dataset_dicts
         self._metadata = MetadataCatalog.get(dataset_name)
+        self._model_input = model_input
         self._read_image = read_image
         self._score_threshold = score_threshold
 
@@ -371,9 +376,9 @@ class VisualizePredictions(EvalOnceHook):
         with _model_in_mode(self.trainer.model, training=False) as model:
             for index, record in enumerate(self._dicts):
                 image = self._read_image(record["file_name"])
-                tensor = torch.as_tensor(np.ascontiguousarray(image[:, :, ::-1].transpose(2, 0, 1)))
                 with torch.no_grad():
-                    instances = model([{"image": tensor, **record}])[0]["instances"].to("cpu")
+                    outputs = model([self._model_input(image[:, :, ::-1])])
+                instances = outputs[0]["instances"].to("cpu")
                 instances = instances[instances.scores >= self._score_threshold]
                 truth = annotations_to_instances(
                     record.get("annotations", []), image.shape[:2], mask_format="bitmask"

@@ -1,13 +1,15 @@
 """A clean stop on SIGTERM (preemption, schedulers) and SIGINT (Ctrl-C): finish the iteration,
 save a checkpoint to resume from, end the training loop."""
 
+import contextlib
 import logging
 import os
-import signal
 import threading
 
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils import comm
+
+from ..stop_signals import handling_stop_signals, signal_name
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +39,18 @@ class StopOnSignal(HookBase):
 
     Args:
         checkpointer (Checkpointer | None): saves the checkpoint (main process); None elsewhere.
-        signals (tuple[int, ...]): the signals that stop training.
     """
 
-    def __init__(self, checkpointer, signals=(signal.SIGTERM, signal.SIGINT)):
+    def __init__(self, checkpointer):
         self._checkpointer = checkpointer
-        self._signals = signals
-        self._previous_handlers = {}
+        # Holds the handlers from before_train to after_train.
+        self._handling = contextlib.ExitStack()
         self.received = 0
 
     def _handle(self, signal_number, frame):
         if not self.received:
             logger.warning(
-                f"Received {signal.Signals(signal_number).name}: training stops after this "
+                f"Received {signal_name(signal_number)}: training stops after this "
                 "iteration, once its checkpoint is saved."
             )
         self.received = self.received or signal_number
@@ -57,13 +58,10 @@ class StopOnSignal(HookBase):
     def before_train(self):
         # Python lets only the main thread install handlers (a trainer in a thread keeps them).
         if threading.current_thread() is threading.main_thread():
-            for signal_number in self._signals:
-                self._previous_handlers[signal_number] = signal.signal(signal_number, self._handle)
+            self._handling.enter_context(handling_stop_signals(self._handle))
 
     def after_train(self):
-        for signal_number, handler in self._previous_handlers.items():
-            signal.signal(signal_number, handler)
-        self._previous_handlers = {}
+        self._handling.close()
 
     def after_step(self):
         received = self.received

@@ -2,7 +2,6 @@
 
 import logging
 import os
-import signal
 import weakref
 from collections import OrderedDict
 
@@ -25,6 +24,8 @@ from ..checkpoint import CLASS_NAMES_KEY, ClassNamesCheckpointable, DentalCheckp
 from ..data import DentalDatasetMapper, read_image
 from ..errors import DentalError, TrainingInterrupted
 from ..evaluation import DentalEvaluator
+from ..runtime.base import PredictorInput
+from ..stop_signals import signal_name
 from .accumulation import build_step_trainer
 from .hooks import (
     BestCheckpointer,
@@ -298,6 +299,7 @@ class DentalTrainer(DefaultTrainer):
                     period,
                     records,
                     validation[0],
+                    PredictorInput(cfg),
                     lambda path: read_image(path, format="RGB"),
                     cfg.DENTAL.EVAL.SCORE_THRESHOLD,
                 )
@@ -333,8 +335,3 @@ class DentalTrainer(DefaultTrainer):
         if comm.is_main_process():
             ret.append(BestCheckpointer(period, self.checkpointer, early.METRIC, early.MODE))
         return ret
-
-
-def signal_name(signal_number: int) -> str:
-    """ "SIGTERM" for 15, and so on."""
-    return signal.Signals(signal_number).name

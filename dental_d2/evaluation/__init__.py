@@ -1,5 +1,6 @@
 """Evaluation: COCO AP with per-class precision, recall, F1, plots and a report a dentist reads."""
 
+from .coco_eval import run_coco_eval
 from .evaluator import DentalEvaluator, evaluate_task
 from .matching import ImageMatches, greedy_match, match_image, match_predictions
 from .metrics import (
@@ -10,7 +11,6 @@ from .metrics import (
     per_class_ap,
     pr_curve,
     precision_recall_f1,
-    run_coco_eval,
 )
 from .offline import evaluate_files, load_ground_truth, load_results
 from .report import TaskEvaluation, metrics_dict, write_outputs

@@ -22,8 +22,9 @@ from ..checkpoint import checkpoint_iteration
 from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD, DEFAULT_TOOTH_CLASSES
 from ..data.categories import is_tooth_class
 from ..modeling.postprocessing import MASK_FROM_PEAK
+from .coco_eval import run_coco_eval
 from .matching import match_predictions
-from .metrics import coco_summary, compute_detection_metrics, per_class_ap, run_coco_eval
+from .metrics import coco_summary, compute_detection_metrics, per_class_ap
 from .per_tooth import per_tooth_scores
 from .report import TaskEvaluation, log_class_table, write_outputs
 

@@ -1,9 +1,6 @@
 """Greedy score-ordered matching of COCO results to ground truth, the rule behind P/R/F1, on the
 IoUs pycocotools' COCOeval computed for the AP."""
 
-import contextlib
-import copy
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,8 +10,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
-
-IOU_TYPES = ("bbox", "segm")
+from .coco_eval import check_iou_type, coco_eval_ious, evaluated_results, run_coco_eval
 
 
 def greedy_match(
@@ -69,8 +65,7 @@ def pairwise_ious(
     Returns:
         np.ndarray: (len(predictions), len(gt_annotations)) float64.
     """
-    if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    check_iou_type(iou_type)
     if not predictions or not gt_annotations:
         return np.zeros((len(predictions), len(gt_annotations)))
     not_crowd = [0] * len(gt_annotations)
@@ -132,100 +127,28 @@ class ImageMatches:
         return hits
 
 
-def evaluate_coco(coco_gt: COCO, results: list[dict], iou_type: str) -> COCOeval | None:
-    """Runs pycocotools' per-image COCOeval step (IoUs and matches) as detectron2's COCOEvaluator
-    runs it.
-
-    For "segm" the results' boxes are dropped so that COCOeval's small/medium/large use the mask
-    area. The results are copied: `COCO.loadRes` writes into them.
-
-    Args:
-        coco_gt (COCO): the ground truth.
-        results (list[dict]): COCO results, category ids as in `coco_gt`.
-        iou_type (str): "segm" or "bbox".
-
-    Returns:
-        COCOeval or None: evaluated, not accumulated; None when there are no results (COCOeval
-        cannot load an empty list).
-    """
-    if iou_type not in IOU_TYPES:
-        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
-    if not results:
-        return None
-    results = [copy.copy(r) for r in results]
-    if iou_type == "segm":
-        for r in results:
-            r.pop("bbox", None)
-    # COCOeval prints its progress; detectron2 logs instead.
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
-        coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
-        coco_eval.evaluate()
-    return coco_eval
-
-
-def _evaluated_results(
-    coco_eval: COCOeval | None, coco_gt: COCO, results: list[dict], iou_type: str
-) -> bool:
-    """Whether `coco_eval` evaluated exactly `results` (loaded in this order, so result k has
-    id k + 1) on every image and class of `coco_gt`."""
-    if coco_eval is None or not hasattr(coco_eval, "ious") or coco_eval.cocoGt is not coco_gt:
-        return False
-    params = coco_eval.params
-    if params.iouType != iou_type or not params.useCats:
-        return False
-    if not set(coco_gt.getImgIds()) <= set(params.imgIds):
-        return False
-    if not set(coco_gt.getCatIds()) <= set(params.catIds):
-        return False
-    dts = coco_eval.cocoDt.anns
-    fields = ("image_id", "category_id", "score")
-    return len(dts) == len(results) and all(
-        k + 1 in dts and all(dts[k + 1][f] == r[f] for f in fields) for k, r in enumerate(results)
-    )
-
-
-def coco_eval_ious(coco_eval: COCOeval, image_id: int, cat_id: int) -> tuple | None:
-    """The IoUs COCOeval computed between one image's detections and ground truth of one class.
-
-    Args:
-        coco_eval (COCOeval): evaluated (`evaluate()` has run), with `useCats`.
-        image_id (int): the image.
-        cat_id (int): the class.
-
-    Returns:
-        tuple or None: COCOeval's detection ids (by descending score, ties in loading order),
-        the ground truths' annotation ids (crowd ones too) and their (D, G) IoUs; None when the
-        image has no detection or no ground truth of the class.
-    """
-    dts = coco_eval._dts.get((image_id, cat_id), [])
-    gts = coco_eval._gts.get((image_id, cat_id), [])
-    if not dts or not gts:
-        return None
-    ious = coco_eval.ious[image_id, cat_id]
-    if len(ious) < len(dts):
-        # COCOeval computes the IoUs of the top `maxDets` detections only.
-        step = copy.copy(coco_eval)
-        step.params = copy.deepcopy(coco_eval.params)
-        step.params.maxDets = [len(dts)]
-        ious = step.computeIoU(image_id, cat_id)
-    order = np.argsort([-d["score"] for d in dts], kind="mergesort")  # as computeIoU sorts
-    ious = np.asarray(ious, dtype=np.float64).reshape(len(dts), len(gts))
-    return [dts[k]["id"] for k in order], [g["id"] for g in gts], ious
-
-
 def _ground_truth(coco_gt: COCO, image_id: int) -> list[dict]:
     """The image's annotations that count as ground truth: all but crowd regions."""
     return [a for a in coco_gt.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
 
 
 def _same_class_ious(
-    coco_eval: COCOeval | None, image_id: int, result_ids: list[int], gt_annotations: list[dict]
+    coco_gt: COCO,
+    coco_eval: COCOeval | None,
+    image_id: int,
+    predictions: list[dict],
+    result_ids: list[int],
+    iou_type: str,
 ) -> np.ndarray:
-    """(P, G) IoUs, from COCOeval, of an image's results (by COCOeval id, in order) with its
-    non-crowd ground truth of the same class; 0 across classes."""
+    """(P, G) IoUs of an image's results (in order; `result_ids` are their COCOeval ids) with
+    its non-crowd ground truth of the same class; 0 across classes.
+
+    They are COCOeval's; only detections past its `maxDets` per image and class, whose IoUs it
+    does not compute, are computed here (as COCOeval would).
+    """
+    gt_annotations = _ground_truth(coco_gt, image_id)
     ious = np.zeros((len(result_ids), len(gt_annotations)))
-    if coco_eval is None or not len(ious):
+    if coco_eval is None or not ious.size:
         return ious
     rows = {result_id: k for k, result_id in enumerate(result_ids)}
     columns = {a["id"]: g for g, a in enumerate(gt_annotations)}
@@ -237,6 +160,13 @@ def _same_class_ious(
         kept = [j for j, gt_id in enumerate(gt_ids) if gt_id in columns]  # not crowd
         target = np.ix_([rows[d] for d in dt_ids], [columns[gt_ids[j]] for j in kept])
         ious[target] = block[:, kept]
+        of_class = {r for r, p in enumerate(predictions) if p["category_id"] == cat_id}
+        past = sorted(of_class - {rows[d] for d in dt_ids})
+        if past:
+            same = [g for g, a in enumerate(gt_annotations) if a["category_id"] == cat_id]
+            ious[np.ix_(past, same)] = pairwise_ious(
+                coco_gt, [predictions[r] for r in past], [gt_annotations[g] for g in same], iou_type
+            )
     return ious
 
 
@@ -328,8 +258,8 @@ def match_predictions(
     Returns:
         list[ImageMatches]: one per image of `coco_gt`, in ascending image id order.
     """
-    if not _evaluated_results(coco_eval, coco_gt, results, iou_type):
-        coco_eval = evaluate_coco(coco_gt, results, iou_type)
+    if not evaluated_results(coco_eval, coco_gt, results, iou_type):
+        coco_eval = run_coco_eval(coco_gt, results, iou_type)
     by_image = {image_id: ([], []) for image_id in coco_gt.getImgIds()}
     for k, result in enumerate(results):
         predictions, result_ids = by_image[result["image_id"]]
@@ -338,8 +268,7 @@ def match_predictions(
     matches = []
     for image_id in tqdm(sorted(by_image), desc=f"Matching {iou_type}", disable=not progress):
         predictions, result_ids = by_image[image_id]
-        gt_annotations = _ground_truth(coco_gt, image_id)
-        ious = _same_class_ious(coco_eval, image_id, result_ids, gt_annotations)
+        ious = _same_class_ious(coco_gt, coco_eval, image_id, predictions, result_ids, iou_type)
         matches.append(
             match_image(
                 coco_gt, image_id, predictions, ious, iou_type, score_threshold, iou_threshold

@@ -1,16 +1,13 @@
 """Precision, recall, F1, PR curves and confusion matrices from matches; COCO AP per class."""
 
-import contextlib
-import io
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
-from .matching import ImageMatches, evaluate_coco
+from .matching import ImageMatches
 
 logger = logging.getLogger(__name__)
 
@@ -267,29 +264,6 @@ def compute_detection_metrics(
         per_image=per_image,
         images=images,
     )
-
-
-def run_coco_eval(coco_gt: COCO, results: list[dict], iou_type: str) -> COCOeval | None:
-    """Runs pycocotools' COCOeval the way detectron2's COCOEvaluator does (see
-    `dental_d2.evaluation.matching.evaluate_coco`).
-
-    Args:
-        coco_gt (COCO): the ground truth.
-        results (list[dict]): COCO results, category ids as in `coco_gt`.
-        iou_type (str): "segm" or "bbox".
-
-    Returns:
-        COCOeval or None: evaluated, accumulated and summarised; None when there are no results
-        (COCOeval cannot load an empty list).
-    """
-    coco_eval = evaluate_coco(coco_gt, results, iou_type)
-    if coco_eval is None:
-        return None
-    # COCOeval prints its progress and summary; detectron2 logs the numbers instead.
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    return coco_eval
 
 
 def coco_summary(coco_eval: COCOeval | None, class_names: dict[int, str]) -> dict:

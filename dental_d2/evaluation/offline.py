@@ -18,8 +18,8 @@ from ..data.coco_json import (
 )
 from ..data.coco_records import checked_annotations, index_images, read_thing_categories_of
 from ..errors import DentalError
+from .coco_eval import IOU_TYPES
 from .evaluator import evaluate_task
-from .matching import IOU_TYPES
 from .report import log_class_table, metrics_dict, write_outputs
 
 logger = logging.getLogger(__name__)

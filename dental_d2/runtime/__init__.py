@@ -1,9 +1,10 @@
 """The runtimes behind `Predictor`, chosen by `MODEL.WEIGHTS`: PyTorch eager for a checkpoint,
 ONNX Runtime for a `.onnx` file, TorchScript for a `.ts` file.
 
-Each takes HxWx3 BGR images, prepares detectron2's model inputs itself (`Backend.model_input`)
-and returns `Instances` at the original size, on the CPU. With `TEST.SLICED.ENABLED`,
-`SlicedBackend` wraps the one chosen: lesions also from overlapping tiles of large photos.
+Each takes HxWx3 BGR images, prepares detectron2's model inputs with `base.PredictorInput`
+(`Backend.model_input`) and returns `Instances` at the original size, on the CPU. With
+`TEST.SLICED.ENABLED`, `SlicedBackend` wraps the one chosen: lesions also from overlapping
+tiles of large photos.
 """
 
 from .base import Backend

@@ -6,18 +6,17 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
 
-class Backend:
-    """Prepares images as detectron2's `DefaultPredictor` does and runs a model on them.
+class PredictorInput:
+    """Makes detectron2's model input from one image as its `DefaultPredictor` does.
 
-    Images are converted to `INPUT.FORMAT` and resized with
-    `ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`; `run` takes the resulting
-    model inputs and returns predictions at each image's original size.
+    The image is converted to `INPUT.FORMAT` and resized with
+    `ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)`. Every runtime and anything
+    else that feeds a model at test time (the TensorBoard pictures of training) goes through it,
+    so that all of them see what evaluation sees.
 
     Args:
-        cfg (CfgNode): the predictor's config.
+        cfg (CfgNode): the config of the model.
     """
-
-    name = ""
 
     def __init__(self, cfg):
         self.input_format = cfg.INPUT.FORMAT
@@ -26,7 +25,7 @@ class Backend:
             [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
         )
 
-    def model_input(self, image_bgr: np.ndarray) -> dict:
+    def __call__(self, image_bgr: np.ndarray) -> dict:
         """detectron2's model input for one HxWx3 BGR uint8 image: `image` (CHW float32,
         resized, on `MODEL.DEVICE`), `height` and `width` (the original size)."""
         image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
@@ -34,6 +33,27 @@ class Backend:
         resized = self.resize.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
         return {"image": tensor.to(self.device), "height": height, "width": width}
+
+
+class Backend:
+    """Prepares images with `PredictorInput` and runs a model on them.
+
+    `run` takes the resulting model inputs and returns predictions at each image's original
+    size.
+
+    Args:
+        cfg (CfgNode): the predictor's config.
+    """
+
+    name = ""
+
+    def __init__(self, cfg):
+        self.prepare = PredictorInput(cfg)
+        self.input_format = cfg.INPUT.FORMAT
+
+    def model_input(self, image_bgr: np.ndarray) -> dict:
+        """`PredictorInput`'s model input for one HxWx3 BGR uint8 image."""
+        return self.prepare(image_bgr)
 
     def run(self, inputs: list[dict]) -> list[Instances]:
         """Runs the model on `model_input`s; returns CPU `Instances` at the original sizes."""

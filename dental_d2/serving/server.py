@@ -12,7 +12,6 @@ import inspect
 import json
 import logging
 import os
-import signal
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +20,7 @@ import uvicorn
 from ..config import DEFAULT_SCORE_THRESHOLD, build_config
 from ..errors import DentalError
 from ..predictor import Predictor
-from ..stop_signals import handling_stop_signals
+from ..stop_signals import handling_stop_signals, signal_name
 from ..weights import check_weights_given
 from .app import create_app
 from .security import check_access, is_loopback, load_token
@@ -140,7 +139,7 @@ def _signals_end_cleanly():
     signal ends with exit status 0."""
 
     def stopped(signal_number, frame):
-        logger.info(f"{signal.Signals(signal_number).name}: the server has stopped")
+        logger.info(f"{signal_name(signal_number)}: the server has stopped")
 
     with handling_stop_signals(stopped):
         yield

@@ -10,10 +10,8 @@ import base64
 import logging
 import os
 import re
-import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +26,7 @@ from ..config import DEFAULT_SCORE_THRESHOLD
 from ..data.image_io import decode_image
 from ..errors import DentalError
 from ..findings import findings_to_dict
+from .answer_cache import AnswerCache
 from .batching import BatchQueue
 
 logger = logging.getLogger(__name__)
@@ -54,7 +53,6 @@ class StoredPrediction:
         classes (np.ndarray): N int64 contiguous class ids.
         rles (list[dict] | None): N COCO RLEs from `masks_to_rles`, encoded once when the image
             was predicted; None for a box-only model.
-        stored_at (float): when it was made, on the service's clock (for its expiry).
     """
 
     id: str
@@ -66,7 +64,6 @@ class StoredPrediction:
     scores: np.ndarray
     classes: np.ndarray
     rles: list | None
-    stored_at: float = 0.0
 
     def nbytes(self) -> int:
         """Approximate memory held, for the cache's budget."""
@@ -106,7 +103,8 @@ class PredictionService:
         max_upload_bytes (int): larger uploads are refused.
         max_pixels (int): images with more pixels are refused before they are decoded.
         capacity (int): requests admitted at once (see `BatchQueue`).
-        cache_size (int): answers kept for re-filtering, the oldest dropped first.
+        cache_size (int): answers kept for re-filtering, the least recently used dropped first
+            (`AnswerCache`).
         cache_bytes (int): memory budget of those answers.
         keep_seconds (float): an answer (and its upload) is forgotten this long after it was
             made, however few there are: patient images do not linger in memory.
@@ -135,12 +133,7 @@ class PredictionService:
         self.batches = BatchQueue(
             self._forward, batch_size=max(1, predictor.cfg.TEST.IMS_PER_BATCH), capacity=capacity
         )
-        self._cache: OrderedDict[str, StoredPrediction] = OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._cache_size = cache_size
-        self._cache_bytes = cache_bytes
-        self.keep_seconds = keep_seconds
-        self._clock = clock
+        self._answers = AnswerCache(cache_size, cache_bytes, keep_seconds, clock)
         weights = predictor.cfg.MODEL.WEIGHTS
         self.model_info = {
             "classes": list(predictor.class_names),
@@ -169,18 +162,9 @@ class PredictionService:
     def store(self, name: str, data: bytes, image: np.ndarray, compact: dict) -> StoredPrediction:
         """Caches one image's predictions (from the batching queue) and returns them."""
         stored = StoredPrediction(
-            uuid.uuid4().hex, name, data, image.shape[0], image.shape[1], **compact,
-            stored_at=self._clock(),
-        )  # fmt: skip
-        with self._cache_lock:
-            self._drop_expired()
-            self._cache[stored.id] = stored
-            total = sum(s.nbytes() for s in self._cache.values())
-            while len(self._cache) > 1 and (
-                len(self._cache) > self._cache_size or total > self._cache_bytes
-            ):
-                _, dropped = self._cache.popitem(last=False)
-                total -= dropped.nbytes()
+            uuid.uuid4().hex, name, data, image.shape[0], image.shape[1], **compact
+        )
+        self._answers.add(stored.id, stored)
         return stored
 
     def get(self, prediction_id: str) -> StoredPrediction:
@@ -189,17 +173,7 @@ class PredictionService:
         Raises:
             KeyError: when it was never made, has expired or has been dropped from the cache.
         """
-        with self._cache_lock:
-            self._drop_expired()
-            stored = self._cache[prediction_id]
-            self._cache.move_to_end(prediction_id)
-        return stored
-
-    def _drop_expired(self):
-        # Called with the lock held; the cache holds a few dozen answers at most.
-        deadline = self._clock() - self.keep_seconds
-        for key in [key for key, stored in self._cache.items() if stored.stored_at <= deadline]:
-            del self._cache[key]
+        return self._answers.get(prediction_id)
 
     def threshold(self, requested: float | None) -> float:
         """The threshold an answer uses: the default when None, never below `min_score`."""
