@@ -169,13 +169,14 @@ class DentalTrainer(DefaultTrainer):
         return results
 
     @classmethod
-    def test_with_TTA(cls, cfg, model):
+    def test_with_TTA(cls, cfg, model, folder=None):
         """Evaluates DATASETS.TEST with test-time augmentation (TEST.AUG.*: flips and sizes),
-        as detectron2's tools/train_net.py does; results go to OUTPUT_DIR/eval_TTA/<dataset>.
+        as detectron2's tools/train_net.py does; results go to `<folder>/<dataset>`.
 
         Args:
             cfg (CfgNode): the config; TEST.AUG.MIN_SIZES, MAX_SIZE and FLIP pick the views.
             model (GeneralizedRCNN): the model to wrap in detectron2's GeneralizedRCNNWithTTA.
+            folder (str | None): where the reports go; None means OUTPUT_DIR/eval_TTA.
         """
         logger.info(
             f"Evaluating with test-time augmentation: sizes {tuple(cfg.TEST.AUG.MIN_SIZES)}, "
@@ -183,7 +184,9 @@ class DentalTrainer(DefaultTrainer):
         )
         tta_model = GeneralizedRCNNWithTTA(cfg, model)
         evaluators = [
-            cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "eval_TTA", name))
+            cls.build_evaluator(
+                cfg, name, os.path.join(folder or os.path.join(cfg.OUTPUT_DIR, "eval_TTA"), name)
+            )
             for name in cfg.DATASETS.TEST
         ]
         return cls.test(cfg, tta_model, evaluators)
