@@ -244,11 +244,12 @@ class DentalTrainer(DefaultTrainer):
             logger.info(f"Training ended early at iteration {stop.args[0]}; see the log above.")
             return None
         except Interrupted as stop:
-            # detectron2 counts iterations from 0 and names the checkpoint after that count.
+            # detectron2 counts iterations from 0 and names the checkpoint after that index;
+            # the message counts the iterations done, as every other one does.
             raise TrainingInterrupted(
-                f"training stopped by {signal_name(stop.signal_number)} after iteration "
-                f"{self.iter}; {stop.checkpoint} is saved; continue with the same command "
-                "and --resume",
+                f"training stopped by {signal_name(stop.signal_number)} after "
+                f"{self.iter + 1} iterations; {stop.checkpoint} is saved; continue with the same "
+                "command and --resume",
                 stop.signal_number,
             ) from None
 
