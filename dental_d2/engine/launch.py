@@ -138,8 +138,8 @@ def setup(args):
 
 
 def _remove_log_of_failed_start(package_logger, log_file: str, remove_folder: bool) -> None:
-    """Removes the log.txt a start that failed before anything else was written began (its
-    error is on the console), and OUTPUT_DIR too when this start created it and it is empty."""
+    """After a start failed having written nothing but its log: removes that log (the error is
+    on the console), and OUTPUT_DIR when this start created it and nothing else is in it."""
     for handler in list(package_logger.handlers):
         if getattr(getattr(handler, "stream", None), "name", None) == log_file:
             # detectron2 keeps the file open for later set-ups; nothing more goes to it.
