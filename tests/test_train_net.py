@@ -261,11 +261,12 @@ def test_eval_only_never_replaces_a_report(trained, export, tmp_path):
             "OUTPUT_DIR", str(output),
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
+        # the training's reports are as they were
+        assert training_report.read_bytes() == before
         folders.append({p.name for p in (output / "eval").iterdir()})
         if len(folders) == 2:
             first = (output / "eval" / "model_best" / "dental_test" / "report.html").read_bytes()
-    # the training's reports are as they were; each evaluation has a folder of its own
-    assert training_report.read_bytes() == before
+    # each evaluation has a folder of its own, and the second left the first's as it was
     assert folders[1] - folders[0] == {"model_best"}
     assert folders[2] - folders[1] == {"model_best-2"}
     assert (output / "eval" / "model_best" / "dental_test" / "report.html").read_bytes() == first
@@ -390,6 +391,8 @@ def test_test_split_is_scored_with_the_best_model(export, tmp_path):
     log = result.stdout + result.stderr
     assert "Early stopping at iteration 8: lr" in log
     assert "Evaluating model_best.pth (iteration 4, chosen by lr)" in log
+    final_report = output / "eval" / "final" / "dental_test" / "report.html"
+    assert f"report of the final weights: {final_report}" in log
     best = torch.load(output / "model_best.pth", map_location="cpu", weights_only=True)
     assert best["iteration"] == 3
     # the best checkpoint holds the early-stopping state after counting its own evaluation
