@@ -22,7 +22,7 @@ LOGGER_NAMES = ("detectron2", "fvcore", "dental_d2")
 # What detectron2 logs at start-up that is hundreds of lines long: kept in log.txt, not shown
 # on the console (the full config is also in OUTPUT_DIR/config.yaml, which detectron2 says).
 _FILE_ONLY_MESSAGES = ("Running with full config:", "Environment info:", "Model:\n")
-# The project's root, where tools/ is (the package is installed in place, `pip install -e`).
+# The project's root, where tools/ is when the package is installed in place (`pip install -e`).
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -206,7 +206,12 @@ def suggested_command(tool: str, *arguments: str) -> str:
         arguments (str): its arguments, quoted here where needed.
     """
     if tool.endswith(".py"):
-        head = [_command_path(sys.executable), _command_path(os.path.join(_PROJECT_ROOT, tool))]
+        script = os.path.join(_PROJECT_ROOT, tool)
+        # Installed elsewhere than in place, the scripts are where the user's checkout is.
+        head = [
+            _command_path(sys.executable),
+            _command_path(script) if os.path.isfile(script) else tool,
+        ]
     else:
         installed = os.path.join(os.path.dirname(sys.executable), tool)
         head = [_command_path(installed) if os.path.isfile(installed) else tool]
