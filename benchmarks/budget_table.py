@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -92,9 +93,13 @@ def score(run: Path, checkpoint: str, minutes: float, dataset: str, opts: list[s
         "MODEL.WEIGHTS", checkpoint, "OUTPUT_DIR", str(out), "DATASETS.TEST", f"('{dataset}',)",
         *opts,
     ]  # fmt: skip
+    # --eval-only writes into eval/<checkpoint's name>/ (numbered when it exists): a rerun of
+    # this table scores again into the same folder.
+    folder = out / "eval" / Path(checkpoint).stem
+    shutil.rmtree(folder, ignore_errors=True)
     if subprocess.run(command, stdout=subprocess.DEVNULL).returncode != 0:
         return None
-    return _segm_ap50(out / "eval" / dataset / "metrics.json")
+    return _segm_ap50(folder / dataset / "metrics.json")
 
 
 def main(argv=None) -> int:

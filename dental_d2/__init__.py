@@ -6,6 +6,7 @@ first use (PEP 562), so a tool that fails early, or only needs the error type, s
 
 import importlib
 import importlib.util
+import logging
 import warnings
 
 # fvcore calls torch.jit.script while detectron2 imports, and torch 2.14 answers each time with
@@ -15,6 +16,15 @@ warnings.filterwarnings(
 )
 # detectron2's anchor generator calls torch.meshgrid without `indexing`: same story.
 warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release")
+# torch logs two more at start-up: on a machine without CUDA, detectron2's environment report
+# makes torch say where CUDA is not; detectron2's layers ask torch.fx whether they are traced.
+for _name, _noise in (
+    ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+    ("torch.fx._symbolic_trace", "is_fx_tracing will return true"),
+):
+    logging.getLogger(_name).addFilter(
+        lambda record, noise=_noise: not str(record.msg).startswith(noise)
+    )
 
 # Looked up, not imported: importing detectron2 imports torch, seconds that `DentalError` does not
 # need. Every module that uses detectron2 imports it itself.

@@ -75,9 +75,11 @@ def setup_tool_logging(with_detectron2: bool = True) -> logging.Logger:
     Returns:
         logging.Logger: the package's logger.
     """
+    # Colour codes only for a terminal: redirected to a file, they are noise.
+    colour = sys.stdout.isatty()
     if with_detectron2:
-        setup_logger(name="detectron2")
-    return setup_logger(name="dental_d2", abbrev_name="dental")
+        setup_logger(name="detectron2", color=colour)
+    return setup_logger(name="dental_d2", abbrev_name="dental", color=colour)
 
 
 def run_tool(

@@ -231,10 +231,12 @@ def unknown_key_hint(cfg, message: str) -> str | None:
     if not found:
         return None
     key = found.group(1).strip("'\"")
-    # difflib's ratio, as Python's own "did you mean" for names; 0.6 is its usual cut-off.
-    close = difflib.get_close_matches(key, _config_keys(cfg), n=1, cutoff=0.6)
+    known = {name.upper(): name for name in _config_keys(cfg)}
+    # difflib's ratio, as Python's own "did you mean" for names; 0.6 is its usual cut-off. Keys
+    # are compared in upper case, so that "dental.data_root" finds DENTAL.DATA_ROOT.
+    close = difflib.get_close_matches(key.upper(), list(known), n=1, cutoff=0.6)
     if close:
-        return f"unknown config key {key}; did you mean {close[0]}?"
+        return f"unknown config key {key}; did you mean {known[close[0]]}?"
     return (
         f"unknown config key {key}; see dental_d2/config.py and detectron2's config/defaults.py "
         "for the keys"

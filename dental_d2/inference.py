@@ -64,13 +64,8 @@ def _write_prediction_files(predictor, output_dir, images, annotations, findings
         },
         indent=2,
     )
-    logger.info(
-        "wrote %d overlays, %s and %s to %s",
-        len(images),
-        PREDICTIONS_FILE,
-        FINDINGS_FILE,
-        output_dir,
-    )
+    overlays = f"{len(images)} overlay" + ("" if len(images) == 1 else "s")
+    logger.info(f"wrote {overlays}, {PREDICTIONS_FILE} and {FINDINGS_FILE} to {output_dir}")
 
 
 def predict_images(predictor, image_paths: Sequence[str], output_dir: str) -> list[str]:

@@ -219,7 +219,8 @@ def render_saved_predictions(
         predictions = results_to_instances(by_image[record["image_id"]], size, id_map)
         pair = _draw_pair(cfg, image_rgb, truth, predictions, metadata, confidence_threshold)
         write_overlay(os.path.join(output_dir, name), pair)
-    logger.info("wrote %d images to %s", len(records) - len(failures), output_dir)
+    written = len(records) - len(failures)
+    logger.info(f"wrote {written} image{'' if written == 1 else 's'} to {output_dir}")
     return failures
 
 

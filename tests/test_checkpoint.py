@@ -185,9 +185,10 @@ def test_best_checkpoint_holds_the_state_after_its_own_evaluation(tmp_path):
     )
     trainer.train(0, 7)
     saved = torch.load(tmp_path / "model_best.pth", weights_only=True)
+    # detectron2's index of the last iteration is stored; every hook counts iterations done
     assert saved["iteration"] == 5
     state = saved["trainer"]["hooks"]
-    assert state["BestCheckpointer"] == {"best_metric": 1.0, "best_iter": 5}
+    assert state["BestCheckpointer"] == {"best_metric": 1.0, "best_iter": 6}
     for name in ("EarlyStopping", "ReduceLROnPlateau"):
         assert state[name] == {"best_metric": 1.0, "best_iter": 6, "num_bad_evals": 0}, name
 

@@ -206,16 +206,17 @@ def test_summary_names_the_weights_scored_and_what_chose_them(tmp_path):
     os.makedirs(fold.folder)
     torch.save({"iteration": 7}, os.path.join(fold.folder, "model_best.pth"))
     torch.save({"iteration": 15}, os.path.join(fold.folder, "model_final.pth"))
-    assert fold.scored_weights() == "model_best.pth (iteration 7)"
-    # the best is the last evaluation: the final weights are scored, as training does
-    torch.save({"iteration": 16}, os.path.join(fold.folder, "model_best.pth"))
-    assert fold.scored_weights() == "model_final.pth (iteration 15)"
+    # checkpoints store the index of their last iteration; the iterations completed are shown
+    assert fold.scored_weights() == "model_best.pth (iteration 8)"
+    # no best checkpoint (the metric was never computed): the final weights were scored
+    os.remove(os.path.join(fold.folder, "model_best.pth"))
+    assert fold.scored_weights() == "model_final.pth (iteration 16)"
     metrics = fold_metrics(_metrics_file(tmp_path / "m.json", 40.0, 0.2, 50.0))
     entry = {"fold": 1, "num_train": 5, "num_valid": 2, "num_test": 3, "metrics": metrics}
     summary = summarize_folds([dict(entry, scored_weights=fold.scored_weights())])
     summary.update(data_root="/d", seed=0, score_threshold=0.5, iou_threshold=0.5)
     page = format_summary(summary)
-    assert "| 1 | 5 | 2 | 3 | model_final.pth (iteration 15) |" in page
+    assert "| 1 | 5 | 2 | 3 | model_final.pth (iteration 16) |" in page
     assert "No scored image chose the weights it is scored with" in page
 
 

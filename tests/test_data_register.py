@@ -95,6 +95,16 @@ def test_root_without_splits(tmp_path, name):
         register_dental_splits(tmp_path / "missing", name)
 
 
+def test_a_split_folder_as_root_names_its_parent(make_export, name):
+    root = make_export(splits=("train", "valid"))
+    with pytest.raises(DentalError) as error:
+        register_dental_splits(root / "train", name)
+    assert str(error.value) == (
+        f"{root / 'train'}: this is one split of an export; set DENTAL.DATA_ROOT to the "
+        f"export's folder, {root}, which holds the splits"
+    )
+
+
 def test_split_folder_without_json(make_export, name):
     root = make_export()
     (root / "valid").mkdir()

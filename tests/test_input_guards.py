@@ -160,11 +160,14 @@ def _write_config(path: Path, text: str) -> str:
          "SOLVER.MAX_EPOCHS?"),
         ("", ["SOLVER.MAX_EPOCH", "3"], "unknown config key SOLVER.MAX_EPOCH; did you mean "
          "SOLVER.MAX_EPOCHS?"),
+        ("", ["dental.data_root", "x"], "unknown config key dental.data_root; did you mean "
+         "DENTAL.DATA_ROOT?"),
         ("", ["SOLVER.MAX_EPOCHS", "2", "SOLVER.MAX_ITER", "9"], "SOLVER.MAX_EPOCHS 2 and "
          "SOLVER.MAX_ITER 9 are both on the command line; give one of them"),
     ],
     ids=["yaml-syntax", "yaml-type", "yaml-python-tag", "period-0", "period-neg", "es-mode",
-         "plateau-mode", "file-key-misspelt", "override-key-misspelt", "iter-and-epochs"],
+         "plateau-mode", "file-key-misspelt", "override-key-misspelt", "override-key-lowercase",
+         "iter-and-epochs"],
 )  # fmt: skip
 def test_train_net_refuses_a_bad_config_at_start_up(
     train_net, tmp_path, capsys, body, opts, expected
@@ -227,6 +230,23 @@ def test_eval_only_refuses_empty_weights(train_net, make_export, tmp_path, capsy
     line = one_error_line(capsys)
     assert line.startswith("error: MODEL.WEIGHTS is empty: evaluating (--eval-only) needs a "), line
     assert not (tmp_path / "out" / "eval").exists()
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-output", "output-with-a-file"])
+def test_a_failed_start_leaves_no_log(train_net, tmp_path, capsys, restore_loggers, existing):
+    output = tmp_path / "out"
+    if existing:
+        output.mkdir()
+        (output / "notes.txt").write_text("mine")
+    argv = ["--config-file", str(CONFIG), "DENTAL.DATA_ROOT", str(tmp_path / "missing"),
+            "OUTPUT_DIR", str(output)]  # fmt: skip
+    assert train_net.main(argv) == 1
+    assert "data root not found" in one_error_line(capsys)
+    # what the start created is gone; what was there before stays
+    if existing:
+        assert sorted(p.name for p in output.iterdir()) == ["notes.txt"]
+    else:
+        assert not output.exists()
 
 
 @pytest.mark.parametrize("tool, doing", [("visualize", "visualizing"), ("rank_for_labeling",

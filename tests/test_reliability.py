@@ -253,7 +253,7 @@ def test_sigterm_saves_the_iteration_and_resume_continues(export, tmp_path):
     saved = (output / "last_checkpoint").read_text()
     iteration = int(saved.removeprefix("model_").removesuffix(".pth"))
     assert last == (
-        f"error: training stopped by SIGTERM after iteration {iteration}; "
+        f"error: training stopped by SIGTERM after {iteration + 1} iterations; "
         f"{output / saved} is saved; continue with the same command and --resume"
     )
     assert "Traceback" not in text
@@ -291,6 +291,6 @@ def test_sigterm_stops_every_ddp_process_at_one_iteration(export, tmp_path):
     saved = (output / "last_checkpoint").read_text()
     iteration = int(saved.removeprefix("model_").removesuffix(".pth"))
     # Both processes stopped after the same iteration: the main one logged it once.
-    assert f"training stopped by SIGTERM after iteration {iteration};" in text
+    assert f"training stopped by SIGTERM after {iteration + 1} iterations;" in text
     state = torch.load(output / saved, map_location="cpu", weights_only=True)
     assert state["iteration"] == iteration

@@ -5,6 +5,7 @@ resume are in test_reliability.py)."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,7 @@ def test_log_file_is_plain_and_the_run_ends_with_a_summary(trained):
     summary = log[log.index("Training summary") :]
     best = torch.load(output / "model_best.pth", map_location="cpu", weights_only=True)
     assert (
-        f"best checkpoint: {output / 'model_best.pth'}, iteration {best['iteration']} "
+        f"best checkpoint: {output / 'model_best.pth'}, iteration {best['iteration'] + 1} "
         "(validation_loss "
     ) in summary
     table = summary[summary.index("test scores on dental_test (segm") :]
@@ -124,13 +125,51 @@ def test_reports_say_what_they_scored(trained, export):
         assert rows[dataset]["Data"] == f"{dataset} ({export / split / '_annotations.coco.json'})"
         assert rows[dataset]["Config"] == str(output / "config.yaml")
         assert {"Date", "Thresholds"} <= set(rows[dataset])
-    # the validation split last evaluated after training; the test split with model_best.pth
+    # the validation split last evaluated after training (30 iterations done); the test split
+    # with model_best.pth, which stores detectron2's index of its last iteration (from 0)
     assert rows["dental_valid"]["Model"] == (
-        f"the model being trained in {output}, after iteration 29"
+        f"the model being trained in {output}, after iteration 30"
     )
     assert rows["dental_test"]["Model"] == (
-        f"{output / 'model_best.pth'} (iteration {best['iteration']})"
+        f"{output / 'model_best.pth'} (iteration {best['iteration'] + 1})"
     )
+
+
+def test_console_is_plain_and_short_when_redirected(trained):
+    output, result = trained
+    console = result.stdout + result.stderr
+    assert "\x1b" not in console
+    # the config, the environment and the model's layers are in config.yaml and log.txt only
+    assert f"Full config saved to {output / 'config.yaml'}" in console
+    assert f"the full config are in {output / 'log.txt'}, not shown here" in console
+    for dump in ("Running with full config", "ANCHOR_GENERATOR", "DentalRCNN(", "PyTorch built"):
+        assert dump not in console, dump
+    assert "Running with full config" in (output / "log.txt").read_text()
+    # third-party warnings a user cannot act on
+    assert "is_fx_tracing" not in console and "No CUDA runtime" not in console
+    # the commands suggested at the end run with the interpreter that ran
+    relative = os.path.relpath(sys.executable, ROOT)
+    python = sys.executable if relative.startswith("..") else relative
+    assert f"overlays of dental_test: {python} tools/visualize.py --config-file " in console
+
+
+def test_one_iteration_number_per_checkpoint(trained):
+    # Every message and report counts the iterations completed: evaluations after 15 and 30.
+    output, result = trained
+    console = result.stdout + result.stderr
+    # Checkpoints store detectron2's index of their last iteration, counted from 0.
+    best_done = torch.load(output / "model_best.pth", weights_only=True)["iteration"] + 1
+    final_done = torch.load(output / "model_final.pth", weights_only=True)["iteration"] + 1
+    assert final_done == 30 and best_done in (15, 30)
+    assert re.findall(r"Validation loss at iteration (\d+):", console) == ["15", "30"]
+    saved = re.findall(r"Saved model_best: validation_loss = \S+ at iteration (\d+)", console)
+    assert saved[0] == "15" and saved[-1] == str(best_done), saved
+    assert f"Evaluating model_best.pth (iteration {best_done}, chosen by " in console
+    assert f"(model_final.pth: iteration {final_done})" in console
+    assert f"best checkpoint: {output / 'model_best.pth'}, iteration {best_done} (" in console
+    assert not re.search(r"iteration (14|29|31)\b", console), console[-3000:]
+    test_report = (output / "eval" / "dental_test" / "report.html").read_text(encoding="utf-8")
+    assert f"model_best.pth (iteration {best_done})</td>" in test_report
 
 
 def test_command_line_max_iter_beats_the_files_max_epochs(export, tmp_path):
@@ -197,12 +236,43 @@ def test_eval_only_remaps_reordered_classes_by_name(trained, export, tmp_path):
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert remapped.returncode == 0, remapped.stderr[-3000:]
     assert "predictions are remapped by name" in remapped.stdout + remapped.stderr
-    first = json.loads((tmp_path / "plain/eval/dental_test/metrics.json").read_text())
-    second = json.loads((tmp_path / "remapped/eval/dental_test/metrics.json").read_text())
+    first = json.loads((tmp_path / "plain/eval/model_final/dental_test/metrics.json").read_text())
+    second = json.loads(
+        (tmp_path / "remapped/eval/model_final/dental_test/metrics.json").read_text()
+    )
     assert list(second["segm"]["per_class"]) == ["Tooth", "Crack", "Cavity", "Caries"]
     for name in CLASSES:
         assert second["segm"]["per_class"][name]["tp"] == first["segm"]["per_class"][name]["tp"]
         assert second["segm"]["per_class"][name]["fp"] == first["segm"]["per_class"][name]["fp"]
+
+
+def test_eval_only_never_replaces_a_report(trained, export, tmp_path):
+    # The README's command without OUTPUT_DIR: the config's OUTPUT_DIR is the training's own.
+    output = tmp_path / "run"
+    shutil.copytree(trained[0], output)
+    training_report = output / "eval" / "dental_test" / "report.html"
+    before = training_report.read_bytes()
+    weights = output / "model_best.pth"
+    done = torch.load(weights, weights_only=True)["iteration"] + 1
+    folders = [{p.name for p in (output / "eval").iterdir()}]
+    for _ in range(2):
+        result = _train_net(
+            "--eval-only", "MODEL.WEIGHTS", str(weights), "DENTAL.DATA_ROOT", str(export),
+            "OUTPUT_DIR", str(output),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        # the training's reports are as they were
+        assert training_report.read_bytes() == before
+        folders.append({p.name for p in (output / "eval").iterdir()})
+        if len(folders) == 2:
+            first = (output / "eval" / "model_best" / "dental_test" / "report.html").read_bytes()
+    # each evaluation has a folder of its own, and the second left the first's as it was
+    assert folders[1] - folders[0] == {"model_best"}
+    assert folders[2] - folders[1] == {"model_best-2"}
+    assert (output / "eval" / "model_best" / "dental_test" / "report.html").read_bytes() == first
+    second = output / "eval" / "model_best-2" / "dental_test" / "report.html"
+    assert f"{weights} (iteration {done})</td>" in second.read_text(encoding="utf-8")
+    assert f"reports in {output / 'eval' / 'model_best-2'}/<dataset>/" in result.stdout
 
 
 def test_eval_only_refuses_other_classes(trained, tmp_path):
@@ -320,7 +390,9 @@ def test_test_split_is_scored_with_the_best_model(export, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "Early stopping at iteration 8: lr" in log
-    assert "Evaluating model_best.pth (iteration 3, chosen by lr)" in log
+    assert "Evaluating model_best.pth (iteration 4, chosen by lr)" in log
+    final_report = output / "eval" / "final" / "dental_test" / "report.html"
+    assert f"report of the final weights: {final_report}" in log
     best = torch.load(output / "model_best.pth", map_location="cpu", weights_only=True)
     assert best["iteration"] == 3
     # the best checkpoint holds the early-stopping state after counting its own evaluation

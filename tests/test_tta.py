@@ -93,8 +93,11 @@ def test_eval_only_with_tta_scores_plain_and_augmented(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Evaluating with test-time augmentation" in result.stdout + result.stderr
-    plain = json.loads((output / "eval" / "dental_test" / "metrics.json").read_text())
-    tta = json.loads((output / "eval_TTA" / "dental_test" / "metrics.json").read_text())
+    # --eval-only reports go to a folder named after the weights, model.pth here
+    plain = json.loads((output / "eval" / "model" / "dental_test" / "metrics.json").read_text())
+    tta = json.loads(
+        (output / "eval" / "model" / "TTA" / "dental_test" / "metrics.json").read_text()
+    )
     for metrics in (plain, tta):
         assert set(metrics) == {"bbox", "segm"}
         assert set(metrics["segm"]["per_class"]) == set(CLASSES)

@@ -206,9 +206,16 @@ def test_collect_images_from_files_dirs_and_globs(tmp_path):
     paths, problems = collect_images([str(tmp_path), str(tmp_path / "sub" / "*.bmp")])
     assert [os.path.basename(p) for p in paths] == ["a.JPG", "b.png", "c.tiff", "d.bmp"]
     assert problems == []
-    paths, problems = collect_images([str(tmp_path / "b.png"), str(tmp_path / "gone.png")])
-    assert len(paths) == 1 and "gone.png" in problems[0]
-    with pytest.raises(DentalError, match="no images found"):
+    gone = str(tmp_path / "gone.png")
+    paths, problems = collect_images([str(tmp_path / "b.png"), gone])
+    assert len(paths) == 1
+    # the same words whether or not a real photo was given beside the missing one
+    missing = f"{gone}: no such file; pass an existing image file, a folder or a glob pattern"
+    assert problems == [missing]
+    with pytest.raises(DentalError) as alone:
+        collect_images([gone])
+    assert str(alone.value) == missing
+    with pytest.raises(DentalError, match=r"\*\.gif: matched no image file \(extensions"):
         collect_images([str(tmp_path / "*.gif")])
 
 
@@ -345,5 +352,5 @@ def test_tool_reports_no_images_in_one_line(weights, tmp_path):
     )  # fmt: skip
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "no images found" in errors[0]
+    assert len(errors) == 1 and "*.png: matched no image file" in errors[0]
     assert "Traceback" not in result.stderr

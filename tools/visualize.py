@@ -96,7 +96,8 @@ def _run(args) -> int:
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     if failures:
-        logger.info("%d input(s) failed, see the error lines", len(failures))
+        inputs = f"{len(failures)} input" + ("" if len(failures) == 1 else "s")
+        logger.info(f"{inputs} failed, see the error lines")
     return 1 if failures else 0
 
 

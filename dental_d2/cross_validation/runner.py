@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from ..checkpoint import checkpoint_iteration
 from ..config import build_config
 from ..engine.launch import argument_parser, launch_from_args
-from ..engine.progress import tests_best_checkpoint
 from ..errors import DentalError
 from ..file_io import write_json
 from .splits import fold_assignments, fold_layout, pool_images, write_fold_export
@@ -72,17 +71,15 @@ class FoldRun:
         ]  # fmt: skip
 
     def scored_weights(self) -> str:
-        """The checkpoint whose scores `metrics_file` holds, as training chose it
-        (`tests_best_checkpoint`): "model_best.pth (iteration N)" or "model_final.pth ..."."""
-        iterations = {
-            name: checkpoint_iteration(os.path.join(self.folder, name))
-            for name in ("model_best.pth", "model_final.pth")
-        }
-        best_iter, final_iter = iterations.values()
-        name = (
-            "model_best.pth" if tests_best_checkpoint(best_iter, final_iter) else "model_final.pth"
-        )
-        return f"{name} (iteration {iterations[name]})"
+        """The checkpoint whose scores `metrics_file` holds, as training chose it (model_best.pth
+        when validation saved one): "model_best.pth (iteration N)" or "model_final.pth ...",
+        N the iterations completed, as the training log counts them."""
+        for name in ("model_best.pth", "model_final.pth"):
+            # A checkpoint stores the index of its last iteration, counted from 0.
+            index = checkpoint_iteration(os.path.join(self.folder, name))
+            if index is not None:
+                return f"{name} (iteration {index + 1})"
+        return "model_final.pth (iteration unknown)"
 
 
 def _plan(images: list, folds: list[int], layouts: list[dict], seed: int) -> dict:

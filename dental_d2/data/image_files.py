@@ -44,20 +44,26 @@ def collect_images(inputs: Sequence[str]) -> tuple[list[str], list[str]]:
         else:
             found = sorted(p for p in glob.glob(item, recursive=True) if is_image_file(p))
         if not found:
-            problems.append(
-                f"{item}: matched no image; pass an existing file, a directory or a glob pattern"
-            )
+            problems.append(_no_image(item))
         for path in found:
             key = os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
                 paths.append(path)
     if not paths:
-        raise DentalError(
-            f"no images found in {' '.join(inputs)}: pass image files, directories or glob "
-            f"patterns (extensions {', '.join(IMAGE_EXTENSIONS)})"
-        )
+        # The same words as when other inputs gave images, all of them on the one line.
+        raise DentalError("; ".join(problems))
     return paths, problems
+
+
+def _no_image(item: str) -> str:
+    """What is wrong with an input that gave no image, and the fix."""
+    extensions = ", ".join(IMAGE_EXTENSIONS)
+    if os.path.isdir(item):
+        return f"{item}: no image in this folder (extensions {extensions}, or DICOM files)"
+    if any(wildcard in item for wildcard in "*?["):  # glob's wildcards
+        return f"{item}: matched no image file (extensions {extensions}, or DICOM files)"
+    return f"{item}: no such file; pass an existing image file, a folder or a glob pattern"
 
 
 def is_image_file(path: str) -> bool:

@@ -80,6 +80,12 @@ def export_layout(root) -> tuple[str, dict[str, str] | str]:
         if yaml_file:
             logger.info(f"{root}: has COCO annotations and {yaml_file}; reading the COCO files")
         return "coco", files
+    parent = os.path.dirname(os.path.abspath(root))
+    if _split_files(parent) or find_data_yaml(parent):
+        raise DentalError(
+            f"{root}: this is one split of an export; set DENTAL.DATA_ROOT to the export's "
+            f"folder, {parent}, which holds the splits"
+        )
     raise DentalError(
         f"{root}: neither a COCO export (train/, valid/ or test/ with {ANNOTATION_FILE}) nor a "
         "YOLO-seg export (data.yaml); set DENTAL.DATA_ROOT to the folder of either"

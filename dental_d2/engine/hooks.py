@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import DEFAULT_SCORE_THRESHOLD
 from ..visualize import draw_instances, side_by_side
+from .progress import iterations_done
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class ValidationLoss(EvalOnceHook):
         means = {name: sum(part.get(name, 0.0) for part, _ in gathered) / count for name in names}
         total = sum(means.values())
         logger.info(
-            f"Validation loss at iteration {self.trainer.iter + 1}: {total:.4f} ("
+            f"Validation loss at iteration {iterations_done(self.trainer)}: {total:.4f} ("
             + ", ".join(f"{name}: {value:.4f}" for name, value in means.items())
             + ")"
         )
@@ -311,7 +312,10 @@ class BestCheckpointer(hooks.BestCheckpointer):
                 "no best checkpoint at this evaluation. Check its name in metrics.json."
             )
             return
-        value, metric_iter = latest
+        value = latest[0]
+        # The iterations completed, as every message counts them (not the storage's iteration,
+        # which after training is one more than the last iteration's index).
+        done = iterations_done(self.trainer)
         previous, previous_iter = self.best_metric, self.best_iter
         if previous is not None and not self._compare(value, previous):
             logger.info(
@@ -319,12 +323,13 @@ class BestCheckpointer(hooks.BestCheckpointer):
                 f"than {previous:.5f} (iteration {previous_iter})."
             )
             return
-        if not self._update_best(value, metric_iter):  # NaN or Inf is never a best
+        if not self._update_best(value, done):  # NaN or Inf is never a best
             return
-        self._checkpointer.save(self._file_prefix, iteration=metric_iter)
+        # A checkpoint stores detectron2's index of its last iteration, as model_final does.
+        self._checkpointer.save(self._file_prefix, iteration=done - 1)
         logger.info(
             f"Saved {self._file_prefix}: {self._val_metric} = {value:.5f} at iteration "
-            f"{metric_iter}" + ("" if previous is None else f" (was {previous:.5f})")
+            f"{done}" + ("" if previous is None else f" (was {previous:.5f})")
         )
 
     def state_dict(self):

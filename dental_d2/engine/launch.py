@@ -5,6 +5,7 @@ import logging
 import math
 import multiprocessing
 import os
+import re
 
 from detectron2.data import DatasetCatalog
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -20,7 +21,12 @@ from ..stop_signals import handling_stop_signals
 from ..weights import check_weights_exist, check_weights_given, model_class_names
 from .distributed import ClusterProcess, cluster_process, join_process_group, leave_process_group
 from .hooks import BestCheckpointer
-from .progress import log_training_summary, plain_log_files, tests_best_checkpoint
+from .progress import (
+    iterations_done,
+    log_training_summary,
+    plain_log_files,
+    tests_best_checkpoint,
+)
 from .trainer import DentalTrainer
 
 logger = logging.getLogger(__name__)
@@ -102,18 +108,44 @@ def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
 def setup(args):
     """Builds the frozen config in detectron2's order, registering the data on the way."""
     cfg = build_config(args.config_file, args.opts)
+    output_existed = os.path.isdir(cfg.OUTPUT_DIR)
+    # Named as detectron2's setup_logger names it.
+    rank = comm.get_rank()
+    log_file = os.path.join(cfg.OUTPUT_DIR, "log.txt") + (f".rank{rank}" if rank else "")
+    log_existed = os.path.exists(log_file)
     check_output_dir(cfg.OUTPUT_DIR)
     # The package logs under "dental_d2"; set it up first so registration messages are kept.
-    setup_logger(
-        cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dental_d2", abbrev_name="dental"
+    package_logger = setup_logger(
+        cfg.OUTPUT_DIR, distributed_rank=rank, name="dental_d2", abbrev_name="dental"
     )
     logger.info(_launch_description(args))
-    prepare_dental_config(cfg, eval_only=args.eval_only, command_line=args.opts)
+    try:
+        prepare_dental_config(cfg, eval_only=args.eval_only, command_line=args.opts)
+    except DentalError:
+        if not log_existed:
+            _remove_log_of_failed_start(package_logger, log_file, remove_folder=not output_existed)
+        raise
     cfg.freeze()
     plain_log_files(cfg.OUTPUT_DIR)
     # It logs "Rank of current process: R. World size: N".
     default_setup(cfg, args)
+    logger.info(
+        f"The environment, the model's layers and the full config are in {log_file}, not shown here"
+    )
     return cfg
+
+
+def _remove_log_of_failed_start(package_logger, log_file: str, remove_folder: bool) -> None:
+    """After a start failed having written nothing but its log: removes that log (the error is
+    on the console), and OUTPUT_DIR when this start created it and nothing else is in it."""
+    for handler in list(package_logger.handlers):
+        if getattr(getattr(handler, "stream", None), "name", None) == log_file:
+            # detectron2 keeps the file open for later set-ups; nothing more goes to it.
+            package_logger.removeHandler(handler)
+    with contextlib.suppress(OSError):
+        os.remove(log_file)
+        if remove_folder:
+            os.rmdir(os.path.dirname(log_file))
 
 
 def _launch_description(args) -> str:
@@ -148,50 +180,88 @@ def score_chosen_model(cfg, trainer):
     """Scores DATASETS.TEST with the weights validation chose, as the reference notebooks
     restored their best weights: `model_best.pth` when it exists, else the final model.
 
-    The final model is scored too (in `eval/final/<dataset>/`) when it is not the best one;
-    the chosen model's results go to `eval/<dataset>/` and are returned.
+    The chosen model's results go to `eval/<dataset>/` and are returned. When validation chose
+    an earlier iteration than the last, the final weights are scored too, in
+    `eval/final/<dataset>/`; when it chose the last, model_best.pth holds the final weights.
     """
     best_path = os.path.join(cfg.OUTPUT_DIR, "model_best.pth")
-    # The weights in memory are those PeriodicCheckpointer saved when training ended.
-    final = _scoring(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     # The best checkpointer runs in the main process only.
     best = [hook for hook in trainer._hooks if isinstance(hook, BestCheckpointer)]
     best_iter = comm.all_gather(best[0].best_iter if best else None)[0]
-    # After a normal end trainer.iter is max_iter; after an early stop, the last iteration run.
-    final_iter = min(trainer.iter, trainer.max_iter - 1)
-    # The evaluation after the last iteration is stored at max_iter: the final weights.
-    if not tests_best_checkpoint(best_iter, final_iter):
-        logger.info(f"Evaluating the final model on {', '.join(cfg.DATASETS.TEST)}")
+    final_iter = iterations_done(trainer)
+    datasets = ", ".join(cfg.DATASETS.TEST)
+    if best_iter is None:
+        logger.info(
+            f"Evaluating the final weights, model_final.pth (iteration {final_iter}), on "
+            f"{datasets}: no model_best.pth was saved"
+        )
+        # The weights in memory are those PeriodicCheckpointer saved when training ended.
+        final = _scoring(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
         return DentalTrainer.test(final, trainer.model)
+    chosen = f"model_best.pth (iteration {best_iter}, chosen by {cfg.SOLVER.EARLY_STOPPING.METRIC})"
+    if not tests_best_checkpoint(best_iter, final_iter):
+        logger.info(
+            f"Evaluating {chosen} on {datasets}: these are the reported test results; it holds "
+            "the final weights, so they are not scored a second time in eval/final/"
+        )
+        return DentalTrainer.test(_scoring(cfg, best_path), trainer.model)
+    final = _scoring(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     final_dir = os.path.join(cfg.OUTPUT_DIR, "eval", "final")
     final_evaluators = [
         DentalTrainer.build_evaluator(final, name, os.path.join(final_dir, name))
         for name in cfg.DATASETS.TEST
     ]
-    logger.info(f"Evaluating the final model (iteration {final_iter}) into eval/final/")
+    logger.info(f"Evaluating the final weights (iteration {final_iter}) into {final_dir}/")
     DentalTrainer.test(final, trainer.model, final_evaluators)
-    logger.info(
-        f"Evaluating model_best.pth (iteration {best_iter}, chosen by "
-        f"{cfg.SOLVER.EARLY_STOPPING.METRIC}) on {', '.join(cfg.DATASETS.TEST)}: these are the "
-        "reported test results"
-    )
+    logger.info(f"Evaluating {chosen} on {datasets}: these are the reported test results")
     model = DentalTrainer.build_model(cfg)
     _load_weights(cfg, model, best_path)
     return DentalTrainer.test(_scoring(cfg, best_path), model)
+
+
+def _own_report_folder(cfg) -> str:
+    """The folder of an --eval-only run's reports: `OUTPUT_DIR/eval/<weights' file stem>/`, or
+    `<stem>-2/`, `-3/`... when that one exists, so that no report (training's own ones
+    included) is ever replaced. Decided by the main process for all."""
+    folder = None
+    if comm.is_main_process():
+        stem = os.path.splitext(os.path.basename(cfg.MODEL.WEIGHTS.rstrip("/")))[0]
+        base = os.path.join(cfg.OUTPUT_DIR, "eval", re.sub(r"[^\w.-]+", "_", stem) or "weights")
+        folder, number = base, 1
+        while os.path.exists(folder):
+            number += 1
+            folder = f"{base}-{number}"
+    return comm.all_gather(folder)[0]
+
+
+def evaluate_only(cfg, resume: bool = False):
+    """--eval-only: scores MODEL.WEIGHTS on DATASETS.TEST into a folder of its own (see
+    `_own_report_folder`); with TEST.AUG.ENABLED, also with test-time augmentation."""
+    model = DentalTrainer.build_model(cfg)
+    _load_weights(cfg, model, cfg.MODEL.WEIGHTS, resume=resume)
+    folder = _own_report_folder(cfg)
+    logger.info(
+        f"Evaluating {cfg.MODEL.WEIGHTS} on {', '.join(cfg.DATASETS.TEST)}: reports in "
+        f"{folder}/<dataset>/ (a folder of their own: no earlier report is replaced)"
+    )
+    evaluators = [
+        DentalTrainer.build_evaluator(cfg, name, os.path.join(folder, name))
+        for name in cfg.DATASETS.TEST
+    ]
+    results = DentalTrainer.test(cfg, model, evaluators)
+    if comm.is_main_process():
+        verify_results(cfg, results)
+    if cfg.TEST.AUG.ENABLED:
+        tta = DentalTrainer.test_with_TTA(cfg, model, os.path.join(folder, "TTA"))
+        results = {"plain": results, "TTA": tta}
+    return results
 
 
 def main(args):
     """Trains (or with --eval-only evaluates) as the config says; returns the test results."""
     cfg = setup(args)
     if args.eval_only:
-        model = DentalTrainer.build_model(cfg)
-        _load_weights(cfg, model, cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = DentalTrainer.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, results)
-        if cfg.TEST.AUG.ENABLED:
-            results = {"plain": results, "TTA": DentalTrainer.test_with_TTA(cfg, model)}
-        return results
+        return evaluate_only(cfg, resume=args.resume)
 
     trainer = DentalTrainer(cfg)
     with loading_weights(cfg.MODEL.WEIGHTS):
@@ -208,8 +278,7 @@ def main(args):
     results = score_chosen_model(cfg, trainer) if cfg.DATASETS.TEST else None
     if comm.is_main_process():
         best = [hook for hook in trainer._hooks if isinstance(hook, BestCheckpointer)]
-        final_iter = min(trainer.iter, trainer.max_iter - 1)
-        log_training_summary(cfg, best[0] if best else None, final_iter, results)
+        log_training_summary(cfg, best[0] if best else None, iterations_done(trainer), results)
     return results
 
 

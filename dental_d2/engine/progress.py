@@ -5,6 +5,8 @@ import datetime
 import logging
 import os
 import re
+import shlex
+import sys
 
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
@@ -17,6 +19,23 @@ logger = logging.getLogger(__name__)
 _ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 # Loggers that write a run's log.txt.
 LOGGER_NAMES = ("detectron2", "fvcore", "dental_d2")
+# What detectron2 logs at start-up that is hundreds of lines long: kept in log.txt, not shown
+# on the console (the full config is also in OUTPUT_DIR/config.yaml, which detectron2 says).
+_FILE_ONLY_MESSAGES = ("Running with full config:", "Environment info:", "Model:\n")
+# The project's root, where tools/ is when the package is installed in place (`pip install -e`).
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def iterations_done(trainer) -> int:
+    """The number of training iterations completed, the one iteration number dental_d2 shows.
+
+    detectron2 counts `trainer.iter` from 0 and, after a normal end, leaves it at `max_iter`
+    (after an early stop, at the last iteration run, which `max_iter` then follows).
+
+    Args:
+        trainer (TrainerBase): a trainer in `after_step` or `after_train`.
+    """
+    return min(trainer.iter + 1, trainer.max_iter)
 
 
 class PlainFormatter(logging.Formatter):
@@ -38,13 +57,22 @@ class PlainFormatter(logging.Formatter):
         return _ANSI_CODE.sub("", self._formatter.format(record))
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    return getattr(handler, "stream", None) in (sys.stdout, sys.stderr)
+
+
+def _not_on_console(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_FILE_ONLY_MESSAGES)
+
+
 def plain_log_files(output_dir: str) -> None:
-    """Makes the log files of a run (OUTPUT_DIR/log.txt) free of colour codes; call it before
-    detectron2's `default_setup`, which logs the config highlighted in colour.
+    """Makes the log files of a run (OUTPUT_DIR/log.txt), and the console unless it is a
+    terminal, free of colour codes, and keeps detectron2's start-up dumps (environment, model,
+    full config) off the console; call it before detectron2's `default_setup`, which logs them.
 
     The loggers are set up here as `default_setup` sets them up; `setup_logger` caches its
-    loggers by their arguments, so `default_setup` gets these ones. Their plain handlers (the
-    files; a console without colour) then drop colour codes; a colour console keeps them.
+    loggers by their arguments, so `default_setup` gets these ones. Their handlers then drop
+    colour codes, except a console that is a terminal.
 
     Args:
         output_dir (str): the run's OUTPUT_DIR.
@@ -52,11 +80,18 @@ def plain_log_files(output_dir: str) -> None:
     rank = comm.get_rank()
     setup_logger(output_dir, distributed_rank=rank, name="fvcore")
     setup_logger(output_dir, distributed_rank=rank)
+    colour_console = sys.stdout.isatty()
     for name in LOGGER_NAMES:
         for handler in logging.getLogger(name).handlers:
             formatter = handler.formatter
-            # setup_logger gives files a plain logging.Formatter, a colour console a subclass.
-            if formatter is not None and type(formatter) is logging.Formatter:
+            console = _is_console(handler)
+            if console and _not_on_console not in handler.filters:
+                handler.addFilter(_not_on_console)
+            if formatter is None or isinstance(formatter, PlainFormatter):
+                continue
+            # setup_logger gives files a plain logging.Formatter, a colour console a subclass;
+            # detectron2 colours some messages themselves, so both are cleaned.
+            if not (console and colour_console):
                 handler.setFormatter(PlainFormatter(formatter))
 
 
@@ -121,8 +156,9 @@ def tests_best_checkpoint(best_iter: int | None, final_iter: int) -> bool:
     when validation chose an earlier iteration than the last one run.
 
     Args:
-        best_iter (int | None): the iteration of model_best.pth, None when there is none.
-        final_iter (int): the last iteration run.
+        best_iter (int | None): the iterations completed by model_best.pth's weights, None
+            when there is none.
+        final_iter (int): the iterations completed by the final weights.
     """
     return best_iter is not None and best_iter < final_iter
 
@@ -152,6 +188,36 @@ def _class_table(results: dict) -> tuple[str, str] | None:
     return task, table
 
 
+def _command_path(path: str) -> str:
+    """`path` as a command line would name it: relative when inside the working directory."""
+    relative = os.path.relpath(path)
+    if relative.startswith(os.pardir):
+        return shlex.quote(path)
+    return shlex.quote(relative if os.sep in relative else os.path.join(os.curdir, relative))
+
+
+def suggested_command(tool: str, *arguments: str) -> str:
+    """A command line to run `tool` (a script in tools/ or an executable beside the Python that
+    runs now) with the interpreter that runs now, e.g. ".venv/bin/python tools/visualize.py ...".
+
+    Args:
+        tool (str): "tools/<name>.py", or the name of an executable installed with the
+            interpreter (e.g. "tensorboard"; the bare name where there is none).
+        arguments (str): its arguments, quoted here where needed.
+    """
+    if tool.endswith(".py"):
+        script = os.path.join(_PROJECT_ROOT, tool)
+        # Installed elsewhere than in place, the scripts are where the user's checkout is.
+        head = [
+            _command_path(sys.executable),
+            _command_path(script) if os.path.isfile(script) else tool,
+        ]
+    else:
+        installed = os.path.join(os.path.dirname(sys.executable), tool)
+        head = [_command_path(installed) if os.path.isfile(installed) else tool]
+    return " ".join(head + [shlex.quote(argument) for argument in arguments])
+
+
 def log_training_summary(cfg, best, final_iter: int, results) -> None:
     """Logs the block that ends a training run: the best checkpoint, the test scores per class
     and where the report, the overlays and TensorBoard's logs are.
@@ -159,7 +225,7 @@ def log_training_summary(cfg, best, final_iter: int, results) -> None:
     Args:
         cfg (CfgNode): the run's config.
         best (BestCheckpointer | None): the hook that saved model_best.pth.
-        final_iter (int): the last iteration run.
+        final_iter (int): the iterations completed (`iterations_done`).
         results (dict | None): `DentalTrainer.test`'s results on DATASETS.TEST: {task: ...}
             for one dataset, {dataset: {task: ...}} for several; None without a test split.
     """
@@ -169,16 +235,16 @@ def log_training_summary(cfg, best, final_iter: int, results) -> None:
         "Training summary",
         f"  checkpoints: {output} (model_final.pth: iteration {final_iter})",
     ]
-    if best is not None and best.best_iter is not None:
+    best_iter = best.best_iter if best is not None else None
+    if best_iter is not None:
         lines.append(
             f"  best checkpoint: {os.path.join(output, 'model_best.pth')}, iteration "
-            f"{best.best_iter} ({metric} {best.best_metric:.4f}, "
+            f"{best_iter} ({metric} {best.best_metric:.4f}, "
             f"{cfg.SOLVER.EARLY_STOPPING.MODE} is best)"
         )
     else:
         lines.append(f"  best checkpoint: none ({metric} was never computed)")
-    best_iter = best.best_iter if best is not None else None
-    scored = "model_best.pth" if tests_best_checkpoint(best_iter, final_iter) else "final model"
+    scored = "model_final.pth" if best_iter is None else "model_best.pth"
     datasets = list(cfg.DATASETS.TEST)
     per_dataset = {datasets[0]: results} if len(datasets) == 1 else dict(results or {})
     for name in datasets:
@@ -192,13 +258,15 @@ def log_training_summary(cfg, best, final_iter: int, results) -> None:
             )
             lines += ["    " + row for row in text.splitlines()]
         lines.append(f"  report: {os.path.join(folder, 'report.html')}")
-        lines.append(
-            f"  overlays of {name}: python tools/visualize.py --config-file "
-            f"{os.path.join(output, 'config.yaml')} --dataset {name} --predictions "
-            f"{os.path.join(folder, 'coco_instances_results.json')} --output "
-            f"{os.path.join(output, 'overlays', name)}"
-        )
-    lines.append(
-        f"  TensorBoard (curves; validation overlays under IMAGES): tensorboard --logdir {output}"
-    )
+        if tests_best_checkpoint(best_iter, final_iter):
+            final_report = os.path.join(output, "eval", "final", name, "report.html")
+            lines.append(f"  report of the final weights: {final_report}")
+        overlays = suggested_command(
+            "tools/visualize.py", "--config-file", os.path.join(output, "config.yaml"),
+            "--dataset", name, "--predictions", os.path.join(folder, "coco_instances_results.json"),
+            "--output", os.path.join(output, "overlays", name),
+        )  # fmt: skip
+        lines.append(f"  overlays of {name}: {overlays}")
+    tensorboard = suggested_command("tensorboard", "--logdir", output)
+    lines.append(f"  TensorBoard (curves; validation overlays under IMAGES): {tensorboard}")
     logger.info("\n".join(lines))

@@ -170,13 +170,14 @@ class DentalTrainer(DefaultTrainer):
         return results
 
     @classmethod
-    def test_with_TTA(cls, cfg, model):
+    def test_with_TTA(cls, cfg, model, folder=None):
         """Evaluates DATASETS.TEST with test-time augmentation (TEST.AUG.*: flips and sizes),
-        as detectron2's tools/train_net.py does; results go to OUTPUT_DIR/eval_TTA/<dataset>.
+        as detectron2's tools/train_net.py does; results go to `<folder>/<dataset>`.
 
         Args:
             cfg (CfgNode): the config; TEST.AUG.MIN_SIZES, MAX_SIZE and FLIP pick the views.
             model (GeneralizedRCNN): the model to wrap in detectron2's GeneralizedRCNNWithTTA.
+            folder (str | None): where the reports go; None means OUTPUT_DIR/eval_TTA.
         """
         logger.info(
             f"Evaluating with test-time augmentation: sizes {tuple(cfg.TEST.AUG.MIN_SIZES)}, "
@@ -184,7 +185,9 @@ class DentalTrainer(DefaultTrainer):
         )
         tta_model = GeneralizedRCNNWithTTA(cfg, model)
         evaluators = [
-            cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "eval_TTA", name))
+            cls.build_evaluator(
+                cfg, name, os.path.join(folder or os.path.join(cfg.OUTPUT_DIR, "eval_TTA"), name)
+            )
             for name in cfg.DATASETS.TEST
         ]
         return cls.test(cfg, tta_model, evaluators)
@@ -232,11 +235,12 @@ class DentalTrainer(DefaultTrainer):
             logger.info(f"Training ended early at iteration {stop.args[0]}; see the log above.")
             return None
         except Interrupted as stop:
-            # detectron2 counts iterations from 0 and names the checkpoint after that count.
+            # detectron2 counts iterations from 0 and names the checkpoint after that index;
+            # the message counts the iterations done, as every other one does.
             raise TrainingInterrupted(
-                f"training stopped by {signal_name(stop.signal_number)} after iteration "
-                f"{self.iter}; {stop.checkpoint} is saved; continue with the same command "
-                "and --resume",
+                f"training stopped by {signal_name(stop.signal_number)} after "
+                f"{self.iter + 1} iterations; {stop.checkpoint} is saved; continue with the same "
+                "command and --resume",
                 stop.signal_number,
             ) from None
 

@@ -89,22 +89,23 @@ def evaluate_task(
 def describe_evaluation(cfg, dataset_name: str) -> dict[str, str]:
     """What an evaluation scores, for its report: the model, the config and the data.
 
-    During training the model is the one being trained (at the storage's iteration); otherwise
-    it is `MODEL.WEIGHTS`, with the iteration stored in it.
+    During training the model is the one being trained; otherwise it is `MODEL.WEIGHTS`. Either
+    way the iteration shown is the number of iterations completed, as the training log counts.
 
     Args:
         cfg (CfgNode): the config of the evaluation.
         dataset_name (str): the registered dataset evaluated.
     """
     try:
-        # After the last iteration (the evaluation that ends training) the storage counts one
-        # more than the iterations run.
-        iteration = min(get_event_storage().iter, cfg.SOLVER.MAX_ITER - 1)
+        # The storage holds the index of the iteration just run (from 0); after training, the
+        # evaluation that ends it sees one more, which is the number of iterations run.
+        iteration = min(get_event_storage().iter + 1, cfg.SOLVER.MAX_ITER)
         model = f"the model being trained in {cfg.OUTPUT_DIR}, after iteration {iteration}"
     except AssertionError:  # detectron2's way of saying that no training storage is open
         weights = cfg.MODEL.WEIGHTS or "random weights (MODEL.WEIGHTS is empty)"
-        iteration = checkpoint_iteration(cfg.MODEL.WEIGHTS)
-        model = weights if iteration is None else f"{weights} (iteration {iteration})"
+        # A checkpoint stores the index of its last iteration, counted from 0.
+        index = checkpoint_iteration(cfg.MODEL.WEIGHTS)
+        model = weights if index is None else f"{weights} (iteration {index + 1})"
     saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
     metadata = MetadataCatalog.get(dataset_name)
     split = metadata.get("roboflow_json") or metadata.get("json_file") or "registered in code"

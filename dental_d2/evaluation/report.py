@@ -89,10 +89,18 @@ class TaskEvaluation:
         return results
 
 
+def _shown_rates(values: dict) -> list:
+    """Precision, recall and F1 of one class as a table shows them: None (a dash) when the class
+    had nothing to find and nothing was found, where 0 would read as a failure."""
+    if values["tp"] + values["fp"] + values["fn"] == 0:
+        return [None, None, None]
+    return [values["precision"], values["recall"], values["f1"]]
+
+
 def format_class_table(evaluation: TaskEvaluation) -> str:
     """The per-class table detectron2-style: class, TP, FP, FN, P, R, F1, AP, AP50."""
     rows = [
-        [name, v["tp"], v["fp"], v["fn"], v["precision"], v["recall"], v["f1"], v["AP"], v["AP50"]]
+        [name, v["tp"], v["fp"], v["fn"], *_shown_rates(v), v["AP"], v["AP50"]]
         for name, v in evaluation.per_class().items()
     ]
     pooled = evaluation.metrics.pooled
@@ -107,6 +115,7 @@ def format_class_table(evaluation: TaskEvaluation) -> str:
         tablefmt="pipe",
         floatfmt=".3f",
         numalign="left",
+        missingval="–",
     )
 
 
@@ -158,6 +167,28 @@ tr.total td { font-weight: bold; background: #f4f4f4; }
 .note { color: #555; max-width: 60em; }
 table.provenance th { text-align: left; background: #f4f4f4; }
 table.provenance td { text-align: left; }
+.plots img, .pair img { cursor: zoom-in; }
+#full-size { position: fixed; inset: 0; overflow: auto; background: rgba(0, 0, 0, 0.85);
+  cursor: zoom-out; text-align: center; }
+#full-size img { max-width: none; margin: 1em; }
+"""
+
+# Opens a picture of the page at its own size over the page; a click or Escape closes it. The
+# pictures are inside the page (data: URIs), which browsers do not open as pages of their own.
+_FULL_SIZE_SCRIPT = """
+<div id="full-size" hidden><img alt="the picture at full size"></div>
+<script>
+const fullSize = document.getElementById("full-size");
+for (const picture of document.querySelectorAll(".plots img, .pair img")) {
+  picture.title = "Click for full size";
+  picture.addEventListener("click", () => {
+    fullSize.querySelector("img").src = picture.src;
+    fullSize.hidden = false;
+  });
+}
+fullSize.addEventListener("click", () => { fullSize.hidden = true; });
+document.addEventListener("keydown", (e) => { if (e.key === "Escape") fullSize.hidden = true; });
+</script>
 """
 
 
@@ -172,7 +203,7 @@ def _task_section(task: str, evaluation: TaskEvaluation, pngs: dict[str, bytes])
     rows = []
     for name, v in evaluation.per_class().items():
         cells = [name, v["num_gt"], v["tp"], v["fp"], v["fn"]]
-        cells += [v["precision"], v["recall"], v["f1"], v["AP"], v["AP50"]]
+        cells += [*_shown_rates(v), v["AP"], v["AP50"]]
         cells.append(v["best_f1_threshold"])
         rows.append("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in cells) + "</tr>")
     p = m.pooled
@@ -305,6 +336,7 @@ claimed is <b>missed (FN)</b>. Precision: share of predictions that are right. R
 findings found. F1 balances the two.</p>
 <p class="note">* {html.escape(BEST_F1_EXPLAINED)}</p>
 {"".join(sections)}
+{_FULL_SIZE_SCRIPT}
 </body></html>
 """
 
