@@ -12,12 +12,19 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import DentalCheckpointer, loading_weights
+from ..checkpoint import DentalCheckpointer
 from ..config import build_config, check_output_dir, fall_back_to_cpu
 from ..data import check_num_classes, register_from_config
 from ..errors import DentalError
+from ..loading import config_for_weights, load_model, loading_weights
 from ..stop_signals import handling_stop_signals
-from ..weights import check_weights_exist, check_weights_given, model_class_names
+from ..weights import (
+    WeightsFile,
+    check_weights_exist,
+    check_weights_given,
+    model_class_names,
+    read_weights,
+)
 from .distributed import ClusterProcess, cluster_process, join_process_group, leave_process_group
 from .hooks import BestCheckpointer
 from .progress import log_training_summary, plain_log_files, tests_best_checkpoint
@@ -70,7 +77,9 @@ def _decide_length(cfg, command_line: set[str]):
     )
 
 
-def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
+def prepare_dental_config(
+    cfg, eval_only: bool = False, command_line=(), weights: WeightsFile | None = None
+):
     """Registers the data and fills the keys that follow from it, before the config is frozen.
 
     Falls back to MODEL.DEVICE cpu without a GPU, sets DENTAL.CLASS_NAMES (from the checkpoint
@@ -82,6 +91,8 @@ def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
         cfg (CfgNode): a mutable config with the dental keys.
         eval_only (bool): the model is evaluated, not trained.
         command_line (Sequence[str]): the command line's KEY VALUE overrides (args.opts).
+        weights (WeightsFile | None): for evaluation, `MODEL.WEIGHTS` already read; None
+            reads it.
     """
     if eval_only:
         check_weights_given(cfg, "evaluating (--eval-only)")
@@ -93,8 +104,11 @@ def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
     check_weights_exist(cfg)
     data_classes = register_from_config(cfg)
     if eval_only:
+        weights = weights if weights is not None else read_weights(cfg)
         # The checkpoint's classes, else the config's, else the data's.
-        cfg.DENTAL.CLASS_NAMES = model_class_names(cfg, data_classes=data_classes)
+        cfg.DENTAL.CLASS_NAMES = model_class_names(
+            cfg, data_classes=data_classes, checkpoint=weights.checkpoint
+        )
         return
     check_num_classes(cfg, data_classes)
     cfg.DENTAL.CLASS_NAMES = data_classes
@@ -103,19 +117,40 @@ def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
 
 def setup(args):
     """Builds the frozen config in detectron2's order, registering the data on the way."""
-    cfg = build_config(args.config_file, args.opts)
+    return _setup(args)[0]
+
+
+def _evaluated_config(args):
+    """The config and weights of --eval-only: the weights' own config (or --config-file, which
+    must agree with it), with the command line's overrides. With --resume, the weights are the
+    checkpoint OUTPUT_DIR's last_checkpoint names, as detectron2 resumes."""
+    opts = list(args.opts)
+    if args.resume:
+        output_dir = build_config(args.config_file or None, opts).OUTPUT_DIR
+        last = DentalCheckpointer(None, output_dir)
+        if last.has_checkpoint():
+            opts += ["MODEL.WEIGHTS", last.get_checkpoint_file()]
+    return config_for_weights(args.config_file or None, opts, doing="evaluating (--eval-only)")
+
+
+def _setup(args):
+    """`setup`, returning `MODEL.WEIGHTS` too, read once for --eval-only (else None)."""
+    if args.eval_only:
+        cfg, weights = _evaluated_config(args)
+    else:
+        cfg, weights = build_config(args.config_file, args.opts), None
     check_output_dir(cfg.OUTPUT_DIR)
     # The package logs under "dental_d2"; set it up first so registration messages are kept.
     setup_logger(
         cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="dental_d2", abbrev_name="dental"
     )
     logger.info(_launch_description(args))
-    prepare_dental_config(cfg, eval_only=args.eval_only, command_line=args.opts)
+    prepare_dental_config(cfg, eval_only=args.eval_only, command_line=args.opts, weights=weights)
     cfg.freeze()
     plain_log_files(cfg.OUTPUT_DIR)
     # It logs "Rank of current process: R. World size: N".
     default_setup(cfg, args)
-    return cfg
+    return cfg, weights
 
 
 def _launch_description(args) -> str:
@@ -130,13 +165,6 @@ def _launch_description(args) -> str:
     return "Started by tools/train_net.py: one process"
 
 
-def _load_weights(cfg, model, path: str, resume: bool = False):
-    with loading_weights(cfg.MODEL.WEIGHTS):
-        DentalCheckpointer(
-            model, save_dir=cfg.OUTPUT_DIR, allow_pickle=cfg.DENTAL.ALLOW_PICKLE
-        ).resume_or_load(path, resume=resume)
-
-
 def _scoring(cfg, weights: str):
     """`cfg` with MODEL.WEIGHTS naming the file of the weights scored, for the reports."""
     scored = cfg.clone()
@@ -144,6 +172,18 @@ def _scoring(cfg, weights: str):
     scored.MODEL.WEIGHTS = weights
     scored.freeze()
     return scored
+
+
+def _evaluators(cfg, iteration: int | None, folder: str | None = None):
+    """An evaluator per test dataset for weights saved at `iteration` (known to the caller, so
+    that no report opens the weights file again), in `folder/<dataset>` (default
+    `OUTPUT_DIR/eval/<dataset>`)."""
+    return [
+        DentalTrainer.build_evaluator(
+            cfg, name, folder and os.path.join(folder, name), iteration=iteration
+        )
+        for name in cfg.DATASETS.TEST
+    ]
 
 
 def score_chosen_model(cfg, trainer):
@@ -164,12 +204,9 @@ def score_chosen_model(cfg, trainer):
     # The evaluation after the last iteration is stored at max_iter: the final weights.
     if not tests_best_checkpoint(best_iter, final_iter):
         logger.info(f"Evaluating the final model on {', '.join(cfg.DATASETS.TEST)}")
-        return DentalTrainer.test(final, trainer.model)
+        return DentalTrainer.test(final, trainer.model, _evaluators(final, final_iter))
     final_dir = os.path.join(cfg.OUTPUT_DIR, "eval", "final")
-    final_evaluators = [
-        DentalTrainer.build_evaluator(final, name, os.path.join(final_dir, name))
-        for name in cfg.DATASETS.TEST
-    ]
+    final_evaluators = _evaluators(final, final_iter, final_dir)
     logger.info(f"Evaluating the final model (iteration {final_iter}) into eval/final/")
     DentalTrainer.test(final, trainer.model, final_evaluators)
     logger.info(
@@ -177,22 +214,23 @@ def score_chosen_model(cfg, trainer):
         f"{cfg.SOLVER.EARLY_STOPPING.METRIC}) on {', '.join(cfg.DATASETS.TEST)}: these are the "
         "reported test results"
     )
-    model = DentalTrainer.build_model(cfg)
-    _load_weights(cfg, model, best_path)
-    return DentalTrainer.test(_scoring(cfg, best_path), model)
+    chosen = _scoring(cfg, best_path)
+    weights = read_weights(chosen)
+    model = load_model(chosen, weights)
+    return DentalTrainer.test(chosen, model, _evaluators(chosen, weights.iteration))
 
 
 def main(args):
     """Trains (or with --eval-only evaluates) as the config says; returns the test results."""
-    cfg = setup(args)
+    cfg, weights = _setup(args)
     if args.eval_only:
-        model = DentalTrainer.build_model(cfg)
-        _load_weights(cfg, model, cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = DentalTrainer.test(cfg, model)
+        model = load_model(cfg, weights)
+        results = DentalTrainer.test(cfg, model, _evaluators(cfg, weights.iteration))
         if comm.is_main_process():
             verify_results(cfg, results)
         if cfg.TEST.AUG.ENABLED:
-            results = {"plain": results, "TTA": DentalTrainer.test_with_TTA(cfg, model)}
+            tta = DentalTrainer.test_with_TTA(cfg, model, iteration=weights.iteration)
+            results = {"plain": results, "TTA": tta}
         return results
 
     trainer = DentalTrainer(cfg)

