@@ -24,6 +24,15 @@ _INPUT_KEYS = ("INPUT.FORMAT", "INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST")
 _FREE_MODEL_KEYS = ("MODEL.WEIGHTS", "MODEL.DEVICE")
 # Differing keys, or parameters that do not load, named in a message.
 _NAMED = 3
+# Keys that say most plainly which model a config builds: named first when they differ.
+_FIRST_NAMED = (
+    "MODEL.META_ARCHITECTURE",
+    "MODEL.BACKBONE.NAME",
+    "MODEL.TIMM.NAME",
+    "MODEL.RESNETS.DEPTH",
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    "INPUT.FORMAT",
+)
 # The config file tools/train_net.py writes beside its checkpoints (detectron2's default_setup).
 _SAVED_CONFIG = "config.yaml"
 
@@ -51,14 +60,20 @@ def loading_weights(weights: str):
         ) from e
 
 
+def _plain(value):
+    # A YAML round trip turns tuples into lists (yacs turns back only the outer one).
+    return [_plain(item) for item in value] if isinstance(value, list | tuple) else value
+
+
 def _values(node, prefix: str = "") -> dict:
-    """Every full key of a config with its value, e.g. {"MODEL.MASK_ON": True, ...}."""
+    """Every full key of a config with its value, e.g. {"MODEL.MASK_ON": True, ...}; tuples
+    as lists."""
     values = {}
     for name, value in node.items():
         if isinstance(value, CfgNode):
             values.update(_values(value, f"{prefix}{name}."))
         else:
-            values[prefix + name] = value
+            values[prefix + name] = _plain(value)
     return values
 
 
@@ -68,15 +83,22 @@ def _shapes_the_model(key: str) -> bool:
     return key.startswith("MODEL.") and key not in _FREE_MODEL_KEYS and not key.endswith("_TEST")
 
 
+def _naming_order(key: str) -> tuple[int, str]:
+    rank = _FIRST_NAMED.index(key) if key in _FIRST_NAMED else len(_FIRST_NAMED)
+    return rank, key
+
+
 def keys_that_differ(cfg, other) -> list[str]:
-    """The keys shaping the model or its inputs on which two configs differ, in order.
+    """The keys shaping the model or its inputs on which two configs differ, those that name the
+    model first (`_FIRST_NAMED`), then in alphabetical order.
 
     Args:
         cfg (CfgNode): a config with the dental keys.
         other (CfgNode): another.
     """
     mine, theirs = _values(cfg), _values(other)
-    keys = sorted(key for key in mine.keys() | theirs.keys() if _shapes_the_model(key))
+    keys = [key for key in mine.keys() | theirs.keys() if _shapes_the_model(key)]
+    keys.sort(key=_naming_order)
     return [key for key in keys if mine.get(key) != theirs.get(key)]
 
 
