@@ -233,12 +233,14 @@ class DentalCheckpointer(DetectionCheckpointer):
             # Called before detectron2 logs a line per parameter: it may refuse the weights.
             self.on_incomplete(incompatible)
         super()._log_incompatible_keys(incompatible)
-        kind = weights_kind(self._source(""))
-        if incompatible.missing_keys and kind in (IMAGENET, MODEL_ZOO, PYCLS):
+        source = self._source("")
+        kind = weights_kind(source)
+        unloaded = incompatible.missing_keys or incompatible.incorrect_shapes
+        if unloaded and kind in (IMAGENET, MODEL_ZOO, PYCLS):
             logger.info(
-                f"The parameters above that {self._source('')} lacks are expected: an "
-                f"initialisation ({kind}) holds no trained dental heads; training starts them "
-                "from random values"
+                f"The parameters listed above as missing or skipped are expected with {source} "
+                f"({kind}): it holds no trained dental heads, and training starts them from "
+                "random values"
             )
 
     def _torch_load(self, f):

@@ -5,8 +5,11 @@ the checkpointer, the reader of weights and the runtimes ask it."""
 import os
 from urllib.parse import urlparse
 
-from .export.metadata import exported_format
 from .modeling import IMAGENET_SCHEME
+
+# The extension of a model written by tools/export_model.py names its format
+# (`dental_d2.export.metadata` names the files after it).
+EXPORT_FORMATS = {".onnx": "onnx", ".ts": "torchscript"}
 
 # No weights: the model keeps its random initialisation.
 NONE = "none"
@@ -23,6 +26,11 @@ EXPORT = "exported model"
 IMAGENET = "ImageNet backbone"
 # Kinds a trained dental model comes as: what prediction and evaluation accept.
 TRAINED = (CHECKPOINT, EXPORT)
+
+
+def exported_format(weights: str) -> str | None:
+    """Returns "onnx" or "torchscript" when `weights` names an exported model, else None."""
+    return EXPORT_FORMATS.get(os.path.splitext(urlparse(weights or "").path)[1].lower())
 
 
 def weights_kind(weights: str) -> str:

@@ -6,25 +6,21 @@ should not load the tracer with it.
 """
 
 from .metadata import (
-    EXPORTED_EXTENSIONS,
     INPUT_NAMES,
     METADATA_FILE,
     MODEL_FILES,
     OUTPUT_NAMES,
     apply_export_metadata,
-    exported_format,
     read_export_metadata,
 )
 
 __all__ = [
-    "EXPORTED_EXTENSIONS",
     "INPUT_NAMES",
     "METADATA_FILE",
     "MODEL_FILES",
     "OUTPUT_NAMES",
     "apply_export_metadata",
     "export_model",
-    "exported_format",
     "read_export_metadata",
 ]
 

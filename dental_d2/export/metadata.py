@@ -7,20 +7,14 @@ import json
 import os
 
 from ..errors import DentalError
+from ..weights_kind import EXPORT_FORMATS
 
-# File names inside the export folder, by format.
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
+# File names inside the export folder, by format: "model" and the format's extension.
+MODEL_FILES = {fmt: f"model{extension}" for extension, fmt in EXPORT_FORMATS.items()}
 METADATA_FILE = "model.json"
-# The extension of an exported model names its format.
-EXPORTED_EXTENSIONS = {os.path.splitext(name)[1]: fmt for fmt, name in MODEL_FILES.items()}
 # The traced graph's inputs and outputs, in this order.
 INPUT_NAMES = ["image"]
 OUTPUT_NAMES = ["boxes", "scores", "classes", "masks"]
-
-
-def exported_format(weights: str) -> str | None:
-    """Returns "onnx" or "torchscript" when `weights` names an exported model, else None."""
-    return EXPORTED_EXTENSIONS.get(os.path.splitext(weights or "")[1].lower())
 
 
 def read_export_metadata(model_path: str) -> dict:

@@ -1,9 +1,9 @@
 """Chooses the runtime for `MODEL.WEIGHTS`."""
 
 from ..errors import DentalError
-from ..export import METADATA_FILE, exported_format, read_export_metadata
+from ..export import METADATA_FILE, read_export_metadata
 from ..weights import WeightsFile
-from ..weights_kind import EXPORT
+from ..weights_kind import EXPORT, exported_format
 from .base import Backend
 from .eager import TorchBackend
 from .exported import OnnxBackend, TorchScriptBackend
