@@ -87,11 +87,6 @@ class WeightsFile:
         return {} if self.checkpoint is None else {self.path: self.checkpoint}
 
     @property
-    def class_names(self) -> list[str] | None:
-        """The class names the checkpoint stores, if any."""
-        return class_names_in(self.checkpoint)
-
-    @property
     def config_yaml(self) -> str | None:
         """The config (YAML) the checkpoint was trained with, if it stores one."""
         return config_yaml_in(self.checkpoint)
