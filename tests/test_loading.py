@@ -246,3 +246,18 @@ def test_weights_are_read_once_on_eval_only_training_and_resume(tmp_path, monkey
     monkeypatch.undo()
     stored = torch.load(resumed_from, map_location="cpu", weights_only=True)
     assert stored["iteration"] == 2 and CONFIG_KEY in stored
+
+
+@pytest.mark.slow
+def test_the_runtimes_read_the_export_contract_without_the_tracer():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dental_d2.runtime, dental_d2.export.metadata; "
+        "print(sorted(m for m in sys.modules if m.endswith(('.exporter', 'detectron2.export'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
