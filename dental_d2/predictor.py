@@ -72,7 +72,8 @@ def predictor_config(
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = keeping_scores_from(confidence_threshold)
     if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
         raise DentalError(
-            f"{config_file}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use BGR or RGB"
+            f"{config_file or read.path}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use "
+            "BGR or RGB"
         )
     cfg.freeze()
     return cfg, read, metadata
