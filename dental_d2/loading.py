@@ -13,7 +13,7 @@ from .checkpoint import DentalCheckpointer
 from .config import OFFLINE_CONFIG, build_config
 from .errors import DentalError
 from .weights import WeightsFile, check_weights_exist, check_weights_given, read_weights
-from .weights_kind import CHECKPOINT
+from .weights_kind import CHECKPOINT, MODEL_ZOO, weights_kind
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def loading_weights(weights: str):
         yield
     except OSError as e:  # urllib's URLError and HTTPError are OSErrors
         local = "pass its local path"
-        if weights.endswith(".pkl"):
+        if weights_kind(weights) == MODEL_ZOO:
             local += " with DENTAL.ALLOW_PICKLE True (a .pkl is a pickle)"
         raise DentalError(
             f"MODEL.WEIGHTS {weights}: cannot be loaded ({getattr(e, 'reason', e)}); download "
