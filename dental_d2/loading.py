@@ -116,8 +116,9 @@ def _check_agrees(config_file: str, given, trained, weights: str) -> None:
     differ = keys_that_differ(given, trained)
     if not differ:
         return
+    there, stored = _values(given), _values(trained)
     shown = "; ".join(
-        f"{key} {_short(_values(given)[key])} there, {_short(_values(trained)[key])} in the weights"
+        f"{key} {_short(there.get(key))} there, {_short(stored.get(key))} in the weights"
         for key in differ[:_NAMED]
     )
     more = f" and {len(differ) - _NAMED} more" if len(differ) > _NAMED else ""
