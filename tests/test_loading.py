@@ -243,6 +243,10 @@ def test_weights_are_read_once_on_eval_only_training_and_resume(tmp_path, monkey
     run("--resume", "OUTPUT_DIR", str(second), "SOLVER.MAX_ITER", "3")
     assert reads.count(resumed_from) == 1, reads.opened
     assert all(reads.opened.count(path) == 1 for path in reads.opened), reads.opened
+    # --eval-only --resume evaluates the checkpoint OUTPUT_DIR's last_checkpoint names.
+    reads = _Reads(monkeypatch)
+    run("--eval-only", "--resume", "OUTPUT_DIR", str(second))
+    assert reads.opened == [str(resumed_from)] and len(reads.loads) == 1, reads.opened
     monkeypatch.undo()
     stored = torch.load(resumed_from, map_location="cpu", weights_only=True)
     assert stored["iteration"] == 2 and CONFIG_KEY in stored
