@@ -181,7 +181,7 @@ def config_for_weights(
     read = read_weights(given)
     stored = read.config_yaml
     if stored is None:
-        if not config_file and read.kind == CHECKPOINT:
+        if not config_file and read.kind in (CHECKPOINT, MODEL_ZOO):
             raise DentalError(
                 f"MODEL.WEIGHTS {read.path}: holds no config of its own (another trainer's "
                 f"checkpoint, or an older one); pass --config-file with the config it was "
