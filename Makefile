@@ -79,12 +79,12 @@ $(DEMO_DATA)/test/_annotations.coco.json: | install
 
 demo: install $(DEMO_DATA)/test/_annotations.coco.json
 	$(PY) tools/train_net.py --config-file configs/quick_schedules/dental_demo_cpu.yaml
-	$(PY) tools/visualize.py --config-file configs/quick_schedules/dental_demo_cpu.yaml \
+	$(PY) tools/visualize.py \
 		--input $(DEMO_DATA)/test --output $(DEMO_OUTPUT)/predictions \
 		MODEL.WEIGHTS $(DEMO_OUTPUT)/model_final.pth
 	@echo
 	@echo "Demo finished. Everything is in $(DEMO_OUTPUT)/:"
-	@echo "  model_final.pth, model_best.pth   trained weights (class names inside)"
+	@echo "  model_final.pth, model_best.pth   trained weights (class names and config inside)"
 	@echo "  eval/dental_test/                 metrics.json, report.html, PR curves, confusion matrix"
 	@echo "  predictions/                      overlays, predictions.coco.json, findings.json"
 	@echo "  log.txt, metrics.json             training log and scalars"
@@ -97,7 +97,7 @@ REAL_DEMO_OUTPUT := output/demo_real
 
 demo-real: install
 	$(PY) tools/train_net.py --config-file $(REAL_DEMO_CONFIG)
-	$(PY) tools/visualize.py --config-file $(REAL_DEMO_CONFIG) \
+	$(PY) tools/visualize.py \
 		--input datasets/dentalai_demo/test --output $(REAL_DEMO_OUTPUT)/predictions \
 		MODEL.WEIGHTS $(REAL_DEMO_OUTPUT)/model_final.pth
 	@echo

@@ -7,7 +7,6 @@ plain containers only) and a pickle is loaded only from detectron2's model zoo
 (`detectron2://` URLs) or when the user sets `DENTAL.ALLOW_PICKLE True`.
 """
 
-import contextlib
 import errno
 import io
 import logging
@@ -15,19 +14,20 @@ import os
 import pickle
 import re
 import shutil
+from collections.abc import Callable
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from .config import OFFLINE_CONFIG
+# CLASS_NAMES_KEY is imported from here by the tests and benchmarks too.
+from .checkpoint_contents import CLASS_NAMES_KEY, iteration_in  # noqa: F401
 from .errors import DentalError
 from .file_io import atomic_write
-from .modeling import IMAGENET_SCHEME, backbone_weights
+from .modeling import backbone_weights
+from .weights_kind import CHECKPOINT, IMAGENET, MODEL_ZOO, PYCLS, is_local, weights_kind
 
 logger = logging.getLogger(__name__)
 
-# Key of the class names in checkpoints written by DentalTrainer.
-CLASS_NAMES_KEY = "dental_classes"
 # The file naming the checkpoint `--resume` starts from (fvcore's name).
 LAST_CHECKPOINT = "last_checkpoint"
 # Checkpoints `last_checkpoint` may name: periodic (model_0001999) and final ones. model_best
@@ -39,29 +39,6 @@ _TEMPORARY = re.compile(r"\.(model_\w+\.pth|last_checkpoint)\.\w+\.tmp")
 TRUSTED_SCHEMES = ("detectron2",)
 
 
-@contextlib.contextmanager
-def loading_weights(weights: str):
-    """Turns a failed download of `weights` (MODEL.WEIGHTS) into one line that says what to do.
-
-    The line gives every step of the fix at once: a downloaded model-zoo `.pkl` is a pickle,
-    which loads from a local path only with DENTAL.ALLOW_PICKLE True.
-
-    Args:
-        weights (str): the URL or path being loaded.
-    """
-    try:
-        yield
-    except OSError as e:  # urllib's URLError and HTTPError are OSErrors
-        local = "pass its local path"
-        if weights.endswith(".pkl"):
-            local += " with DENTAL.ALLOW_PICKLE True (a .pkl is a pickle)"
-        raise DentalError(
-            f"MODEL.WEIGHTS {weights}: cannot be loaded ({getattr(e, 'reason', e)}); download "
-            f"it once where there is internet and {local}, or train with no internet from "
-            f"{OFFLINE_CONFIG}"
-        ) from e
-
-
 def checkpoint_iteration(path: str) -> int | None:
     """The training iteration stored in a `.pth` written by the trainer, else None.
 
@@ -70,39 +47,13 @@ def checkpoint_iteration(path: str) -> int | None:
     Args:
         path (str): a local checkpoint; other paths (URLs, `.pkl`, exported models) give None.
     """
-    if not path.endswith(".pth") or not os.path.isfile(path):
+    if weights_kind(path) != CHECKPOINT or not is_local(path) or not os.path.isfile(path):
         return None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # a torn or foreign file: the report says no iteration, the load says why
         return None
-    iteration = checkpoint.get("iteration") if isinstance(checkpoint, dict) else None
-    return iteration if isinstance(iteration, int) else None
-
-
-class ClassNamesCheckpointable:
-    """A checkpointable holding the class names, in contiguous-id order, that a model predicts.
-
-    Registered with the trainer's checkpointer, it is saved in every checkpoint; on `--resume`
-    it refuses a checkpoint trained on other classes.
-
-    Args:
-        class_names (list[str]): the model's classes, in contiguous-id order.
-    """
-
-    def __init__(self, class_names):
-        self.class_names = list(class_names)
-
-    def state_dict(self):
-        return {"thing_classes": list(self.class_names)}
-
-    def load_state_dict(self, state):
-        saved = list(state.get("thing_classes", []))
-        if saved != self.class_names:
-            raise DentalError(
-                f"the checkpoint being resumed was trained on classes {saved}, but the data has "
-                f"{self.class_names}: resume with the same data or start a new OUTPUT_DIR"
-            )
+    return iteration_in(checkpoint)
 
 
 def _refuse_pickle(path: str, what: str):
@@ -153,31 +104,6 @@ def _unreadable(path: str, error: Exception) -> DentalError:
         f"{path}: cannot be read as a PyTorch checkpoint ({error}); the file may be truncated; "
         "point MODEL.WEIGHTS at a model_*.pth written by tools/train_net.py"
     )
-
-
-def class_names_in(checkpoint) -> list[str] | None:
-    """Returns the class names a checkpoint written by DentalTrainer stores, in contiguous-id
-    order, or None when it has none (a model-zoo or other trainer's checkpoint, or None)."""
-    if not isinstance(checkpoint, dict):
-        return None
-    names = checkpoint.get(CLASS_NAMES_KEY, {}).get("thing_classes")
-    return list(names) if names else None
-
-
-def read_class_names(weights_path: str, allow_pickle: bool = False) -> list[str] | None:
-    """Returns the class names stored in a checkpoint written by DentalTrainer.
-
-    Args:
-        weights_path (str): a `.pth` checkpoint. Other files (detectron2's model-zoo `.pkl`,
-            checkpoints from other trainers) hold no class names.
-        allow_pickle (bool): as `load_weights_file`.
-
-    Returns:
-        list[str] | None: the class names in contiguous-id order, or None when the file has none.
-    """
-    if not weights_path or not weights_path.endswith(".pth") or not os.path.isfile(weights_path):
-        return None
-    return class_names_in(load_weights_file(weights_path, allow_pickle))
 
 
 def check_finite(state_dict: dict, name: str):
@@ -261,6 +187,9 @@ class DentalCheckpointer(DetectionCheckpointer):
         allow_pickle (bool): DENTAL.ALLOW_PICKLE, the user's trust in pickled weight files.
         read (dict[str, dict] | None): checkpoints already read, by local path
             (`dental_d2.weights.read_weights`): `load` takes them from memory.
+        on_incomplete (Callable | None): called with fvcore's incompatible keys (missing,
+            unexpected, of another shape) after each load, before they are logged; it may raise
+            to refuse the weights (`dental_d2.loading.load_model` does, for inference).
         **kwargs: as DetectionCheckpointer (save_to_disk, checkpointables).
     """
 
@@ -271,26 +200,48 @@ class DentalCheckpointer(DetectionCheckpointer):
         *,
         allow_pickle: bool = False,
         read: dict[str, dict] | None = None,
+        on_incomplete: Callable | None = None,
         **kwargs,
     ):
         super().__init__(model, save_dir, **kwargs)
         self.allow_pickle = allow_pickle
         self.read = dict(read or {})
+        self.on_incomplete = on_incomplete
+
+    def _source(self, filename: str) -> str:
+        """What `load` was given (a URL or a path) for the local file it is reading."""
+        parsed = self._parsed_url_during_load
+        return parsed.geturl() if parsed is not None and parsed.geturl() else filename
 
     def _load_file(self, filename):
-        parsed = self._parsed_url_during_load
-        if parsed is not None and parsed.scheme == IMAGENET_SCHEME:
+        source = self._source(filename)
+        kind = weights_kind(source)
+        if kind == IMAGENET:
             # A plain ImageNet classifier state dict, renamed onto the timm backbone.
             state = load_weights_file(filename, allow_pickle=False)
-            return {"model": backbone_weights(self.model, state, parsed.geturl())}
-        if filename.endswith(".pkl"):
+            return {"model": backbone_weights(self.model, state, source)}
+        if kind == MODEL_ZOO:
             scheme = self._parsed_url_during_load.scheme if self._parsed_url_during_load else ""
             if scheme not in TRUSTED_SCHEMES and not self.allow_pickle:
-                source = self._parsed_url_during_load.geturl() or filename
                 _refuse_pickle(source, "a .pkl file is a Python pickle from outside the model zoo")
-        elif filename.endswith(".pyth"):
+        elif kind == PYCLS:
             _refuse_pickle(filename, "pycls .pyth files are not supported")
         return super()._load_file(filename)
+
+    def _log_incompatible_keys(self, incompatible):
+        if self.on_incomplete is not None:
+            # Called before detectron2 logs a line per parameter: it may refuse the weights.
+            self.on_incomplete(incompatible)
+        super()._log_incompatible_keys(incompatible)
+        source = self._source("")
+        kind = weights_kind(source)
+        unloaded = incompatible.missing_keys or incompatible.incorrect_shapes
+        if unloaded and kind in (IMAGENET, MODEL_ZOO, PYCLS):
+            logger.info(
+                f"The parameters listed above as missing or skipped are expected with {source} "
+                f"({kind}): it holds no trained dental heads, and training starts them from "
+                "random values"
+            )
 
     def _torch_load(self, f):
         if f in self.read:

@@ -15,16 +15,28 @@ from detectron2.utils.logger import setup_logger
 from .config import build_config
 from .errors import DentalError
 
+# The help of --config-file in the tools that run a trained model.
+_WEIGHTS_CONFIG_HELP = (
+    "a dental YAML config; not needed for weights written by tools/train_net.py or exported, "
+    "which carry their own (given, it must agree with them)"
+)
 
-def tool_parser(doc: str, config_help: str | None = None) -> argparse.ArgumentParser:
+
+def tool_parser(
+    doc: str, config_help: str | None = None, weights_config: bool = False
+) -> argparse.ArgumentParser:
     """An argument parser described by the first line of a tool's docstring.
 
     Args:
         doc (str): the tool's module docstring.
         config_help (str | None): help of a required `--config-file FILE`; None adds none.
+        weights_config (bool): add an optional `--config-file FILE` instead, for a tool that
+            runs a trained model, whose weights carry their config.
     """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    if config_help is not None:
+    if weights_config:
+        parser.add_argument("--config-file", metavar="FILE", help=_WEIGHTS_CONFIG_HELP)
+    elif config_help is not None:
         parser.add_argument("--config-file", required=True, metavar="FILE", help=config_help)
     return parser
 

@@ -9,20 +9,16 @@ from detectron2.config import CfgNode
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Instances
 
-from .config import DEFAULT_SCORE_THRESHOLD, build_config, fall_back_to_cpu, keeping_scores_from
+from .config import DEFAULT_SCORE_THRESHOLD, fall_back_to_cpu, keeping_scores_from
 from .data import read_image
 from .errors import DentalError
-from .export import apply_export_metadata, exported_format, read_export_metadata
+from .export import apply_export_metadata, read_export_metadata
 from .findings import Findings, findings_from_instances, summarize
+from .loading import config_for_weights
 from .runtime import build_runtime
 from .visualize import build_metadata, draw_instances
-from .weights import (
-    check_weights_exist,
-    check_weights_given,
-    model_class_names,
-    read_weights,
-    registered_metadata,
-)
+from .weights import WeightsFile, model_class_names, registered_metadata
+from .weights_kind import EXPORT
 
 logger = logging.getLogger(__name__)
 
@@ -35,14 +31,17 @@ def predictor_config(
     confidence_threshold: float,
     device: str | None,
     require_weights: str | None,
-) -> tuple[CfgNode, dict | None]:
-    """The frozen config of a `Predictor`, and the `model.json` of an exported model.
+) -> tuple[CfgNode, WeightsFile, dict | None]:
+    """The frozen config of a `Predictor`, its weights read, and an export's `model.json`.
 
-    The config file comes first, then `opts`, then `weights` and `device`; an exported model's
-    `model.json` sets what the export fixed, and `opts` still win over it.
+    The config the weights were trained with (stored in them) or the config file comes first,
+    then `opts`, then `weights` and `device`; an exported model's `model.json` sets what the
+    export fixed, and `opts` still win over it.
 
     Args:
-        config_file (str | None): a dental YAML config; None for an exported model.
+        config_file (str | None): a dental YAML config; None for weights that carry their own
+            (a checkpoint of the dental trainer, an exported model). Given with such weights,
+            it must agree with theirs (`dental_d2.loading.config_for_weights`).
         opts (Sequence[str]): KEY VALUE config overrides.
         weights (str | None): `MODEL.WEIGHTS`; None keeps the config's.
         confidence_threshold (float): the least score kept.
@@ -51,20 +50,21 @@ def predictor_config(
         require_weights (str | None): what needs a trained model, refusing empty weights.
 
     Returns:
-        tuple[CfgNode, dict | None]: the config; the export's metadata, None for a checkpoint.
+        tuple[CfgNode, WeightsFile, dict | None]: the config; `MODEL.WEIGHTS` read; the
+        export's metadata, None for a checkpoint.
     """
-    cfg = build_config(config_file, opts)
-    if weights is not None:
-        cfg.MODEL.WEIGHTS = weights
-    weights = cfg.MODEL.WEIGHTS
-    if require_weights:
-        check_weights_given(cfg, require_weights)
-    check_weights_exist(cfg)
-    metadata = read_export_metadata(weights) if exported_format(weights) else None
+    cfg, read = config_for_weights(
+        config_file,
+        opts,
+        weights,
+        doing=require_weights or "predicting",
+        allow_empty=not require_weights,
+    )
+    metadata = read_export_metadata(read.path) if read.kind == EXPORT else None
     if metadata:
         apply_export_metadata(cfg, metadata)
         cfg.merge_from_list(list(opts))  # the command line still wins
-        cfg.MODEL.WEIGHTS = weights
+        cfg.MODEL.WEIGHTS = read.path
     if device is not None:
         cfg.MODEL.DEVICE = device
     fall_back_to_cpu(cfg, "predicting")
@@ -72,10 +72,11 @@ def predictor_config(
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = keeping_scores_from(confidence_threshold)
     if cfg.INPUT.FORMAT not in ("BGR", "RGB"):
         raise DentalError(
-            f"{config_file}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use BGR or RGB"
+            f"{config_file or read.path}: INPUT.FORMAT {cfg.INPUT.FORMAT} is not supported; use "
+            "BGR or RGB"
         )
     cfg.freeze()
-    return cfg, metadata
+    return cfg, read, metadata
 
 
 def _drawing_metadata(cfg, class_names: list[str]) -> Metadata:
@@ -98,14 +99,18 @@ class Predictor:
     predictions at the original size; unlike it, it takes several images per forward pass and
     knows the class names, so it can also place lesions on teeth and draw overlays.
 
-    The class names come from the checkpoint (written by the dental trainer), else
+    A checkpoint written by the dental trainer holds the config it was trained with and its
+    class names, so the weights alone make the predictor (`config_file` None); a config file
+    given with them must agree with theirs on the keys that shape the model and its inputs.
+    Weights that leave a model parameter unloaded, and weights that only start a training (an
+    ImageNet backbone), are refused. For other checkpoints the class names come from
     `DENTAL.CLASS_NAMES`, else the metadata of a registered dataset in `DATASETS.TEST`/`TRAIN`
-    (`dental_d2.weights.model_class_names`). `MODEL.WEIGHTS` is read once, for the class names,
-    the weights and its digest.
+    (`dental_d2.weights.model_class_names`). `MODEL.WEIGHTS` is read once, for the config, the
+    class names, the weights and its digest.
 
     `MODEL.WEIGHTS` may also be a model written by `tools/export_model.py`: a `.onnx` file runs
     with ONNX Runtime, a `.ts` file with TorchScript. Its `model.json` gives the classes, input
-    format and test sizes, so `config_file` may then be None.
+    format and test sizes, so `config_file` may then be None too.
 
     With `TEST.SLICED.ENABLED True` in `opts`, any of these runtimes also predicts a photo larger
     than `TEST.SLICED.TILE_SIZE` in overlapping tiles and merges their lesions with the whole
@@ -113,22 +118,26 @@ class Predictor:
 
     Example::
 
-        predictor = Predictor("configs/dental_r50.yaml", weights="output/model_final.pth")
+        predictor = Predictor(None, weights="output/demo/model_final.pth")
         instances = predictor.predict("xray.jpg")
         print(predictor.findings(instances))
         overlay_rgb = predictor.draw("xray.jpg", instances)
 
     Args:
-        config_file (str | None): a dental YAML config; may be None for an exported model.
-        weights (str | None): a checkpoint path or URL; None keeps `MODEL.WEIGHTS` of the config.
+        config_file (str | None): a dental YAML config; None for weights that carry their own
+            (the dental trainer's checkpoints, exported models).
+        weights (str | None): a checkpoint path or URL; None keeps `MODEL.WEIGHTS` of `opts`
+            or the config.
             An empty `MODEL.WEIGHTS` gives a randomly initialised model (for tests).
-        opts (Sequence[str]): KEY VALUE config overrides, applied after the file.
+        opts (Sequence[str]): KEY VALUE config overrides, applied after the weights' config or
+            the file.
         confidence_threshold (float): detections scoring below this are dropped; one scoring
             exactly this is kept.
         device (str | None): "cpu", "cuda", "cuda:1"...; None keeps `MODEL.DEVICE`, falling
             back to the CPU when CUDA is not available.
         require_weights (str | None): refuse an empty `MODEL.WEIGHTS` with a `DentalError`
-            saying that this (e.g. "visualizing") needs a trained model; None allows it.
+            saying that this (e.g. "visualizing") needs a trained model; None allows it (random
+            weights, for tests).
 
     Attributes:
         cfg (CfgNode): the frozen config.
@@ -153,7 +162,7 @@ class Predictor:
         device: str | None = None,
         require_weights: str | None = None,
     ):
-        self.cfg, export_metadata = predictor_config(
+        self.cfg, read, export_metadata = predictor_config(
             config_file,
             opts,
             weights=weights,
@@ -162,7 +171,6 @@ class Predictor:
             require_weights=require_weights,
         )
         self.score_threshold = confidence_threshold
-        read = read_weights(self.cfg)
         self.weights_sha256 = read.sha256
         self.class_names = model_class_names(self.cfg, config_file, checkpoint=read.checkpoint)
         self.metadata = _drawing_metadata(self.cfg, self.class_names)

@@ -1,6 +1,6 @@
-"""The model file named by `MODEL.WEIGHTS`: checked (given, exists), read once, and the class
-names of the model it holds; what training, `--eval-only`, `Predictor` and the exporter check
-before building a model."""
+"""The model file named by `MODEL.WEIGHTS`: checked (given, exists, trained), read once, and what
+it says of its model (class names, config, iteration); what training, `--eval-only`, `Predictor`
+and the exporter check before building a model."""
 
 import hashlib
 import logging
@@ -10,15 +10,26 @@ from dataclasses import dataclass
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 
-from .checkpoint import class_names_in, load_weights_file, read_class_names
+from .checkpoint import load_weights_file
+from .checkpoint_contents import class_names_in, config_yaml_in, iteration_in
 from .data import check_num_classes
 from .errors import DentalError
+from .weights_kind import (
+    CHECKPOINT,
+    EXPORT,
+    NONE,
+    is_local,
+    only_starts_training,
+    weights_kind,
+)
 
 logger = logging.getLogger(__name__)
 
-# Files read into memory by `read_weights`: checkpoints and exported models. Others (a
-# model-zoo `.pkl`, URLs) are left to detectron2's checkpointer.
-_READ_IN_MEMORY = (".pth", ".onnx", ".ts")
+# What `check_weights_given` asks for: the weights training writes, or an export of them.
+_TRAINED_WEIGHTS = (
+    "pass MODEL.WEIGHTS output/.../model_final.pth (tools/train_net.py writes it to OUTPUT_DIR) "
+    "or an exported model.onnx"
+)
 
 
 def check_weights_exist(cfg) -> None:
@@ -28,7 +39,7 @@ def check_weights_exist(cfg) -> None:
         cfg (CfgNode): the config; an empty `MODEL.WEIGHTS` (random init) passes.
     """
     weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
+    if weights and is_local(weights) and not os.path.isfile(weights):
         raise DentalError(
             f"MODEL.WEIGHTS {weights}: no such file; give the path of a checkpoint (a "
             "model_*.pth of tools/train_net.py, an exported model.onnx, or a detectron2:// "
@@ -36,18 +47,27 @@ def check_weights_exist(cfg) -> None:
         )
 
 
-def check_weights_given(cfg, doing: str) -> None:
-    """Refuses an empty `MODEL.WEIGHTS` where a trained model is needed: a model with random
-    weights evaluates, draws and ranks without error, and everything it says is noise.
+def check_weights_given(cfg, doing: str, allow_empty: bool = False) -> None:
+    """Refuses, where a trained model is needed, an empty `MODEL.WEIGHTS` and weights that only
+    start a training (an ImageNet backbone, a model-zoo download): such a model evaluates, draws
+    and ranks without error, and everything it says is noise.
 
     Args:
         cfg (CfgNode): the config.
         doing (str): what needs the trained model, for the message, e.g. "evaluating".
+        allow_empty (bool): let an empty `MODEL.WEIGHTS` (random weights, for tests) pass.
     """
-    if not cfg.MODEL.WEIGHTS:
+    weights = cfg.MODEL.WEIGHTS
+    kind = weights_kind(weights)
+    if kind == NONE and not allow_empty:
         raise DentalError(
-            f"MODEL.WEIGHTS is empty: {doing} needs a trained model, not random weights; pass "
-            "MODEL.WEIGHTS output/.../model_final.pth (or an exported model.onnx)"
+            f"MODEL.WEIGHTS is empty: {doing} needs a trained model, not random weights; "
+            f"{_TRAINED_WEIGHTS}"
+        )
+    if only_starts_training(weights):
+        raise DentalError(
+            f"MODEL.WEIGHTS {weights} ({kind}) only starts a training: {doing} needs a trained "
+            f"model; {_TRAINED_WEIGHTS}"
         )
 
 
@@ -57,12 +77,14 @@ class WeightsFile:
 
     Attributes:
         path (str): `MODEL.WEIGHTS` ("" for random weights, or a URL).
+        kind (str): what it names (`dental_d2.weights_kind.weights_kind`).
         sha256 (str): the first 12 hex digits of the file's SHA-256; "" for a URL or nothing.
-        checkpoint (dict | None): a `.pth` checkpoint, deserialised; None for other files.
+        checkpoint (dict | None): a local checkpoint, deserialised; None for other files.
         data (bytes | None): an exported model's bytes (`.onnx`, `.ts`); None for others.
     """
 
     path: str
+    kind: str = NONE
     sha256: str = ""
     checkpoint: dict | None = None
     data: bytes | None = None
@@ -71,30 +93,41 @@ class WeightsFile:
         """The checkpoint by path, for `DentalCheckpointer(read=...)`; empty when none was read."""
         return {} if self.checkpoint is None else {self.path: self.checkpoint}
 
+    @property
+    def config_yaml(self) -> str | None:
+        """The config (YAML) the checkpoint was trained with, if it stores one."""
+        return config_yaml_in(self.checkpoint)
+
+    @property
+    def iteration(self) -> int | None:
+        """The training iteration the checkpoint stores, if any."""
+        return iteration_in(self.checkpoint)
+
 
 def read_weights(cfg) -> WeightsFile:
     """Reads `MODEL.WEIGHTS` once, hashing the bytes it reads.
 
-    A `.pth` is deserialised as `load_weights_file` does; an exported model is kept as bytes
-    for its runtime. Any other local file (a model-zoo `.pkl`) is only hashed: detectron2's
-    checkpointer reads it when the model is built.
+    A checkpoint is deserialised as `load_weights_file` does; an exported model is kept as
+    bytes for its runtime. Any other local file (a model-zoo `.pkl`) is only hashed:
+    detectron2's checkpointer reads it when the model is built. URLs are not read here.
 
     Args:
         cfg (CfgNode): the config; `DENTAL.ALLOW_PICKLE` is the user's trust in the file.
     """
     path = cfg.MODEL.WEIGHTS
-    if not path or "://" in path or not os.path.isfile(path):
-        return WeightsFile(path)
+    kind = weights_kind(path)
+    if kind == NONE or not is_local(path) or not os.path.isfile(path):
+        return WeightsFile(path, kind)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        if not path.endswith(_READ_IN_MEMORY):
+        if kind not in (CHECKPOINT, EXPORT):
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
-            return WeightsFile(path, digest.hexdigest()[:12])
+            return WeightsFile(path, kind, digest.hexdigest()[:12])
         data = f.read()
     digest.update(data)
-    weights = WeightsFile(path, digest.hexdigest()[:12])
-    if path.endswith(".pth"):
+    weights = WeightsFile(path, kind, digest.hexdigest()[:12])
+    if kind == CHECKPOINT:
         weights.checkpoint = load_weights_file(path, cfg.DENTAL.ALLOW_PICKLE, data=data)
     else:
         weights.data = data
@@ -134,16 +167,13 @@ def model_class_names(
         data_classes (list[str] | None): the classes of the data the model is evaluated on.
         from_registered (bool): fall back on a dataset registered in this process (the
             exporter does not: what it writes must not depend on what ran before it).
-        checkpoint (dict | None): `MODEL.WEIGHTS` already read (`read_weights`); None reads
-            the class names from the file.
+        checkpoint (dict | None): `MODEL.WEIGHTS` as `read_weights` read it; None when it holds
+            no checkpoint (random weights, an exported model, a URL).
 
     Raises:
         DentalError: no source names the classes, or not `MODEL.ROI_HEADS.NUM_CLASSES` of them.
     """
-    if checkpoint is None:
-        from_checkpoint = read_class_names(cfg.MODEL.WEIGHTS, cfg.DENTAL.ALLOW_PICKLE)
-    else:
-        from_checkpoint = class_names_in(checkpoint)
+    from_checkpoint = class_names_in(checkpoint)
     from_config = list(cfg.DENTAL.CLASS_NAMES)
     if from_checkpoint and from_config and from_config != from_checkpoint:
         logger.warning(

@@ -11,7 +11,7 @@ from detectron2.engine.train_loop import HookBase
 from test_hooks import _TinyModel
 from torch import nn
 
-from dental_d2.checkpoint import DentalCheckpointer, read_class_names
+from dental_d2.checkpoint import DentalCheckpointer, load_weights_file
 from dental_d2.engine.hooks import (
     BestCheckpointer,
     EarlyStopping,
@@ -52,7 +52,7 @@ def test_pth_with_code_is_refused_and_runs_nothing(tmp_path):
     evil, marker = tmp_path / "model_final.pth", tmp_path / "pwned"
     write_evil_pth(evil, marker)
     with pytest.raises(DentalError, match="DENTAL.ALLOW_PICKLE True"):
-        read_class_names(str(evil))
+        load_weights_file(str(evil))
     with pytest.raises(DentalError, match="Python objects besides tensors"):
         DentalCheckpointer(_model()).load(str(evil))
     assert not marker.exists()

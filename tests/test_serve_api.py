@@ -288,7 +288,10 @@ def test_overload_gets_503_with_retry_after_and_every_accepted_request_an_answer
     [
         (["--config-file", "nope.yaml"], "error: nope.yaml: config file not found"),
         (["--min-score", "0.6", *OPTS_ARGS], "error: --min-score 0.6 and --confidence-threshold"),
-        (["--workers", "2", *OPTS_ARGS, "MODEL.WEIGHTS", "gone.pth"], "error: gone.pth: weights"),
+        (
+            ["--workers", "2", *OPTS_ARGS, "MODEL.WEIGHTS", "gone.pth"],
+            "error: MODEL.WEIGHTS gone.pth: no such file",
+        ),
     ],
 )
 def test_serve_tool_reports_bad_settings_in_one_line(argv, message, capsys, load_tool):

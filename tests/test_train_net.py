@@ -16,6 +16,7 @@ from conftest import CLASSES
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dental_d2.checkpoint import CLASS_NAMES_KEY
+from dental_d2.checkpoint_contents import CONFIG_KEY
 from dental_d2.data.synthetic import generate_synthetic_dataset
 
 # Every test here runs tools/train_net.py in a subprocess.
@@ -28,8 +29,9 @@ CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 
 def _train_net(*args, timeout=600, config=CONFIG):
     env = dict(os.environ, OMP_NUM_THREADS="2")
+    config_args = [] if config is None else ["--config-file", str(config)]
     return subprocess.run(
-        [sys.executable, TRAIN_NET, "--config-file", str(config), *args],
+        [sys.executable, TRAIN_NET, *config_args, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -202,6 +204,23 @@ def test_checkpoint_and_config_carry_class_names(trained):
     assert {"EarlyStopping", "ReduceLROnPlateau"} <= set(hooks_state)
     saved = (output / "config.yaml").read_text()
     assert "CLASS_NAMES:\n  - Caries\n  - Cavity\n  - Crack\n  - Tooth\n" in saved
+    # The checkpoint holds the whole config it was trained with, as the run saved it.
+    assert checkpoint[CONFIG_KEY]["yaml"] == saved
+    best = torch.load(output / "model_best.pth", map_location="cpu", weights_only=True)
+    assert best[CONFIG_KEY]["yaml"] == saved
+
+
+def test_eval_only_takes_the_weights_alone(trained, export, tmp_path):
+    output, _ = trained
+    scored = []
+    for name, config in (("alone", None), ("configured", CONFIG)):
+        result = _train_net(
+            "--eval-only", "MODEL.WEIGHTS", str(output / "model_final.pth"),
+            "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(tmp_path / name), config=config,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        scored.append(json.loads((tmp_path / name / "eval/dental_test/metrics.json").read_text()))
+    assert scored[0]["segm"] == scored[1]["segm"] and scored[0]["bbox"] == scored[1]["bbox"]
 
 
 def _reorder_categories(export, destination):

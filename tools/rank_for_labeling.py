@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Ranks unlabelled images by how much labelling them would teach the model; writes pre-labels.
 
-tools/rank_for_labeling.py --config-file CFG --input unlabelled/ --output rank/ranking.csv \\
-    --top 50 MODEL.WEIGHTS output/dental_r50/model_final.pth
+tools/rank_for_labeling.py --input unlabelled/ --output rank/ranking.csv --top 50 \\
+    MODEL.WEIGHTS output/dental_r50/model_final.pth
 
 Writes the CSV (rank, image, score, signals, reasons) and, beside it, prelabels.coco.json: the
 first --top images' predictions, to import into CVAT or Roboflow and correct.
@@ -22,7 +22,7 @@ PRELABELS_FILE = "prelabels.coco.json"
 
 
 def parse_args(argv=None):
-    parser = tool_parser(__doc__, config_help="a dental config")
+    parser = tool_parser(__doc__, weights_config=True)
     parser.add_argument(
         "--input", required=True, nargs="+", metavar="PATH", help="images, folders or globs"
     )

@@ -1,7 +1,6 @@
 """Serves a dental model over HTTP: a web page to try it and a JSON API for programs.
 
-    python tools/serve.py --config-file configs/quick_schedules/dental_demo_cpu.yaml \\
-        MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/serve.py MODEL.WEIGHTS output/demo/model_final.pth
 
 then open http://127.0.0.1:8000/ or `curl -F file=@photo.jpg http://127.0.0.1:8000/predict`.
 Beyond this machine (--host 0.0.0.0) it needs --token-file (or $DENTAL_D2_TOKEN); see
@@ -44,8 +43,8 @@ FLAGS = [
 
 
 def parse_args(argv=None):
-    defaults = ServeSettings(config_file="")
-    parser = tool_parser(__doc__, config_help="a dental config")
+    defaults = ServeSettings(config_file=None)
+    parser = tool_parser(__doc__, weights_config=True)
     for flag, kind, help_text in OPTIONS:
         default = getattr(defaults, flag[2:].replace("-", "_"))
         parser.add_argument(flag, type=kind, default=default, help=help_text)

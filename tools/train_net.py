@@ -2,7 +2,10 @@
 """Trains Mask R-CNN on a dental dataset, or evaluates a checkpoint with --eval-only.
 
 tools/train_net.py --config-file configs/dental_r50.yaml DENTAL.DATA_ROOT /path/to/export
-tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/.../model_final.pth
+tools/train_net.py --eval-only MODEL.WEIGHTS output/.../model_final.pth OUTPUT_DIR output/eval
+
+Every checkpoint holds the config it was trained with, so --eval-only needs no --config-file
+(given, it must agree with the checkpoint's).
 """
 
 import sys

@@ -1,11 +1,12 @@
 """Draws dental predictions: runs a model on images, or renders saved predictions beside GT.
 
-Predict images (overlays, predictions.coco.json, findings.json)::
+Predict images (overlays, predictions.coco.json, findings.json); the weights carry the config
+they were trained with, so no --config-file is needed (given, it must agree with them)::
 
-    python tools/visualize.py --config-file configs/dental_r50.yaml --input xrays/ a.png \\
-        --output vis/ MODEL.WEIGHTS output/dental_r50/model_final.pth
+    python tools/visualize.py --input xrays/ a.png --output vis/ \\
+        MODEL.WEIGHTS output/dental_r50/model_final.pth
 
-Run a model exported by tools/export_model.py with ONNX Runtime (no config needed)::
+Run a model exported by tools/export_model.py with ONNX Runtime::
 
     python tools/visualize.py --input xrays/ --output vis/ MODEL.WEIGHTS export/model.onnx
 
@@ -19,10 +20,14 @@ import logging
 import os
 import sys
 
-from dental_d2.cli import add_config_overrides, run_tool, split_overrides, tool_parser
+from dental_d2.cli import (
+    add_config_overrides,
+    run_tool,
+    split_overrides,
+    tool_parser,
+)
 from dental_d2.config import DEFAULT_SCORE_THRESHOLD, build_config
 from dental_d2.data.image_files import collect_images
-from dental_d2.export import exported_format
 from dental_d2.file_io import check_output_outside
 from dental_d2.inference import predict_images
 from dental_d2.predictor import Predictor
@@ -31,15 +36,8 @@ from dental_d2.visualize import render_saved_predictions
 logger = logging.getLogger("dental_d2")
 
 
-def _exported_weights(opts) -> bool:
-    """Whether the overrides set MODEL.WEIGHTS to an exported model, which needs no config."""
-    keys, values = opts[0::2], opts[1::2]
-    return any(k == "MODEL.WEIGHTS" and exported_format(v) for k, v in zip(keys, values))
-
-
 def parse_args(argv=None):
-    parser = tool_parser(__doc__)
-    parser.add_argument("--config-file", metavar="FILE", help="a dental YAML config")
+    parser = tool_parser(__doc__, weights_config=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--input",
@@ -66,8 +64,6 @@ def parse_args(argv=None):
         args.input, args.opts = split_overrides(args.input, args.opts)
         if not args.input:
             parser.error("--input needs at least one image, directory or glob pattern")
-        if not args.config_file and not _exported_weights(args.opts):
-            parser.error("--input needs --config-file (or MODEL.WEIGHTS of an exported model)")
     elif not args.dataset:
         parser.error("--predictions needs --dataset")
     return args

@@ -13,12 +13,19 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import DentalCheckpointer, loading_weights
+from ..checkpoint import DentalCheckpointer
 from ..config import build_config, check_output_dir, fall_back_to_cpu
 from ..data import check_num_classes, register_from_config
 from ..errors import DentalError
+from ..loading import config_for_weights, load_model, loading_weights
 from ..stop_signals import handling_stop_signals
-from ..weights import check_weights_exist, check_weights_given, model_class_names
+from ..weights import (
+    WeightsFile,
+    check_weights_exist,
+    check_weights_given,
+    model_class_names,
+    read_weights,
+)
 from .distributed import ClusterProcess, cluster_process, join_process_group, leave_process_group
 from .hooks import BestCheckpointer
 from .progress import (
@@ -76,7 +83,9 @@ def _decide_length(cfg, command_line: set[str]):
     )
 
 
-def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
+def prepare_dental_config(
+    cfg, eval_only: bool = False, command_line=(), weights: WeightsFile | None = None
+):
     """Registers the data and fills the keys that follow from it, before the config is frozen.
 
     Falls back to MODEL.DEVICE cpu without a GPU, sets DENTAL.CLASS_NAMES (from the checkpoint
@@ -88,6 +97,8 @@ def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
         cfg (CfgNode): a mutable config with the dental keys.
         eval_only (bool): the model is evaluated, not trained.
         command_line (Sequence[str]): the command line's KEY VALUE overrides (args.opts).
+        weights (WeightsFile | None): for evaluation, `MODEL.WEIGHTS` already read; None
+            reads it.
     """
     if eval_only:
         check_weights_given(cfg, "evaluating (--eval-only)")
@@ -97,8 +108,11 @@ def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
     check_weights_exist(cfg)
     data_classes = register_from_config(cfg)
     if eval_only:
+        weights = weights if weights is not None else read_weights(cfg)
         # The checkpoint's classes, else the config's, else the data's.
-        cfg.DENTAL.CLASS_NAMES = model_class_names(cfg, data_classes=data_classes)
+        cfg.DENTAL.CLASS_NAMES = model_class_names(
+            cfg, data_classes=data_classes, checkpoint=weights.checkpoint
+        )
         return
     check_num_classes(cfg, data_classes)
     cfg.DENTAL.CLASS_NAMES = data_classes
@@ -107,7 +121,28 @@ def prepare_dental_config(cfg, eval_only: bool = False, command_line=()):
 
 def setup(args):
     """Builds the frozen config in detectron2's order, registering the data on the way."""
-    cfg = build_config(args.config_file, args.opts)
+    return _setup(args)[0]
+
+
+def _evaluated_config(args):
+    """The config and weights of --eval-only: the weights' own config (or --config-file, which
+    must agree with it), with the command line's overrides. With --resume, the weights are the
+    checkpoint OUTPUT_DIR's last_checkpoint names, as detectron2 resumes."""
+    opts = list(args.opts)
+    if args.resume:
+        output_dir = build_config(args.config_file or None, opts).OUTPUT_DIR
+        last = DentalCheckpointer(None, output_dir)
+        if last.has_checkpoint():
+            opts += ["MODEL.WEIGHTS", last.get_checkpoint_file()]
+    return config_for_weights(args.config_file or None, opts, doing="evaluating (--eval-only)")
+
+
+def _setup(args):
+    """`setup`, returning `MODEL.WEIGHTS` too, read once for --eval-only (else None)."""
+    if args.eval_only:
+        cfg, weights = _evaluated_config(args)
+    else:
+        cfg, weights = build_config(args.config_file, args.opts), None
     output_existed = os.path.isdir(cfg.OUTPUT_DIR)
     # Named as detectron2's setup_logger names it.
     rank = comm.get_rank()
@@ -120,7 +155,9 @@ def setup(args):
     )
     logger.info(_launch_description(args))
     try:
-        prepare_dental_config(cfg, eval_only=args.eval_only, command_line=args.opts)
+        prepare_dental_config(
+            cfg, eval_only=args.eval_only, command_line=args.opts, weights=weights
+        )
     except DentalError:
         if not log_existed:
             _remove_log_of_failed_start(package_logger, log_file, remove_folder=not output_existed)
@@ -132,7 +169,7 @@ def setup(args):
     logger.info(
         f"The environment, the model's layers and the full config are in {log_file}, not shown here"
     )
-    return cfg
+    return cfg, weights
 
 
 def _remove_log_of_failed_start(package_logger, log_file: str, remove_folder: bool) -> None:
@@ -160,13 +197,6 @@ def _launch_description(args) -> str:
     return "Started by tools/train_net.py: one process"
 
 
-def _load_weights(cfg, model, path: str, resume: bool = False):
-    with loading_weights(cfg.MODEL.WEIGHTS):
-        DentalCheckpointer(
-            model, save_dir=cfg.OUTPUT_DIR, allow_pickle=cfg.DENTAL.ALLOW_PICKLE
-        ).resume_or_load(path, resume=resume)
-
-
 def _scoring(cfg, weights: str):
     """`cfg` with MODEL.WEIGHTS naming the file of the weights scored, for the reports."""
     scored = cfg.clone()
@@ -174,6 +204,18 @@ def _scoring(cfg, weights: str):
     scored.MODEL.WEIGHTS = weights
     scored.freeze()
     return scored
+
+
+def _evaluators(cfg, iteration: int | None, folder: str | None = None):
+    """An evaluator per test dataset for weights saved at `iteration` (known to the caller, so
+    that no report opens the weights file again), in `folder/<dataset>` (default
+    `OUTPUT_DIR/eval/<dataset>`)."""
+    return [
+        DentalTrainer.build_evaluator(
+            cfg, name, folder and os.path.join(folder, name), iteration=iteration
+        )
+        for name in cfg.DATASETS.TEST
+    ]
 
 
 def score_chosen_model(cfg, trainer):
@@ -190,33 +232,30 @@ def score_chosen_model(cfg, trainer):
     best_iter = comm.all_gather(best[0].best_iter if best else None)[0]
     final_iter = iterations_done(trainer)
     datasets = ", ".join(cfg.DATASETS.TEST)
+    final = _scoring(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
     if best_iter is None:
         logger.info(
             f"Evaluating the final weights, model_final.pth (iteration {final_iter}), on "
             f"{datasets}: no model_best.pth was saved"
         )
         # The weights in memory are those PeriodicCheckpointer saved when training ended.
-        final = _scoring(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
-        return DentalTrainer.test(final, trainer.model)
-    chosen = f"model_best.pth (iteration {best_iter}, chosen by {cfg.SOLVER.EARLY_STOPPING.METRIC})"
+        return DentalTrainer.test(final, trainer.model, _evaluators(final, final_iter))
+    chosen = _scoring(cfg, best_path)
+    described = (
+        f"model_best.pth (iteration {best_iter}, chosen by {cfg.SOLVER.EARLY_STOPPING.METRIC})"
+    )
     if not tests_best_checkpoint(best_iter, final_iter):
         logger.info(
-            f"Evaluating {chosen} on {datasets}: these are the reported test results; it holds "
-            "the final weights, so they are not scored a second time in eval/final/"
+            f"Evaluating {described} on {datasets}: these are the reported test results; it "
+            "holds the final weights, so they are not scored a second time in eval/final/"
         )
-        return DentalTrainer.test(_scoring(cfg, best_path), trainer.model)
-    final = _scoring(cfg, os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+        return DentalTrainer.test(chosen, trainer.model, _evaluators(chosen, best_iter))
     final_dir = os.path.join(cfg.OUTPUT_DIR, "eval", "final")
-    final_evaluators = [
-        DentalTrainer.build_evaluator(final, name, os.path.join(final_dir, name))
-        for name in cfg.DATASETS.TEST
-    ]
     logger.info(f"Evaluating the final weights (iteration {final_iter}) into {final_dir}/")
-    DentalTrainer.test(final, trainer.model, final_evaluators)
-    logger.info(f"Evaluating {chosen} on {datasets}: these are the reported test results")
-    model = DentalTrainer.build_model(cfg)
-    _load_weights(cfg, model, best_path)
-    return DentalTrainer.test(_scoring(cfg, best_path), model)
+    DentalTrainer.test(final, trainer.model, _evaluators(final, final_iter, final_dir))
+    logger.info(f"Evaluating {described} on {datasets}: these are the reported test results")
+    model = load_model(chosen, read_weights(chosen))
+    return DentalTrainer.test(chosen, model, _evaluators(chosen, best_iter))
 
 
 def _own_report_folder(cfg) -> str:
@@ -234,34 +273,32 @@ def _own_report_folder(cfg) -> str:
     return comm.all_gather(folder)[0]
 
 
-def evaluate_only(cfg, resume: bool = False):
-    """--eval-only: scores MODEL.WEIGHTS on DATASETS.TEST into a folder of its own (see
-    `_own_report_folder`); with TEST.AUG.ENABLED, also with test-time augmentation."""
-    model = DentalTrainer.build_model(cfg)
-    _load_weights(cfg, model, cfg.MODEL.WEIGHTS, resume=resume)
+def evaluate_only(cfg, weights: WeightsFile):
+    """--eval-only: scores MODEL.WEIGHTS, already read, on DATASETS.TEST into a folder of its
+    own (see `_own_report_folder`); with TEST.AUG.ENABLED, also with test-time augmentation."""
+    model = load_model(cfg, weights)
     folder = _own_report_folder(cfg)
+    # A checkpoint stores the index of its last iteration, counted from 0.
+    iteration = None if weights.iteration is None else weights.iteration + 1
     logger.info(
         f"Evaluating {cfg.MODEL.WEIGHTS} on {', '.join(cfg.DATASETS.TEST)}: reports in "
         f"{folder}/<dataset>/ (a folder of their own: no earlier report is replaced)"
     )
-    evaluators = [
-        DentalTrainer.build_evaluator(cfg, name, os.path.join(folder, name))
-        for name in cfg.DATASETS.TEST
-    ]
-    results = DentalTrainer.test(cfg, model, evaluators)
+    results = DentalTrainer.test(cfg, model, _evaluators(cfg, iteration, folder))
     if comm.is_main_process():
         verify_results(cfg, results)
     if cfg.TEST.AUG.ENABLED:
-        tta = DentalTrainer.test_with_TTA(cfg, model, os.path.join(folder, "TTA"))
+        tta_folder = os.path.join(folder, "TTA")
+        tta = DentalTrainer.test_with_TTA(cfg, model, tta_folder, iteration=iteration)
         results = {"plain": results, "TTA": tta}
     return results
 
 
 def main(args):
     """Trains (or with --eval-only evaluates) as the config says; returns the test results."""
-    cfg = setup(args)
+    cfg, weights = _setup(args)
     if args.eval_only:
-        return evaluate_only(cfg, resume=args.resume)
+        return evaluate_only(cfg, weights)
 
     trainer = DentalTrainer(cfg)
     with loading_weights(cfg.MODEL.WEIGHTS):

@@ -20,7 +20,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter
 from torch import nn
 
-from ..checkpoint import CLASS_NAMES_KEY, ClassNamesCheckpointable, DentalCheckpointer
+from ..checkpoint import DentalCheckpointer
+from ..checkpoint_contents import training_checkpointables
 from ..data import DentalDatasetMapper, read_image
 from ..errors import DentalError, TrainingInterrupted
 from ..evaluation import DentalEvaluator
@@ -139,8 +140,10 @@ class DentalTrainer(DefaultTrainer):
         )
 
     @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        return DentalEvaluator(cfg, dataset_name, output_dir=output_folder)
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None, iteration=None):
+        """`DentalEvaluator` of `dataset_name`; `iteration` is that of the weights scored (from
+        the caller, which has read them), for the report."""
+        return DentalEvaluator(cfg, dataset_name, output_dir=output_folder, iteration=iteration)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -170,7 +173,7 @@ class DentalTrainer(DefaultTrainer):
         return results
 
     @classmethod
-    def test_with_TTA(cls, cfg, model, folder=None):
+    def test_with_TTA(cls, cfg, model, folder=None, iteration=None):
         """Evaluates DATASETS.TEST with test-time augmentation (TEST.AUG.*: flips and sizes),
         as detectron2's tools/train_net.py does; results go to `<folder>/<dataset>`.
 
@@ -178,6 +181,7 @@ class DentalTrainer(DefaultTrainer):
             cfg (CfgNode): the config; TEST.AUG.MIN_SIZES, MAX_SIZE and FLIP pick the views.
             model (GeneralizedRCNN): the model to wrap in detectron2's GeneralizedRCNNWithTTA.
             folder (str | None): where the reports go; None means OUTPUT_DIR/eval_TTA.
+            iteration (int | None): the iteration of the weights scored, for the report.
         """
         logger.info(
             f"Evaluating with test-time augmentation: sizes {tuple(cfg.TEST.AUG.MIN_SIZES)}, "
@@ -186,7 +190,10 @@ class DentalTrainer(DefaultTrainer):
         tta_model = GeneralizedRCNNWithTTA(cfg, model)
         evaluators = [
             cls.build_evaluator(
-                cfg, name, os.path.join(folder or os.path.join(cfg.OUTPUT_DIR, "eval_TTA"), name)
+                cfg,
+                name,
+                os.path.join(folder or os.path.join(cfg.OUTPUT_DIR, "eval_TTA"), name),
+                iteration=iteration,
             )
             for name in cfg.DATASETS.TEST
         ]
@@ -211,8 +218,9 @@ class DentalTrainer(DefaultTrainer):
             cfg.OUTPUT_DIR,
             allow_pickle=cfg.DENTAL.ALLOW_PICKLE,
             trainer=weakref.proxy(self),
-            # Every checkpoint carries the class names the model predicts.
-            **{CLASS_NAMES_KEY: ClassNamesCheckpointable(cfg.DENTAL.CLASS_NAMES)},
+            # Every checkpoint carries the class names the model predicts and the config it is
+            # trained with, so that the weights alone make a predictor.
+            **training_checkpointables(cfg),
         )
         self.checkpointer.remove_stale_temporaries()
         self.start_iter = 0

@@ -18,7 +18,6 @@ from detectron2.utils.events import get_event_storage
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ..checkpoint import checkpoint_iteration
 from ..config import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD, DEFAULT_TOOTH_CLASSES
 from ..data.categories import is_tooth_class
 from ..modeling.postprocessing import MASK_FROM_PEAK
@@ -86,15 +85,18 @@ def evaluate_task(
     return TaskEvaluation(metrics, coco_ap, per_class_ap(coco_eval, category_ids))
 
 
-def describe_evaluation(cfg, dataset_name: str) -> dict[str, str]:
+def describe_evaluation(cfg, dataset_name: str, iteration: int | None = None) -> dict[str, str]:
     """What an evaluation scores, for its report: the model, the config and the data.
 
-    During training the model is the one being trained; otherwise it is `MODEL.WEIGHTS`. Either
-    way the iteration shown is the number of iterations completed, as the training log counts.
+    During training the model is the one being trained; otherwise it is `MODEL.WEIGHTS`, after
+    `iteration`. Either way the iteration shown is the number of iterations completed, as the
+    training log counts.
 
     Args:
         cfg (CfgNode): the config of the evaluation.
         dataset_name (str): the registered dataset evaluated.
+        iteration (int | None): the training iteration stored with `MODEL.WEIGHTS`, from the
+            caller that read them (the report does not open the file again); None for none.
     """
     try:
         # The storage holds the index of the iteration just run (from 0); after training, the
@@ -103,9 +105,7 @@ def describe_evaluation(cfg, dataset_name: str) -> dict[str, str]:
         model = f"the model being trained in {cfg.OUTPUT_DIR}, after iteration {iteration}"
     except AssertionError:  # detectron2's way of saying that no training storage is open
         weights = cfg.MODEL.WEIGHTS or "random weights (MODEL.WEIGHTS is empty)"
-        # A checkpoint stores the index of its last iteration, counted from 0.
-        index = checkpoint_iteration(cfg.MODEL.WEIGHTS)
-        model = weights if index is None else f"{weights} (iteration {index + 1})"
+        model = weights if iteration is None else f"{weights} (iteration {iteration})"
     saved = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
     metadata = MetadataCatalog.get(dataset_name)
     split = metadata.get("roboflow_json") or metadata.get("json_file") or "registered in code"
@@ -189,7 +189,9 @@ class DentalEvaluator(COCOEvaluator):
         )
 
     @classmethod
-    def from_config(cls, cfg, dataset_name: str, output_dir: str | None = None) -> dict:
+    def from_config(
+        cls, cfg, dataset_name: str, output_dir: str | None = None, iteration: int | None = None
+    ) -> dict:
         """The arguments of `__init__` from `cfg.DENTAL.EVAL`, `cfg.MODEL.MASK_ON` and
         `cfg.OUTPUT_DIR`, as detectron2's `@configurable` wants: `DentalEvaluator(cfg, name)`.
 
@@ -197,6 +199,7 @@ class DentalEvaluator(COCOEvaluator):
             cfg (CfgNode): a config with dental_d2's keys.
             dataset_name (str): the registered dataset to evaluate.
             output_dir (str or None): by default `<OUTPUT_DIR>/eval/<dataset_name>`.
+            iteration (int or None): the iteration of `MODEL.WEIGHTS`, for the report.
         """
         return {
             "dataset_name": dataset_name,
@@ -204,7 +207,7 @@ class DentalEvaluator(COCOEvaluator):
             "tasks": ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),
             "score_threshold": cfg.DENTAL.EVAL.SCORE_THRESHOLD,
             "iou_threshold": cfg.DENTAL.EVAL.IOU_THRESHOLD,
-            "provenance": describe_evaluation(cfg, dataset_name),
+            "provenance": describe_evaluation(cfg, dataset_name, iteration),
             "tooth_classes": list(cfg.DENTAL.FINDINGS.TOOTH_CLASSES),
             "min_overlap": cfg.DENTAL.FINDINGS.MIN_OVERLAP,
         }

@@ -12,22 +12,23 @@ import warnings
 
 import torch
 from detectron2.export import TracingAdapter
-from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_model
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 
-from ..checkpoint import DentalCheckpointer
 from ..config import keeping_scores_from
 from ..errors import DentalError
 from ..file_io import write_bytes, write_json
-from ..weights import WeightsFile, check_weights_exist, model_class_names, read_weights
+from ..loading import load_model
+from ..weights import (
+    WeightsFile,
+    check_weights_exist,
+    check_weights_given,
+    model_class_names,
+    read_weights,
+)
+from .metadata import INPUT_NAMES, METADATA_FILE, MODEL_FILES, OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
 
-# File names inside the export folder.
-MODEL_FILES = {"onnx": "model.onnx", "torchscript": "model.ts"}
-METADATA_FILE = "model.json"
-# The traced graph's inputs and outputs, in this order.
-INPUT_NAMES = ["image"]
-OUTPUT_NAMES = ["boxes", "scores", "classes", "masks"]
 # torchvision's RoIAlign with aligned=True exports from opset 16; NMS from opset 11.
 ONNX_OPSET = 17
 
@@ -90,11 +91,7 @@ def build_traceable_model(cfg, weights: WeightsFile | None = None) -> TracingAda
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = keeping_scores_from(
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
     )
-    model = build_model(cfg).eval()
-    read = weights.checkpoints() if weights is not None else {}
-    DentalCheckpointer(model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE, read=read).load(
-        cfg.MODEL.WEIGHTS
-    )
+    model = load_model(cfg, weights)
     # A mid-grey image with noise: its values only steer the trace, shapes stay dynamic.
     size = cfg.INPUT.MIN_SIZE_TEST
     generator = torch.Generator().manual_seed(0)
@@ -132,15 +129,19 @@ def _trace_into(adapter: TracingAdapter, fmt: str, buffer: io.BytesIO) -> None:
         torch.jit.save(traced, buffer)
 
 
-def export_model(cfg, output_dir: str, fmt: str = "onnx") -> str:
+def export_model(
+    cfg, output_dir: str, fmt: str = "onnx", weights: WeightsFile | None = None
+) -> str:
     """Exports the model of `cfg` to `output_dir/model.onnx` (or `.ts`) and `model.json`.
 
     Args:
-        cfg (CfgNode): a dental config whose `MODEL.WEIGHTS` is the checkpoint to export.
+        cfg (CfgNode): a dental config whose `MODEL.WEIGHTS` is the checkpoint to export
+            (`dental_d2.loading.config_for_weights` makes it from the checkpoint alone).
             `MODEL.ROI_HEADS.SCORE_THRESH_TEST` (the least score kept) and
             `TEST.DETECTIONS_PER_IMAGE` are fixed in the graph.
         output_dir (str): created if missing.
         fmt (str): "onnx" or "torchscript".
+        weights (WeightsFile | None): `MODEL.WEIGHTS` already read; None reads it.
 
     Returns:
         str: the path of the exported model.
@@ -154,8 +155,10 @@ def export_model(cfg, output_dir: str, fmt: str = "onnx") -> str:
             f"{cfg.MODEL.MASK_ON}: only Mask R-CNN (DentalRCNN or GeneralizedRCNN, MASK_ON True) "
             "is exported"
         )
-    check_weights_exist(cfg)
-    weights = read_weights(cfg)
+    check_weights_given(cfg, "exporting", allow_empty=True)
+    if weights is None:
+        check_weights_exist(cfg)
+        weights = read_weights(cfg)
     class_names = model_class_names(cfg, from_registered=False, checkpoint=weights.checkpoint)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: exporting a model with random weights")

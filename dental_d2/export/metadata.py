@@ -1,17 +1,20 @@
-"""The `model.json` beside an exported model: read back, and applied to a predictor's config."""
+"""The contract of an exported model, which the exporter writes and the runtimes read: its file
+names, the graph's input and output names, and the `model.json` beside it, read back and applied
+to a predictor's config. Nothing here traces a model: the runtimes import it without the tracer.
+"""
 
 import json
 import os
 
 from ..errors import DentalError
-from .exporter import METADATA_FILE
+from ..weights_kind import EXPORT_FORMATS
 
-EXPORTED_EXTENSIONS = {".onnx": "onnx", ".ts": "torchscript"}
-
-
-def exported_format(weights: str) -> str | None:
-    """Returns "onnx" or "torchscript" when `weights` names an exported model, else None."""
-    return EXPORTED_EXTENSIONS.get(os.path.splitext(weights or "")[1].lower())
+# File names inside the export folder, by format: "model" and the format's extension.
+MODEL_FILES = {fmt: f"model{extension}" for extension, fmt in EXPORT_FORMATS.items()}
+METADATA_FILE = "model.json"
+# The traced graph's inputs and outputs, in this order.
+INPUT_NAMES = ["image"]
+OUTPUT_NAMES = ["boxes", "scores", "classes", "masks"]
 
 
 def read_export_metadata(model_path: str) -> dict:

@@ -1,8 +1,9 @@
 """Chooses the runtime for `MODEL.WEIGHTS`."""
 
 from ..errors import DentalError
-from ..export import METADATA_FILE, exported_format, read_export_metadata
+from ..export import METADATA_FILE, read_export_metadata
 from ..weights import WeightsFile
+from ..weights_kind import EXPORT, exported_format
 from .base import Backend
 from .eager import TorchBackend
 from .exported import OnnxBackend, TorchScriptBackend
@@ -22,9 +23,9 @@ def build_backend(
             `MODEL.ROI_HEADS.SCORE_THRESH_TEST`).
         metadata (dict | None): the export's `model.json`, for exported models.
     """
-    fmt = exported_format(cfg.MODEL.WEIGHTS)
-    if fmt is None:
+    if weights.kind != EXPORT:
         return TorchBackend(cfg, weights)
+    fmt = exported_format(cfg.MODEL.WEIGHTS)
     if cfg.TEST.AUG.ENABLED:
         raise DentalError(
             f"{cfg.MODEL.WEIGHTS}: TEST.AUG.ENABLED needs a PyTorch GeneralizedRCNN, not an "

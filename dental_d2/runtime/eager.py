@@ -3,11 +3,11 @@ test-time augmentation when `TEST.AUG.ENABLED`."""
 
 import numpy as np
 import torch
-from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA, build_model
+from detectron2.modeling import GeneralizedRCNN, GeneralizedRCNNWithTTA
 from detectron2.structures import Instances
 
-from ..checkpoint import DentalCheckpointer, loading_weights
 from ..errors import DentalError
+from ..loading import load_model
 from ..weights import WeightsFile
 from .base import Backend
 
@@ -28,13 +28,7 @@ class TorchBackend(Backend):
 
     def __init__(self, cfg, weights: WeightsFile | None = None):
         super().__init__(cfg)
-        model = build_model(cfg).eval()
-        read = weights.checkpoints() if weights is not None else {}
-        with loading_weights(cfg.MODEL.WEIGHTS):
-            checkpointer = DentalCheckpointer(
-                model, allow_pickle=cfg.DENTAL.ALLOW_PICKLE, read=read
-            )
-            checkpointer.load(cfg.MODEL.WEIGHTS)
+        model = load_model(cfg, weights)
         self.tta = cfg.TEST.AUG.ENABLED
         if self.tta:
             if not isinstance(model, GeneralizedRCNN):

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 import torch
 import uvicorn
 
-from ..config import DEFAULT_SCORE_THRESHOLD, build_config
+from ..config import DEFAULT_SCORE_THRESHOLD
 from ..errors import DentalError
+from ..loading import config_for_weights
 from ..predictor import Predictor
 from ..stop_signals import handling_stop_signals, signal_name
-from ..weights import check_weights_given
 from .app import create_app
 from .security import check_access, is_loopback, load_token
 from .service import PredictionService
@@ -40,7 +40,8 @@ class ServeSettings:
     """What `tools/serve.py` is asked to serve, and how.
 
     Attributes:
-        config_file (str): a dental YAML config.
+        config_file (str | None): a dental YAML config; None for weights that carry their own
+            (`dental_d2.loading.config_for_weights`).
         opts (Sequence[str]): KEY VALUE overrides, e.g. ("MODEL.WEIGHTS", "model_final.pth").
         host (str): the address to listen on; 127.0.0.1 keeps the server on this machine.
         port (int): the TCP port.
@@ -60,7 +61,7 @@ class ServeSettings:
         ssl_keyfile (str | None): its private key (PEM).
     """
 
-    config_file: str
+    config_file: str | None
     opts: Sequence[str] = ()
     host: str = "127.0.0.1"
     port: int = 8000
@@ -101,7 +102,7 @@ def build_service(settings: ServeSettings) -> PredictionService:
     )
     return PredictionService(
         predictor,
-        config_file=settings.config_file,
+        config_file=settings.config_file or "",
         score_threshold=settings.confidence_threshold,
         max_upload_bytes=int(settings.max_upload_mb * (1 << 20)),
         max_pixels=int(settings.max_megapixels * 1e6),
@@ -192,11 +193,7 @@ def run(settings: ServeSettings):
             uvicorn.run(app, **options)
         return
     # Fail here, in one line, on what would make every worker fail.
-    cfg = build_config(settings.config_file, settings.opts)
-    check_weights_given(cfg, "serving")
-    weights = cfg.MODEL.WEIGHTS
-    if weights and "://" not in weights and not os.path.isfile(weights):
-        raise DentalError(f"{weights}: weights file not found; pass an existing MODEL.WEIGHTS")
+    config_for_weights(settings.config_file, settings.opts, doing="serving")
     os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
         # A worker imports torch and loads the model before it answers pings: on a busy CPU
