@@ -10,6 +10,7 @@ are scored with pycocotools as `--eval-only` scores. The int8 export is kept onl
 all-class segm AP50 and the Tooth segm AP50 are each within 1 point of the float export's and
 no lesion class (one not in `DENTAL.FINDINGS.TOOTH_CLASSES`) loses more than 2 points of segm
 AP50. Prints the table and the verdict, and writes both to --output/int8_ap.json.
+`--float-modules` and `--reduce-range` try other quantization settings than the exporter's.
 """
 
 import argparse
@@ -17,6 +18,7 @@ import logging
 import math
 import os
 import sys
+import time
 
 from tabulate import tabulate
 from tqdm import tqdm
@@ -27,7 +29,7 @@ from dental_d2.config import build_config
 from dental_d2.errors import DentalError
 from dental_d2.evaluation import load_ground_truth, per_class_ap, run_coco_eval
 from dental_d2.export import export_model
-from dental_d2.export.quantize import DEFAULT_CALIBRATION_COUNT, export_int8
+from dental_d2.export.quantize import DEFAULT_CALIBRATION_COUNT, FLOAT_MODULES, export_int8
 from dental_d2.file_io import write_json
 from dental_d2.predictor import Predictor
 from dental_d2.runtime import Backend
@@ -47,13 +49,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT, metavar="N"
     )
+    parser.add_argument(
+        "--float-modules",
+        default=",".join(FLOAT_MODULES),
+        metavar="LIST",
+        help="module paths kept in float, comma-separated, or 'none' (default: the exporter's)",
+    )
+    parser.add_argument("--reduce-range", action="store_true", help="7-bit int8 weights")
     parser.add_argument("--output", required=True, metavar="DIR", help="exports and the JSON")
     add_config_overrides(parser, "INPUT.MIN_SIZE_TEST 640")
     return parser.parse_args(argv)
 
 
 def score_export(model_path: str, split: str, coco_gt, threshold: float) -> dict:
-    """AP50 per task: "all" (COCO's mean over classes) and per class name, in percent.
+    """AP50 per task: "all" (COCO's mean over classes) and per class name, in percent, and the
+    mean milliseconds per photo (`ms_per_photo`).
 
     Args:
         model_path (str): an exported `model.onnx`.
@@ -66,14 +76,17 @@ def score_export(model_path: str, split: str, coco_gt, threshold: float) -> dict
     for cat_id, category in coco_gt.cats.items():
         if category["name"] in predictor.class_names:
             category_of[predictor.class_names.index(category["name"])] = cat_id
-    results = []
+    results, seconds = [], 0.0
     for image_id, image in tqdm(sorted(coco_gt.imgs.items()), desc=os.path.basename(model_path)):
+        start = time.perf_counter()
         instances = predictor.predict(os.path.join(split, image["file_name"]))
+        seconds += time.perf_counter() - start
         for annotation in instances_to_coco_annotations(instances, image_id):
             class_index = annotation["category_id"] - 1
             if class_index in category_of:
                 results.append({**annotation, "category_id": category_of[class_index]})
-    scores = {}
+    # From the photo file to pasted masks, a side note: tools/benchmark.py times properly.
+    scores = {"ms_per_photo": 1000 * seconds / max(1, len(coco_gt.imgs))}
     for task in TASKS:
         evaluated = run_coco_eval(coco_gt, results, task)
         per_class = per_class_ap(evaluated, list(coco_gt.cats))
@@ -132,6 +145,8 @@ def _run(args) -> int:
         args.calibration,
         Backend(cfg).model_input,
         count=args.calibration_count,
+        float_modules=[m for m in args.float_modules.split(",") if m and m != "none"],
+        reduce_range=args.reduce_range,
     )
     threshold = cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
     float_ap = score_export(float_path, args.split, coco_gt, threshold)
@@ -139,6 +154,10 @@ def _run(args) -> int:
     keep, broken = verdict(float_ap, int8_ap, cfg.DENTAL.FINDINGS.TOOTH_CLASSES)
     print(f"{args.weights} on {args.split} ({len(coco_gt.imgs)} photos), AP50 in percent:")
     print(format_table(float_ap, int8_ap))
+    print(
+        f"ms per photo, file to pasted masks: float {float_ap['ms_per_photo']:.0f}, int8 "
+        f"{int8_ap['ms_per_photo']:.0f} (load average {os.getloadavg()[0]:.1f})"
+    )
     print("verdict: " + ("keep the int8 export" if keep else "keep float: " + "; ".join(broken)))
     write_json(
         os.path.join(args.output, "int8_ap.json"),

@@ -3,6 +3,7 @@ trained demo model, whose detections must overlap the float export's, run by Pre
 tools/visualize.py and the service like any export."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -185,3 +186,25 @@ def test_float_nodes_must_name_a_module_of_the_graph():
     assert float_nodes(model, ["backbone"]) == ["/backbone/stem/Conv"]
     with pytest.raises(DentalError, match="roi_heads.box_predictr has no"):
         float_nodes(model, ["roi_heads.box_predictr"])
+
+
+@pytest.mark.parametrize(
+    "int8_segm, broken",
+    [
+        ({"all": 79.0, "Tooth": 89.0, "Caries": 8.0, "Crack": 0.0}, []),
+        ({"all": 78.9, "Tooth": 90.0, "Caries": 10.0, "Crack": 0.0}, ["all"]),
+        ({"all": 80.0, "Tooth": 88.9, "Caries": 10.0, "Crack": 0.0}, ["Tooth"]),
+        ({"all": 80.0, "Tooth": 90.0, "Caries": 7.9, "Crack": 0.0}, ["Caries"]),
+        ({"all": 80.0, "Tooth": 90.0, "Caries": float("nan"), "Crack": 0.0}, ["Caries"]),
+    ],
+)
+def test_keep_rule_of_the_int8_ap_benchmark(int8_segm, broken, load_tool):
+    """Kept when all-class and Tooth segm AP50 lose at most 1 point and each lesion class at
+    most 2; a class without ground truth in the split (NaN for float) is not judged."""
+    script = load_tool("bench_int8_ap", "benchmarks")
+    float_segm = {"all": 80.0, "Tooth": 90.0, "Caries": 10.0, "Crack": 0.0, "Cavity": math.nan}
+    keep, reasons = script.verdict(
+        {"segm": float_segm}, {"segm": {**int8_segm, "Cavity": 5.0}}, ["Tooth"]
+    )
+    assert keep == (not broken)
+    assert [reason.split(" ")[0] for reason in reasons] == broken
