@@ -172,14 +172,17 @@ def quantize_onnx(
     reader,
     exclude: Sequence[str] = (),
     reduce_range: bool = False,
+    cache: str | None = None,
 ) -> None:
     """ONNX Runtime's static quantization: QDQ, per-channel int8 weights, uint8 activations.
 
     Args:
         float_path (str): the float ONNX model.
         int8_path (str): where the quantized model goes.
-        reader (CalibrationDataReader): the calibration inputs.
+        reader (CalibrationDataReader | None): the calibration inputs; None reads `cache`.
         exclude (Sequence[str]): node names left in float.
+        cache (str | None): ONNX Runtime's calibration cache: the activation ranges are
+            written there after calibrating, or read from it when it exists.
         reduce_range (bool): 7-bit weights, which ONNX Runtime advises for x86 CPUs without
             VNNI, whose 8-bit kernels can saturate.
     """
@@ -202,7 +205,35 @@ def quantize_onnx(
         weight_type=QuantType.QInt8,
         nodes_to_exclude=list(exclude),
         calibrate_method=CalibrationMethod.MinMax,
+        calibration_cache_path=cache,
     )
+
+
+def _quantize_in(work: str, cfg, photos: CalibrationPhotos, prepare, exclude_modules, reduce_range):
+    """Exports and quantizes in the folder `work`; returns the int8 file and the float nodes.
+
+    The activation ranges come from an export that keeps every detection (score threshold 0):
+    at the model's own threshold a photo without detections has no boxes for the mask head,
+    whose GroupNorm graph then cannot run. Both exports have the same node and tensor names
+    (only the threshold constant differs), so the ranges apply to the model's own export.
+    """
+    import onnx
+
+    calibration_cfg = cfg.clone()
+    calibration_cfg.defrost()
+    calibration_cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
+    calibration_dir = os.path.join(work, "calibration")
+    calibration_path = prepare_for_quantization(export_model(calibration_cfg, calibration_dir))
+    float_path = prepare_for_quantization(export_model(cfg, work))
+    exclude = float_nodes(onnx.load(float_path), exclude_modules)
+    logger.info("calibrating int8 ranges on %d photos of %s", len(photos.paths), photos.folder)
+    cache = os.path.join(work, "ranges.json")
+    reader = _calibration_reader(photos, prepare)
+    quantize_onnx(calibration_path, os.path.join(calibration_dir, "int8.onnx"), reader, exclude,
+                  reduce_range, cache)  # fmt: skip
+    int8_path = os.path.join(work, "int8.onnx")
+    quantize_onnx(float_path, int8_path, None, exclude, reduce_range, cache)
+    return int8_path, exclude
 
 
 def export_int8(
@@ -230,18 +261,12 @@ def export_int8(
     Returns:
         str: the path of the int8 model.
     """
-    import onnx
     import onnxruntime
 
     photos = calibration_photos(calibration_dir, count)
     os.makedirs(output_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output_dir, prefix=".int8-") as work:
-        float_path = prepare_for_quantization(export_model(cfg, work))
-        exclude = float_nodes(onnx.load(float_path), float_modules)
-        logger.info("calibrating int8 ranges on %d photos of %s", len(photos.paths), photos.folder)
-        int8_path = os.path.join(work, "int8.onnx")
-        quantize_onnx(float_path, int8_path, _calibration_reader(photos, prepare), exclude,
-                      reduce_range)  # fmt: skip
+        int8_path, exclude = _quantize_in(work, cfg, photos, prepare, float_modules, reduce_range)
         with open(os.path.join(work, METADATA_FILE), encoding="utf-8") as f:
             metadata = json.load(f)
         with open(int8_path, "rb") as f:
@@ -252,7 +277,7 @@ def export_int8(
         "by": f"onnxruntime {onnxruntime.__version__} quantize_static",
         "format": "QDQ",
         "weights": "int8, per channel" + (", 7-bit range" if reduce_range else ""),
-        "activations": "uint8, MinMax calibration",
+        "activations": "uint8, MinMax calibration on every detection (score threshold 0)",
         "operators": list(QUANTIZED_OPS),
         "float_modules": list(float_modules),
         "float_nodes": exclude,
