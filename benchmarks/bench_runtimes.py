@@ -72,7 +72,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.only = [target.strip() for target in args.only.split(",") if target.strip()]
     unknown = sorted(set(args.only) - set(TARGETS))
-    if unknown or not args.only:
+    if unknown or not (args.only or args.stages):
         parser.error(f"--only: unknown {unknown}; choose from {','.join(TARGETS)}")
     return args
 
@@ -82,11 +82,14 @@ def _run(args) -> None:
     options = {name: getattr(args, name) for name in names}
     options["confidence"] = args.confidence_threshold
     options["calibration"] = args.calibration
-    report = run_benchmark(
-        args.config_file, args.opts, args.output, targets=tuple(args.only), **options
-    )
-    print(format_table(report))
-    print(f"written to {args.output}")
+    exports = {}
+    if args.only:  # `--stages --only ""` times the stages alone
+        report = run_benchmark(
+            args.config_file, args.opts, args.output, targets=tuple(args.only), **options
+        )
+        print(format_table(report))
+        print(f"written to {args.output}")
+        exports = report["exports"]
     if args.stages:
         stages = run_stages(
             args.config_file,
@@ -98,7 +101,7 @@ def _run(args) -> None:
             repeats=args.repeats,
             confidence=args.confidence_threshold,
             calibration=args.calibration,
-            exports=report["exports"],
+            exports=exports,
         )
         print(format_stage_report(stages))
 
