@@ -8,13 +8,23 @@ proposals and 100 detections per image. Prints one table and writes it as JSON (
 `--only pytorch,training` times only a config's eager inference and training step (and
 torchvision's step). `--weights model_final.pth` times the trained model too, as trained: its
 own detections at `--confidence-threshold` (0.5) on the photos of `--images`, eager and in
-ONNX Runtime. The measuring code is the `equal_work` package beside this script (a
-script's folder is on its import path).
+ONNX Runtime. `--calibration DIR` (training photos) adds the trained model's int8 export
+(tools/export_model.py --int8) beside its float one. `--stages` prints, for the trained model's
+eager, ONNX float and (with --calibration) int8 paths, the milliseconds per photo of --images
+in each stage, from the photo file to COCO annotations:
+
+    python tools/benchmark.py --config-file configs/dental_lite0.yaml --only pytorch \
+        --weights model_final.pth --images datasets/dentalai/test --stages \
+        --calibration datasets/dentalai/train INPUT.MIN_SIZE_TEST 640 INPUT.MAX_SIZE_TEST 640
+
+The measuring code is the `equal_work` package beside this script (a script's folder is on its
+import path).
 """
 
 import sys
 
 from equal_work import TARGETS, format_table, run_benchmark
+from equal_work.runner import format_stage_report, run_stages
 
 from dental_d2.cli import add_config_overrides, run_tool, tool_parser
 from dental_d2.config import DEFAULT_SCORE_THRESHOLD
@@ -41,6 +51,19 @@ def parse_args(argv=None):
         help=f"the least score the trained model keeps (default {DEFAULT_SCORE_THRESHOLD})",
     )
     parser.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="training photos: the trained model's int8 export is timed too",
+    )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="also time each stage of the trained model (--weights) on photos of --images",
+    )
+    parser.add_argument(
+        "--stage-photos", type=int, default=8, help="photos of --images timed by --stages"
+    )
+    parser.add_argument(
         "--only",
         default=",".join(TARGETS),
         help=f"what to measure, comma-separated (default {','.join(TARGETS)})",
@@ -49,7 +72,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.only = [target.strip() for target in args.only.split(",") if target.strip()]
     unknown = sorted(set(args.only) - set(TARGETS))
-    if unknown or not args.only:
+    if unknown or not (args.only or args.stages):
         parser.error(f"--only: unknown {unknown}; choose from {','.join(TARGETS)}")
     return args
 
@@ -58,11 +81,29 @@ def _run(args) -> None:
     names = ("device", "images", "repeats", "train_iters", "weights")
     options = {name: getattr(args, name) for name in names}
     options["confidence"] = args.confidence_threshold
-    report = run_benchmark(
-        args.config_file, args.opts, args.output, targets=tuple(args.only), **options
-    )
-    print(format_table(report))
-    print(f"written to {args.output}")
+    options["calibration"] = args.calibration
+    exports = {}
+    if args.only:  # `--stages --only ""` times the stages alone
+        report = run_benchmark(
+            args.config_file, args.opts, args.output, targets=tuple(args.only), **options
+        )
+        print(format_table(report))
+        print(f"written to {args.output}")
+        exports = report["exports"]
+    if args.stages:
+        stages = run_stages(
+            args.config_file,
+            args.opts,
+            args.output,
+            weights=args.weights,
+            images=args.images,
+            photos=args.stage_photos,
+            repeats=args.repeats,
+            confidence=args.confidence_threshold,
+            calibration=args.calibration,
+            exports=exports,
+        )
+        print(format_stage_report(stages))
 
 
 def main(argv=None) -> int:

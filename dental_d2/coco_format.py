@@ -26,9 +26,12 @@ def masks_to_rles(masks) -> list[dict]:
     Returns:
         list[dict]: N RLEs, `size` [H, W] and `counts` a str (as JSON and pycocotools take it).
     """
-    masks = np.asarray(masks, dtype=np.uint8)
+    masks = np.asarray(masks)
     if not len(masks):
         return []
+    # A bool mask's bytes are already 0 and 1: viewed as uint8, one copy (to the column-major
+    # order pycocotools reads) is made instead of two.
+    masks = masks.view(np.uint8) if masks.dtype == bool else masks.astype(np.uint8, copy=False)
     rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0)))
     return [{"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")} for rle in rles]
 

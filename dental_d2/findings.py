@@ -121,7 +121,8 @@ def lesion_tooth_overlap(lesion_mask: np.ndarray, tooth_masks: np.ndarray) -> np
     Returns:
         np.ndarray: T floats in [0, 1], |lesion ∩ tooth| / |lesion|; zeros for an empty lesion.
     """
-    lesion = lesion_mask.astype(bool)
+    # Masks that are bool already (predictions) are used as they are, not copied.
+    lesion = lesion_mask.astype(bool, copy=False)
     area = int(lesion.sum())
     if area == 0 or len(tooth_masks) == 0:
         return np.zeros(len(tooth_masks), dtype=np.float64)
@@ -130,7 +131,7 @@ def lesion_tooth_overlap(lesion_mask: np.ndarray, tooth_masks: np.ndarray) -> np
     cols = np.nonzero(lesion.any(axis=0))[0]
     window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     lesion = lesion[window]
-    teeth = np.asarray(tooth_masks)[(slice(None), *window)].astype(bool)
+    teeth = np.asarray(tooth_masks)[(slice(None), *window)].astype(bool, copy=False)
     return (teeth & lesion).sum(axis=(1, 2)) / area
 
 
@@ -166,7 +167,7 @@ def assign_findings(
         Findings: teeth by number with their lesions, and the unassigned lesions; lesions by
         descending score.
     """
-    masks = np.asarray(masks).astype(bool)
+    masks = np.asarray(masks).astype(bool, copy=False)
     classes = [int(c) for c in classes]
     if boxes is None:
         boxes = mask_boxes(masks)

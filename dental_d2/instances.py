@@ -55,7 +55,8 @@ def instance_arrays(instances: Instances) -> InstanceArrays:
     if instances.has(masks_field):
         masks = instances.get(masks_field)
         masks = masks.tensor if hasattr(masks, "tensor") else masks  # BitMasks
-        masks = np.asarray(masks.numpy() if hasattr(masks, "numpy") else masks).astype(bool)
+        masks = np.asarray(masks.numpy() if hasattr(masks, "numpy") else masks)
+        masks = masks.astype(bool, copy=False)  # bool predictions are not copied
     scores = instances.scores.numpy() if instances.has("scores") else None
     return InstanceArrays(classes, boxes, masks, scores)
 

@@ -220,7 +220,7 @@ def test_tool_no_images_is_one_line(tmp_path, capsys, rank_tool):
             *TINY]  # fmt: skip
     assert rank_tool.main(argv) == 1
     err = tool_error_lines(capsys.readouterr().err)
-    assert len(err) == 1 and "no images found" in err[0], err
+    assert len(err) == 1 and "no image in this folder" in err[0], err
 
 
 def _corrected(folder, names, class_name="Tooth"):

@@ -132,3 +132,71 @@ def test_tools_benchmark_runs_the_benchmark_script(load_tool, tmp_path, capfd):
     assert code == 1
     err = capfd.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and str(tmp_path / "empty") in err[-1]
+
+
+def test_graph_stages_group_profiled_node_times_by_module_path(tmp_path, benchmark_tool):
+    """ONNX Runtime's profile: node kernel times summed per stage by their module path; other
+    events (session, fences) are not node time."""
+    from equal_work.stages import graph_shares
+
+    def node(name, dur):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur}
+
+    events = [
+        node("/backbone/bottom_up/stem/conv1/Conv", 50),
+        node("/backbone/fpn_output2/Conv", 10),
+        node("/proposal_generator/rpn_head/conv/Conv", 20),
+        node("/roi_heads/box_head/fc1/Gemm", 5),
+        node("/roi_heads/box_pooler/level_poolers.0/RoiAlign", 5),
+        node("/roi_heads/mask_head/mask_fcn1/Conv", 8),
+        node("/Sub", 2),
+        {"cat": "Node", "name": "/backbone/fpn_output2/Conv_fence_before", "dur": 1000},
+        {"cat": "Session", "name": "model_run", "dur": 1000},
+    ]
+    profile = tmp_path / "profile.json"
+    profile.write_text(json.dumps(events))
+    assert graph_shares(str(profile)) == {
+        "backbone + FPN": 0.6,
+        "RPN": 0.2,
+        "box head": 0.1,
+        "mask head": 0.08,
+        "graph: other nodes and overhead": 0.02,
+    }
+
+
+@pytest.mark.slow
+def test_stage_table_of_eager_float_and_int8_paths(tmp_path, capsys, benchmark_tool):
+    """--stages: each path of the trained model, from the photo file to COCO annotations, in
+    the same stages; the graph's stages come from ONNX Runtime's profiler."""
+    from equal_work.models import equal_work_config, write_equal_work_checkpoint
+    from equal_work.stages import STAGES
+
+    from dental_d2.data.synthetic import generate_synthetic_dataset
+
+    generate_synthetic_dataset(str(tmp_path / "photos"), 2, 0, 2, size=96, seed=1)
+    weights = write_equal_work_checkpoint(equal_work_config(CONFIG, TINY), str(tmp_path / "m.pth"))
+    output = tmp_path / "bench.json"
+    code = benchmark_tool.main(
+        ["--config-file", CONFIG, "--output", str(output), "--repeats", "1",
+         "--only", "onnxruntime", "--weights", weights, "--confidence-threshold", "0",
+         "--images", str(tmp_path / "photos" / "test"), "--stages", "--stage-photos", "2",
+         "--calibration", str(tmp_path / "photos" / "train"), *TINY]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "bench.stages.json").read_text())
+    columns = report["columns"]
+    assert list(columns) == ["PyTorch eager", "ONNX Runtime", "ONNX Runtime int8"]
+    graph_only = "graph: other nodes and overhead"
+    for name, column in columns.items():
+        expected = set(STAGES) - ({graph_only} if name == "PyTorch eager" else set())
+        assert set(column["stages"]) == expected, name
+        assert all(ms > 0 for ms in column["stages"].values()), column
+        assert column["total_ms"] == pytest.approx(sum(column["stages"].values()))
+        assert column["detections"] > 0
+    # The rows of the main table ran the same exports the stages did.
+    rows = {row["name"] for row in json.loads(output.read_text())["rows"]}
+    assert {"as trained: ONNX Runtime", "as trained: ONNX Runtime int8"} <= rows
+    with open(Path(report["settings"]["exports"]["trained_onnx_int8"]).parent / "model.json") as f:
+        assert json.load(f)["precision"] == "int8"
+    table = capsys.readouterr().out
+    assert all(stage in table for stage in STAGES) and "ONNX Runtime int8" in table

@@ -181,3 +181,28 @@ def test_draw_takes_the_findings_it_is_given(predictor, monkeypatch):
 
     monkeypatch.setattr(predictor, "findings", not_again)
     np.testing.assert_array_equal(predictor.draw(image, instances, findings), expected)
+
+
+@pytest.mark.parametrize("input_format", ["RGB", "BGR"])
+def test_model_input_is_detectron2s_resize_of_the_photo_in_the_models_channel_order(
+    input_format, calculus_root
+):
+    """The runtime resizes first and reorders channels after: exactly the values of reordering
+    the photo first and resizing it with ResizeShortestEdge, as DefaultPredictor does."""
+    from detectron2.data import transforms as T
+
+    from dental_d2.config import build_config
+    from dental_d2.data import read_image
+    from dental_d2.runtime import Backend
+
+    sizes = ["INPUT.MIN_SIZE_TEST", "200", "INPUT.MAX_SIZE_TEST", "300"]
+    backend = Backend(build_config(CONFIG, ["INPUT.FORMAT", input_format, *sizes]))
+    photo = read_image(sorted((calculus_root / "test").glob("*.jpg"))[0], format="BGR")
+    photo = np.ascontiguousarray(photo[:, 40:])  # not square: both sides change
+    image = photo[:, :, ::-1] if input_format == "RGB" else photo
+    resized = T.ResizeShortestEdge([200, 200], 300).get_transform(image).apply_image(image)
+    expected = torch.as_tensor(resized.transpose(2, 0, 1).astype("float32"))
+    model_input = backend.model_input(photo)
+    assert model_input["image"].is_contiguous() and model_input["image"].dtype == torch.float32
+    assert torch.equal(model_input["image"], expected)
+    assert (model_input["height"], model_input["width"]) == photo.shape[:2]

@@ -19,6 +19,7 @@ from dental_d2.file_io import write_json
 
 from .inference import measure_dental, measure_torchvision, run_isolated, torch_threads
 from .models import EQUAL_WORK_OPTS, equal_work_config, write_equal_work_checkpoint
+from .stages import format_stages, measure_stages
 from .training import measure_dental_training, measure_torchvision_training
 
 logger = logging.getLogger(__name__)
@@ -72,8 +73,20 @@ def _export_onnx(cfg, weights: str, folder: str) -> str:
     return export_model(cfg, folder)
 
 
-def _dental_weights(spec: dict, cfg, equal_work_weights: str, workdir: str) -> dict:
-    """The spec with the weights its row runs: the equal-work or trained `.pth`, or its ONNX."""
+def _export_int8(cfg, weights: str, folder: str, calibration: str) -> str:
+    from dental_d2.export.quantize import export_int8
+    from dental_d2.runtime import Backend
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = weights
+    return export_int8(cfg, folder, calibration, Backend(cfg).model_input)
+
+
+def _dental_weights(spec: dict, cfg, equal_work_weights: str, workdir: str, exports: dict) -> dict:
+    """The spec with the weights its row runs: the equal-work or trained `.pth`, or its ONNX
+    (int8 when the spec has `calibration`), exported once per run into `exports` (kind -> path).
+    """
     trained = spec.get("trained")
     weights = trained or equal_work_weights
     if spec["config_file"] is not None:
@@ -82,8 +95,16 @@ def _dental_weights(spec: dict, cfg, equal_work_weights: str, workdir: str) -> d
         # Exported at the threshold the eager row runs, so both keep the same detections.
         cfg = build_config(spec["trained_config"], [*spec["trained_opts"], "MODEL.DEVICE", "cpu"])
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = spec["confidence"]
-    folder = os.path.join(workdir, "trained_onnx" if trained else "equal_work_onnx")
-    return {**spec, "weights": run_isolated(_export_onnx, cfg, weights, folder)}
+    kind = "trained_onnx" if trained else "equal_work_onnx"
+    if spec.get("calibration"):
+        kind += "_int8"
+    if kind not in exports:
+        folder = os.path.join(workdir, kind)
+        if spec.get("calibration"):
+            exports[kind] = run_isolated(_export_int8, cfg, weights, folder, spec["calibration"])
+        else:
+            exports[kind] = run_isolated(_export_onnx, cfg, weights, folder)
+    return {**spec, "weights": exports[kind]}
 
 
 def _jobs(config_file, opts, cfg, options: dict) -> list[tuple[str, object, dict]]:
@@ -112,6 +133,9 @@ def _jobs(config_file, opts, cfg, options: dict) -> list[tuple[str, object, dict
             onnx = {**trained, "config_file": None, "opts": [], "count_gmac": False,
                     "trained_config": config_file, "trained_opts": list(opts)}  # fmt: skip
             jobs.append((f"{AS_TRAINED} ONNX Runtime", measure_dental, onnx))
+            if options.get("calibration"):
+                int8 = {**onnx, "calibration": options["calibration"]}
+                jobs.append((f"{AS_TRAINED} ONNX Runtime int8", measure_dental, int8))
     for variant, suffix in (("v1", ""), ("v2", "_v2")):
         if f"torchvision_{variant}" in targets:
             spec = {**common, "cfg": cfg, "variant": variant}
@@ -169,7 +193,8 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
         "train_size": cfg.INPUT.MIN_SIZE_TRAIN[0],
         "train_batch": cfg.SOLVER.IMS_PER_BATCH,
     }
-    report = {"machine": machine(), "settings": settings}
+    # The ONNX files exported for the rows, by kind: `run_stages` times the same files.
+    report = {"machine": machine(), "settings": settings, "exports": {}}
     images = load_images(options["images"], max(1, cfg.TEST.IMS_PER_BATCH), cfg.INPUT.MIN_SIZE_TEST)
     # Every torch op runs in a child, so that the memory and caches of one are not another's.
     weights = run_isolated(
@@ -178,7 +203,7 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
     report["rows"] = []
     for name, function, spec in tqdm(_jobs(config_file, opts, cfg, options), desc="benchmark"):
         if function is measure_dental:
-            spec = _dental_weights(spec, cfg, weights, options["workdir"])
+            spec = _dental_weights(spec, cfg, weights, options["workdir"], report["exports"])
         logger.info("measuring %s", name)
         training = function in (measure_dental_training, measure_torchvision_training)
         try:
@@ -188,7 +213,7 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
             continue
         if function is measure_dental and spec["config_file"] is None:
             # ONNX Runtime runs the eager model's traced graph: the same multiply-adds.
-            eager = name.replace("ONNX Runtime", "PyTorch eager")
+            eager = name.removesuffix(" int8").replace("ONNX Runtime", "PyTorch eager")
             result["gmac"] = next(
                 (r["gmac_per_image"] for r in report["rows"] if r["name"] == eager), None
             )
@@ -198,6 +223,61 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
     report["settings"]["targets"] = list(options["targets"])
     write_json(output_json, report, indent=2)
     return report
+
+
+def run_stages(config_file: str, opts, output_json: str, **options) -> dict:
+    """Milliseconds per photo in each stage of a trained model (`stages.STAGES`): eager, ONNX
+    Runtime float and, with `calibration`, int8; each path in its own process.
+
+    Args:
+        config_file (str): the model's config.
+        opts (Sequence[str]): KEY VALUE overrides.
+        output_json (str): the stage report is written beside it, `<name>.stages.json`.
+        **options: `weights` (the trained `.pth`), `images` (a folder of photos), `photos`
+            (how many of them, 8), `repeats`, `confidence`, `calibration` (a folder of training
+            photos, for the int8 path), `workdir`, `exports` (the `exports` of a
+            `run_benchmark` report on the same model: its files are timed, not exported again).
+
+    Returns:
+        dict: `machine`, `settings` and `columns` (path name -> `measure_stages` result).
+    """
+    options = {"photos": 8, "repeats": 3, "confidence": DEFAULT_SCORE_THRESHOLD,
+               "calibration": None, "exports": {},
+               "workdir": os.path.dirname(os.path.abspath(output_json)), **options}  # fmt: skip
+    if not options.get("weights") or not options.get("images"):
+        raise DentalError("--stages needs --weights (a trained model) and --images (its photos)")
+    paths, _ = collect_images([options["images"]])
+    paths = sorted(paths)[: options["photos"]]
+    cfg = build_config(config_file, [*opts, "MODEL.DEVICE", "cpu"])
+    trained = {"config_file": config_file, "opts": list(opts), "weights": options["weights"],
+               "confidence": options["confidence"], "repeats": options["repeats"]}  # fmt: skip
+    exported = {**trained, "config_file": None, "opts": [], "trained": options["weights"],
+                "trained_config": config_file, "trained_opts": list(opts)}  # fmt: skip
+    specs = {"PyTorch eager": trained, "ONNX Runtime": exported}
+    if options["calibration"]:
+        specs["ONNX Runtime int8"] = {**exported, "calibration": options["calibration"]}
+    report = {"machine": machine(), "settings": {**options, "config_file": config_file,
+              "opts": list(opts), "image_size": [cfg.INPUT.MIN_SIZE_TEST,
+              cfg.INPUT.MAX_SIZE_TEST], "photo_files": paths}, "columns": {}}  # fmt: skip
+    for name, spec in tqdm(specs.items(), desc="stages"):
+        if spec["config_file"] is None:
+            spec = _dental_weights(spec, cfg, "", options["workdir"], options["exports"])
+        report["columns"][name] = run_isolated(measure_stages, spec, paths)
+    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    write_json(os.path.splitext(output_json)[0] + ".stages.json", report, indent=2)
+    return report
+
+
+def format_stage_report(report: dict) -> str:
+    """The stage table with the photos, size and load it was measured at."""
+    m, s = report["machine"], report["settings"]
+    header = (
+        f"{s['config_file']} as trained (score >= {s['confidence']}), {len(s['photo_files'])} "
+        f"photos of {s['images']} at {s['image_size'][0]} px, mean of {s['repeats']} passes "
+        f"after a warm-up ({m['cpu']}, {m['cpu_count']} cores, load "
+        f"{m['load_average_at_start'][0]} -> {m['load_average_at_end'][0]})"
+    )
+    return header + "\n" + format_stages(report["columns"])
 
 
 def _compare(rows: list[dict]) -> list[dict]:

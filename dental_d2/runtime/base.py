@@ -28,11 +28,15 @@ class PredictorInput:
     def __call__(self, image_bgr: np.ndarray) -> dict:
         """detectron2's model input for one HxWx3 BGR uint8 image: `image` (CHW float32,
         resized, on `MODEL.DEVICE`), `height` and `width` (the original size)."""
-        image = image_bgr[:, :, ::-1] if self.input_format == "RGB" else image_bgr
-        height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
-        return {"image": tensor.to(self.device), "height": height, "width": width}
+        height, width = image_bgr.shape[:2]
+        # Resizing works channel by channel, so the channels are reordered after it, on the
+        # smaller image, in the one pass that also transposes to CHW and converts to float32:
+        # the same values as reordering first, with two fewer copies of the photo.
+        resized = self.resize.get_transform(image_bgr).apply_image(image_bgr)
+        if self.input_format == "RGB":
+            resized = resized[:, :, ::-1]
+        chw = np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32)
+        return {"image": torch.from_numpy(chw).to(self.device), "height": height, "width": width}
 
 
 class Backend:

@@ -65,21 +65,26 @@ class ExportedBackend(Backend):
         """Runs the graph on one CHW float image; returns `OUTPUT_NAMES` in order."""
         raise NotImplementedError
 
+    def detections(self, image: torch.Tensor) -> Instances:
+        """The graph's detections of one CHW float image scoring at least the threshold, at the
+        image's size, masks not yet pasted (28x28 per box)."""
+        outputs = dict(zip(OUTPUT_NAMES, (torch.as_tensor(o) for o in self.graph(image))))
+        instances = Instances(tuple(image.shape[1:]))
+        instances.pred_boxes = Boxes(outputs["boxes"])
+        instances.scores = outputs["scores"]
+        instances.pred_classes = outputs["classes"]
+        instances.pred_masks = outputs["masks"]
+        if not self.keep_all:
+            instances = instances[instances.scores >= self.score_threshold]
+        return instances
+
     def run(self, inputs: list[dict]) -> list[Instances]:
         results = []
         for record in inputs:
             image = record["image"]
-            outputs = dict(zip(OUTPUT_NAMES, (torch.as_tensor(o) for o in self.graph(image))))
-            instances = Instances(tuple(image.shape[1:]))
-            instances.pred_boxes = Boxes(outputs["boxes"])
-            instances.scores = outputs["scores"]
-            instances.pred_classes = outputs["classes"]
-            instances.pred_masks = outputs["masks"]
-            if not self.keep_all:
-                instances = instances[instances.scores >= self.score_threshold]
             height = record.get("height", image.shape[1])
             width = record.get("width", image.shape[2])
-            results.append(dental_postprocess(instances, height, width))
+            results.append(dental_postprocess(self.detections(image), height, width))
         return results
 
 
