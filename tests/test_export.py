@@ -228,3 +228,16 @@ def test_exported_runtime_keeps_a_detection_scoring_exactly_the_threshold():
     (instances,) = graph([np.zeros((80, 80, 3), dtype=np.uint8)])
     assert instances.image_size == (80, 80)
     assert instances.scores.tolist() == torch.tensor([0.9, 0.5]).tolist()
+
+
+@pytest.mark.slow
+def test_an_exported_model_answers_a_photo_without_detections(weights, synthetic, tmp_path):
+    # The demo model's mask head has GroupNorm, whose default export cannot run on zero
+    # detections; at a threshold no random detection reaches, every photo has none.
+    cfg = build_config(CONFIG, [*SIZE, "MODEL.WEIGHTS", weights])
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.999
+    path = export_model(cfg, str(tmp_path / "onnx"))
+    predictor = Predictor(None, path, device="cpu", confidence_threshold=0.999)
+    image = read_image(str(next((synthetic / "test").glob("*.jpg"))), format="BGR")
+    instances = predictor.predict(image)
+    assert len(instances) == 0 and instances.pred_masks.shape[1:] == image.shape[:2]

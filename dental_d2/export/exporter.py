@@ -25,6 +25,7 @@ from ..weights import (
     model_class_names,
     read_weights,
 )
+from .group_norm import make_group_norms_traceable
 from .metadata import INPUT_NAMES, METADATA_FILE, MODEL_FILES, OUTPUT_NAMES
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ def build_traceable_model(cfg, weights: WeightsFile | None = None) -> TracingAda
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
     )
     model = load_model(cfg, weights)
+    # The mask head's GroupNorm must also run on a photo without detections.
+    make_group_norms_traceable(model.roi_heads)
     # A mid-grey image with noise: its values only steer the trace, shapes stay dynamic.
     size = cfg.INPUT.MIN_SIZE_TEST
     generator = torch.Generator().manual_seed(0)
