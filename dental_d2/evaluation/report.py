@@ -243,19 +243,11 @@ def _per_tooth_section(per_tooth: dict | None, score_threshold: float) -> str:
     """The per-tooth table: for each lesion class, the teeth that have it and those flagged."""
     if not per_tooth:
         return ""
-    header = "".join(
-        f"<th>{h}</th>"
-        for h in ("lesion", "teeth with it", "of those flagged", "sensitivity")
-        + ("teeth without it", "of those flagged", "specificity")
-    )
+    heads = ("lesion", "teeth with it", "flagged", "sensitivity", "teeth without it", "flagged")
+    header = "".join(f"<th>{h}</th>" for h in (*heads, "specificity"))
+    keys = ("with", "flagged_with", "sensitivity", "without", "flagged_without", "specificity")
     rows = "".join(
-        "<tr>"
-        + "".join(
-            f"<td>{_fmt(c)}</td>"
-            for c in (name, v["with"], v["flagged_with"], v["sensitivity"])
-            + (v["without"], v["flagged_without"], v["specificity"])
-        )
-        + "</tr>"
+        "<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in (name, *(v[k] for k in keys))) + "</tr>"
         for name, v in per_tooth["classes"].items()
     )
     return f"""
