@@ -219,7 +219,9 @@ def test_eval_only_takes_the_weights_alone(trained, export, tmp_path):
             "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(tmp_path / name), config=config,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
-        scored.append(json.loads((tmp_path / name / "eval/dental_test/metrics.json").read_text()))
+        # --eval-only's reports go to a folder named after the weights.
+        metrics = tmp_path / name / "eval/model_final/dental_test/metrics.json"
+        scored.append(json.loads(metrics.read_text()))
     assert scored[0]["segm"] == scored[1]["segm"] and scored[0]["bbox"] == scored[1]["bbox"]
 
 

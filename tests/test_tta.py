@@ -65,7 +65,8 @@ def test_eval_only_with_tta_scores_plain_and_augmented(tmp_path):
     output = tmp_path / "eval"
     # --eval-only needs a weights file: the demo model's random weights.
     weights = tmp_path / "model.pth"
-    torch.save({"model": Predictor(CONFIG, opts=TTA).model.state_dict()}, weights)
+    # The model inside the TTA wrapper: the wrapper's own keys carry a "model." prefix.
+    torch.save({"model": Predictor(CONFIG, opts=TTA).model.model.state_dict()}, weights)
     result = subprocess.run(
         [
             sys.executable,
