@@ -1,39 +1,21 @@
-"""Shared fixtures: tiny Roboflow-style exports written to tmp_path, and the shared real export."""
+"""The tests' fixtures. Plain helpers and constants are in support.py, which tests import."""
 
 import importlib.util
-import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from support import (
+    CALCULUS_ROOT,
+    REPO_ROOT,
+    REQUIRE_CUDA_ENV,
+    shared_dataset,
+    tiny_coco,
+    write_split,
+)
 
 from dental_d2 import cli
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# A real Roboflow "COCO Segmentation" export (see ../shared/README.md).
-CALCULUS_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "calculus-segment-v10"
-# Real intraoral photos with the project's four classes, as a Roboflow-style COCO export.
-DENTALAI_ROOT = REPO_ROOT.parent / "shared" / "datasets" / "dentalai"
-ANNOTATION_FILE = "_annotations.coco.json"
-# The demo config: a small CPU model that tests build with random weights or train briefly.
-DEMO_CONFIG = str(REPO_ROOT / "configs" / "quick_schedules" / "dental_demo_cpu.yaml")
-# The project's four classes, in the order of DENTAL.CLASS_NAMES in the configs.
-CLASSES = ["Caries", "Cavity", "Crack", "Tooth"]
-# The demo model with random weights on CPU at 128 px (192 at most): seconds per photo.
-RANDOM_DEMO_MODEL = [
-    "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-    "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192",
-]  # fmt: skip
-# A training run without evaluation, pictures or validation loss: for tests of the run itself.
-NO_EVAL = [
-    "DENTAL.LOG_PERIOD", "1", "DENTAL.EVAL.NUM_VIS_IMAGES", "0", "DATASETS.TEST", "()",
-    "TEST.EVAL_PERIOD", "0", "TEST.VALIDATION_LOSS", "False", "DATASETS.VALIDATION", "()",
-]  # fmt: skip
-# Set on a GPU machine (benchmarks/gpu_check.sh does): `cuda` tests must run, never skip.
-REQUIRE_CUDA_ENV = "DENTAL_D2_REQUIRE_CUDA"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,96 +41,6 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(skip)
 
 
-def tiny_coco(num_images: int = 3, height: int = 48, width: int = 64) -> dict:
-    """A Roboflow-like COCO dict: superclass id 0, classes 1 "Caries" and 2 "Tooth".
-
-    Image i is `img{i}.jpg`; every image but the last has a Tooth and a Caries polygon, the last
-    has no annotations.
-    """
-    categories = [
-        {"id": 0, "name": "lesions", "supercategory": "none"},
-        {"id": 1, "name": "Caries", "supercategory": "lesions"},
-        {"id": 2, "name": "Tooth", "supercategory": "lesions"},
-    ]
-    images, annotations = [], []
-    for i in range(num_images):
-        images.append({"id": i, "file_name": f"img{i}.jpg", "height": height, "width": width})
-        if i == num_images - 1:
-            continue
-        for category_id, (x0, y0, x1, y1) in ((2, (4, 4, 40, 40)), (1, (10, 10, 20, 22))):
-            annotations.append(
-                {
-                    "id": len(annotations),
-                    "image_id": i,
-                    "category_id": category_id,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0],
-                    "area": float((x1 - x0) * (y1 - y0)),
-                    "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
-                    "iscrowd": 0,
-                }
-            )
-    return {"info": {}, "licenses": [], "categories": categories, "images": images,
-            "annotations": annotations}  # fmt: skip
-
-
-def write_split(root: Path, split: str, coco: dict) -> Path:
-    """Writes `coco` and a random image per image record into root/split; returns the JSON."""
-    folder = Path(root) / split
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for image in coco["images"]:
-        pixels = rng.integers(0, 256, (image["height"], image["width"], 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / image["file_name"])
-    json_file = folder / ANNOTATION_FILE
-    json_file.write_text(json.dumps(coco))
-    return json_file
-
-
-def tool_error_lines(err: str) -> list[str]:
-    """A tool's own lines on stderr (those starting "error:"). In-process runs of a tool after
-    another test's may also show logging's complaints about a handler that detectron2's
-    (cached) setup_logger left on that test's closed capture stream; a real run has none."""
-    return [line for line in err.splitlines() if line.startswith("error:")]
-
-
-def colour_pixels(png: Path, rgb) -> int:
-    """How many pixels of the image file `png` have the colour `rgb` (0-255, +-3 per channel)."""
-    pixels = np.asarray(Image.open(png).convert("RGB"), dtype=int)
-    return int((np.abs(pixels - np.asarray(rgb)).max(axis=-1) <= 3).sum())
-
-
-def assert_pr_curves_plot(png: Path, num_classes: int) -> None:
-    """A PR-curve figure (`plot_pr_curves`) in the class colours, matplotlib's cycle C0, C1, ...
-    in class order: each colour in the legend (its line sample is about 50 pixels), and curves
-    drawn beyond it. Equal curves cover each other, so not every class's curve need show."""
-    from matplotlib.colors import to_rgb
-
-    with Image.open(png) as image:
-        assert image.format == "PNG" and min(image.size) > 300, image.size
-    counts = [
-        colour_pixels(png, [round(255 * c) for c in to_rgb(f"C{k}")]) for k in range(num_classes)
-    ]
-    assert min(counts) >= 30, f"{png}: a class colour is missing: {counts} pixels"
-    assert sum(counts) > 60 * num_classes + 500, f"{png}: no curves, {counts} pixels"
-
-
-def assert_confusion_matrix_plot(png: Path, counts) -> None:
-    """A confusion-matrix figure (`plot_confusion_matrix`) whose cells are shaded by the share of
-    their row in `counts`: each share's "Blues" colour covers at least a cell (the colour bar
-    alone holds a few rows of pixels of each)."""
-    from matplotlib import colormaps
-
-    with Image.open(png) as image:
-        assert image.format == "PNG" and min(image.size) > 200, image.size
-    counts = np.asarray(counts, dtype=float)
-    totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    cells = {float(share): int((shares == share).sum()) for share in np.unique(shares)}
-    for share, number in cells.items():
-        rgb = [round(255 * c) for c in colormaps["Blues"](share)[:3]]
-        assert colour_pixels(png, rgb) > 2000 * number, f"{png}: no cell of share {share:.2f}"
-
-
 @pytest.fixture
 def make_export(tmp_path):
     """Factory: make_export(splits=("train",), coco=None) -> root of a tiny export."""
@@ -168,27 +60,23 @@ def coco() -> dict:
     return tiny_coco()
 
 
-def _shared_dataset(root: Path) -> Path:
-    """A shared real export. CI always has ../shared, so there its absence fails; a checkout
-    without it elsewhere skips the test."""
-    if not root.is_dir():
-        message = f"shared dataset not found at {root} (needs ../shared beside the repo)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return root
+@pytest.fixture
+def calculus_root():
+    """The shared real Roboflow export with its quirks (see `support.shared_dataset`)."""
+    return shared_dataset(CALCULUS_ROOT)
 
 
 @pytest.fixture
-def calculus_root() -> Path:
-    """The shared real Roboflow export (see `_shared_dataset`)."""
-    return _shared_dataset(CALCULUS_ROOT)
+def dataset_name(request):
+    """A dataset-name prefix unique to the test, removed from detectron2's catalogs after it."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
-
-@pytest.fixture
-def dentalai_root() -> Path:
-    """The shared DentalAI export, COCO with four classes (see `_shared_dataset`)."""
-    return _shared_dataset(DENTALAI_ROOT)
+    prefix = f"t_{request.node.name}"[:60]
+    yield prefix
+    for split in ("train", "valid", "test"):
+        for catalog in (DatasetCatalog, MetadataCatalog):
+            if f"{prefix}_{split}" in catalog.list():
+                catalog.remove(f"{prefix}_{split}")
 
 
 @pytest.fixture

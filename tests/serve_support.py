@@ -1,10 +1,17 @@
-"""The model and images that the serving tests share (imported by test_serve_*.py)."""
+"""What the serving tests share (imported by test_serve_*.py): the model, a uvicorn server in a
+thread, and the browser's settings."""
 
+import contextlib
 import os
+import socket
+import threading
+import time
 
+import pytest
 import torch
-from conftest import CLASSES, RANDOM_DEMO_MODEL
-from conftest import DEMO_CONFIG as CONFIG
+import uvicorn
+from support import CLASSES, RANDOM_DEMO_MODEL
+from support import DEMO_CONFIG as CONFIG
 
 from dental_d2.predictor import Predictor
 
@@ -41,8 +48,47 @@ def copy_predictor(source: Predictor, confidence_threshold: float) -> Predictor:
     return predictor
 
 
-def calculus_photos(calculus_root, count: int = 1) -> list[str]:
-    """The first `count` photos of the real export's test split."""
-    folder = os.path.join(calculus_root, "test")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith((".jpg", ".jpeg", ".png")))
-    return [os.path.join(folder, n) for n in names[:count]]
+# Debian's chromium (`apt-get install chromium`, done by `make browser`); Playwright's own browser
+# download is never used. Flags for a sandbox-less container without a GPU or network.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def require(condition: bool, message: str):
+    """Skips on a developer machine without the browser; fails in CI, which installs it."""
+    if not condition:
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (.ci/run installs it)")
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_in_thread(app):
+    """Runs `app` under uvicorn in a daemon thread; yields its URL, stops it on exit."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

@@ -8,11 +8,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, tool_error_lines
-from conftest import DEMO_CONFIG as CONFIG
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
+from support import CLASSES, tool_error_lines
+from support import DEMO_CONFIG as CONFIG
 from torch import nn
 
 from dental_d2.active_learning import flip_back, rank_images, score_image, write_ranking

@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES
 from PIL import Image
 from serve_support import build_predictor
+from support import CLASSES
 
 from dental_d2.checkpoint import CLASS_NAMES_KEY
 from dental_d2.config import build_config

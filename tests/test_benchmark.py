@@ -6,14 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG as CONFIG
+from support import DEMO_CONFIG as CONFIG
+from support import TINY_INPUT as TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("restore_loggers")
-TINY = [
-    "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "96", "INPUT.MIN_SIZE_TRAIN", "(96,)",
-    "INPUT.MAX_SIZE_TRAIN", "96", "SOLVER.IMS_PER_BATCH", "2", "TEST.IMS_PER_BATCH", "2",
-]  # fmt: skip
 
 
 @pytest.fixture

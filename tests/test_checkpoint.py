@@ -2,13 +2,12 @@
 past torn files, finite weights only, and model_best holding the state of its evaluation."""
 
 import os
-import pickle
 
 import pytest
 import torch
 from detectron2.engine import SimpleTrainer
 from detectron2.engine.train_loop import HookBase
-from test_hooks import _TinyModel
+from support import TinyModel, write_evil_pth, write_pkl
 from torch import nn
 
 from dental_d2.checkpoint import DentalCheckpointer, load_weights_file
@@ -19,28 +18,6 @@ from dental_d2.engine.hooks import (
 )
 from dental_d2.engine.lr_scheduler import WarmupPlateauLR
 from dental_d2.errors import DentalError
-
-
-class CreatesFile:
-    """Unpickling this creates `path`: what a booby-trapped weight file would do."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def write_evil_pth(path, marker):
-    torch.save({"model": {"weight": torch.zeros(1)}, "payload": CreatesFile(marker)}, path)
-
-
-def write_pkl(path, state, payload_marker=None):
-    data = {"model": {k: v.numpy() for k, v in state.items()}, "__author__": "someone"}
-    if payload_marker is not None:
-        data["payload"] = CreatesFile(payload_marker)
-    with open(path, "wb") as f:
-        pickle.dump(data, f)
 
 
 def _model():
@@ -169,7 +146,7 @@ class _Scripted(HookBase):
 
 def test_best_checkpoint_holds_the_state_after_its_own_evaluation(tmp_path):
     # Evaluations at iterations 1, 3, 5: 2.0, then 3.0 (worse), then 1.0 (best).
-    model = _TinyModel()
+    model = TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     trainer = SimpleTrainer(model, iter(lambda: torch.ones(2, 3), None), optimizer)
     trainer.scheduler = WarmupPlateauLR(optimizer)
@@ -208,7 +185,7 @@ def test_signal_stops_after_the_iteration_and_a_second_one_tears_nothing(tmp_pat
 
     from dental_d2.engine.signals import Interrupted, StopOnSignal
 
-    model = _TinyModel()
+    model = TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     trainer = SimpleTrainer(model, iter(lambda: torch.ones(2, 3), None), optimizer)
     checkpointer = DentalCheckpointer(model, str(tmp_path), trainer=trainer)

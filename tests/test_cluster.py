@@ -13,16 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NO_EVAL as FAST
-from conftest import tool_error_lines
+from support import INSTANT_CONFIG as INSTANT
+from support import NO_EVAL as FAST
+from support import TRAIN_NET, tool_error_lines
 
 from dental_d2.data.synthetic import generate_synthetic_dataset
 from dental_d2.engine.distributed import ClusterProcess, cluster_process, first_host
 from dental_d2.errors import DentalError
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_NET = str(ROOT / "tools" / "train_net.py")
-INSTANT = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 # A log line per iteration, no pictures, no test split, no evaluation: seconds per run.
 # One intra-op thread per process: the same arithmetic whichever launcher started it.
 ENV = {"OMP_NUM_THREADS": "1"}

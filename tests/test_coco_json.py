@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
-from conftest import tiny_coco
+from support import tiny_coco
 
 from dental_d2 import DentalError
 from dental_d2.data.coco_json import box_from_segmentation, read_coco_json

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG as CONFIG
-from conftest import tiny_coco, tool_error_lines
+from support import DEMO_CONFIG as CONFIG
+from support import tiny_coco, tool_error_lines
 
 from dental_d2 import DentalError
 from dental_d2.cross_validation import (

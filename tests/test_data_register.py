@@ -17,25 +17,12 @@ from dental_d2.data.categories import LESION_COLORS, TOOTH_COLOR, is_tooth_class
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def name(request):
-    """A dataset-name prefix unique to the test, removed from the catalogs afterwards."""
-    prefix = f"t_{request.node.name}"
-    yield prefix
-    for split in ("train", "valid", "test"):
-        dataset = f"{prefix}_{split}"
-        if dataset in DatasetCatalog.list():
-            DatasetCatalog.remove(dataset)
-        if dataset in MetadataCatalog.list():
-            MetadataCatalog.remove(dataset)
-
-
-def test_registers_present_splits_with_metadata(make_export, name):
+def test_registers_present_splits_with_metadata(make_export, dataset_name):
     root = make_export(splits=("train", "test"))
-    names = register_dental_splits(root, name)
-    assert names == {"train": f"{name}_train", "test": f"{name}_test"}
-    assert f"{name}_valid" not in DatasetCatalog.list()
-    metadata = MetadataCatalog.get(f"{name}_train")
+    names = register_dental_splits(root, dataset_name)
+    assert names == {"train": f"{dataset_name}_train", "test": f"{dataset_name}_test"}
+    assert f"{dataset_name}_valid" not in DatasetCatalog.list()
+    metadata = MetadataCatalog.get(f"{dataset_name}_train")
     assert metadata.thing_classes == ["Caries", "Tooth"]
     assert metadata.thing_colors == [LESION_COLORS[0], TOOTH_COLOR]
     assert metadata.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1}
@@ -45,90 +32,90 @@ def test_registers_present_splits_with_metadata(make_export, name):
     assert metadata.dental_root == str(root)
     # COCOEvaluator must convert our cleaned dicts, not read the raw file with its superclass.
     assert not hasattr(metadata, "json_file")
-    dicts = DatasetCatalog.get(f"{name}_test")
+    dicts = DatasetCatalog.get(f"{dataset_name}_test")
     assert len(dicts) == 3 and dicts[0]["annotations"][0]["category_id"] == 1
 
 
-def test_images_are_checked_on_load_not_on_registration(make_export, name):
+def test_images_are_checked_on_load_not_on_registration(make_export, dataset_name):
     root = make_export()
     (root / "train" / "img0.jpg").unlink()
-    names = register_dental_splits(root, name)
+    names = register_dental_splits(root, dataset_name)
     with pytest.raises(DentalError, match=r"image id 0: .*img0\.jpg not found"):
         DatasetCatalog.get(names["train"])
 
 
-def test_malformed_json_fails_at_registration(make_export, name):
+def test_malformed_json_fails_at_registration(make_export, dataset_name):
     root = make_export(splits=("train", "valid"))
     (root / "valid" / "_annotations.coco.json").write_text('{"images": [')
     with pytest.raises(DentalError, match=r"valid/_annotations\.coco\.json: not valid JSON"):
-        register_dental_splits(root, name)
+        register_dental_splits(root, dataset_name)
 
 
-def test_register_twice_is_harmless(make_export, name):
+def test_register_twice_is_harmless(make_export, dataset_name):
     root = make_export(splits=("train", "valid"))
-    first = register_dental_splits(root, name)
+    first = register_dental_splits(root, dataset_name)
     loader = DatasetCatalog[first["train"]]
-    assert register_dental_splits(root, name) == first
+    assert register_dental_splits(root, dataset_name) == first
     assert DatasetCatalog[first["train"]] is loader  # no-op: nothing re-registered
 
     other = make_export(splits=("train",), name="other")
-    second = register_dental_splits(other, name)
-    assert second == {"train": f"{name}_train"}
-    assert MetadataCatalog.get(f"{name}_train").dental_root == str(other)
+    second = register_dental_splits(other, dataset_name)
+    assert second == {"train": f"{dataset_name}_train"}
+    assert MetadataCatalog.get(f"{dataset_name}_train").dental_root == str(other)
     # The split the new root lacks is gone from both catalogs.
-    assert f"{name}_valid" not in DatasetCatalog.list()
-    assert f"{name}_valid" not in MetadataCatalog.list()
-    assert DatasetCatalog.get(f"{name}_train")[0]["file_name"].startswith(str(other))
+    assert f"{dataset_name}_valid" not in DatasetCatalog.list()
+    assert f"{dataset_name}_valid" not in MetadataCatalog.list()
+    assert DatasetCatalog.get(f"{dataset_name}_train")[0]["file_name"].startswith(str(other))
 
 
-def test_a_name_taken_by_other_code_is_not_overwritten(make_export, name):
-    DatasetCatalog.register(f"{name}_train", lambda: [])
-    with pytest.raises(DentalError, match=f"{name}_train is already registered"):
-        register_dental_splits(make_export(), name)
+def test_a_name_taken_by_other_code_is_not_overwritten(make_export, dataset_name):
+    DatasetCatalog.register(f"{dataset_name}_train", lambda: [])
+    with pytest.raises(DentalError, match=f"{dataset_name}_train is already registered"):
+        register_dental_splits(make_export(), dataset_name)
 
 
-def test_root_without_splits(tmp_path, name):
+def test_root_without_splits(tmp_path, dataset_name):
     (tmp_path / "images").mkdir()
     with pytest.raises(DentalError, match=r"neither a COCO export .* nor a YOLO-seg export"):
-        register_dental_splits(tmp_path, name)
+        register_dental_splits(tmp_path, dataset_name)
     with pytest.raises(DentalError, match="data root not found"):
-        register_dental_splits(tmp_path / "missing", name)
+        register_dental_splits(tmp_path / "missing", dataset_name)
 
 
-def test_a_split_folder_as_root_names_its_parent(make_export, name):
+def test_a_split_folder_as_root_names_its_parent(make_export, dataset_name):
     root = make_export(splits=("train", "valid"))
     with pytest.raises(DentalError) as error:
-        register_dental_splits(root / "train", name)
+        register_dental_splits(root / "train", dataset_name)
     assert str(error.value) == (
         f"{root / 'train'}: this is one split of an export; set DENTAL.DATA_ROOT to the "
         f"export's folder, {root}, which holds the splits"
     )
 
 
-def test_split_folder_without_json(make_export, name):
+def test_split_folder_without_json(make_export, dataset_name):
     root = make_export()
     (root / "valid").mkdir()
     with pytest.raises(DentalError, match=r"valid/_annotations\.coco\.json: not found"):
-        register_dental_splits(root, name)
+        register_dental_splits(root, dataset_name)
 
 
-def test_splits_with_different_classes(make_export, coco, name):
+def test_splits_with_different_classes(make_export, coco, dataset_name):
     root = make_export(splits=("train",))
     coco["categories"][1]["name"] = "Calculus"
     (root / "valid").mkdir()
     (root / "valid" / "_annotations.coco.json").write_text(json.dumps(coco))
     with pytest.raises(DentalError) as info:
-        register_dental_splits(root, name)
+        register_dental_splits(root, dataset_name)
     message = str(info.value)
     assert "valid/_annotations.coco.json has classes ['Calculus', 'Tooth']" in message
     assert "train/_annotations.coco.json has ['Caries', 'Tooth']" in message
 
 
-def test_register_from_config_and_num_classes(make_export, name):
+def test_register_from_config_and_num_classes(make_export, dataset_name):
     cfg = get_cfg()
     add_dental_config(cfg)
     cfg.DENTAL.DATA_ROOT = str(make_export())
-    cfg.DENTAL.DATASET_NAME = name
+    cfg.DENTAL.DATASET_NAME = dataset_name
     thing_classes = register_from_config(cfg)
     assert thing_classes == ["Caries", "Tooth"]
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
@@ -159,8 +146,8 @@ def test_is_tooth_class_uses_the_configured_names_else_the_name():
     assert not is_tooth_class("molar-tooth", ["Tooth"]) and not is_tooth_class("Tooth", [])
 
 
-def test_calculus_export(calculus_root, name):
-    names = register_dental_splits(calculus_root, name)
+def test_calculus_export(calculus_root, dataset_name):
+    names = register_dental_splits(calculus_root, dataset_name)
     assert set(names) == {"train", "valid", "test"}
     total = 0
     for dataset in names.values():
@@ -187,9 +174,9 @@ def test_importing_the_package_registers_nothing():
     assert result.stdout.strip() == "[]"
 
 
-def test_coco_evaluator_conversion_keeps_the_dataset_ids(make_export, name):
+def test_coco_evaluator_conversion_keeps_the_dataset_ids(make_export, dataset_name):
     # Without a json_file in the metadata, COCOEvaluator converts our dicts with this function.
-    names = register_dental_splits(make_export(), name)
+    names = register_dental_splits(make_export(), dataset_name)
     coco = convert_to_coco_dict(names["train"])
     assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "Caries"), (2, "Tooth")]
     assert sorted(a["category_id"] for a in coco["annotations"]) == [1, 1, 2, 2]

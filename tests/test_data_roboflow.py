@@ -69,108 +69,73 @@ def test_cache_is_invalidated_when_the_json_changes(make_export, coco):
     assert len(_load(root)) == 2
 
 
-def _expect_error(root, pattern, split="train"):
+def _truncate(path, size):
+    path.write_bytes(path.read_bytes()[:size])
+
+
+# Broken files of the export's train folder, and the one-line error each must give.
+BROKEN_FILES = [
+    pytest.param(lambda d: (d / "img1.jpg").unlink(), r"image id 1: .*img1\.jpg not found",
+                 id="missing-image"),
+    pytest.param(lambda d: (d / "img0.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken"),
+                 r"image id 0: .*img0\.jpg", id="corrupt-jpeg"),
+    # The header intact, the pixels cut.
+    pytest.param(lambda d: _truncate(d / "img2.jpg", 2 * (d / "img2.jpg").stat().st_size // 3),
+                 r"image id 2: .*img2\.jpg.*truncated", id="truncated-jpeg"),
+    pytest.param(lambda d: Image.fromarray(np.zeros((30, 64, 3), np.uint8)).save(d / "img1.jpg"),
+                 r"image id 1: .*30x64 .* JSON says 48x64", id="size-mismatch"),
+    pytest.param(lambda d: _truncate(d / ANNOTATION_FILE, 100),
+                 r"not valid JSON \(line 1 column", id="truncated-json"),
+    pytest.param(lambda d: (d / ANNOTATION_FILE).write_text("  \n"), r"the file is empty",
+                 id="empty-json"),
+    pytest.param(lambda d: (d / ANNOTATION_FILE).write_text("[1, 2]"),
+                 r"top level is not a JSON object", id="json-not-coco"),
+]  # fmt: skip
+# Broken records of the export's COCO JSON (`tiny_coco`: 3 images, 4 annotations), and the
+# one-line error each must give.
+BROKEN_RECORDS = [
+    pytest.param(lambda c: c.update(images=[], annotations=[]), r"lists no images",
+                 id="no-images"),
+    pytest.param(lambda c: c["annotations"][1].update(category_id=7),
+                 r"annotation id 1 .*category_id 7", id="unknown-category"),
+    pytest.param(lambda c: c["annotations"][0].update(segmentation=[[1, 2, 30, 2, 30, 30, 5]]),
+                 r"annotation id 0 .*odd number of coordinates", id="odd-coordinate-count"),
+    pytest.param(lambda c: c["annotations"][2].update(segmentation=[[1, 2, "x", 2, 30, 30]]),
+                 r"annotation id 2 .*non-numeric.*'x'", id="non-number-coordinate"),
+    pytest.param(lambda c: c["images"][2].update(id=1), r"image id 1 is listed twice",
+                 id="duplicate-image-id"),
+    pytest.param(lambda c: c["annotations"][3].update(id=0), r"annotation id 0 is listed twice",
+                 id="duplicate-annotation-id"),
+    pytest.param(lambda c: c["annotations"][1].update(image_id=42),
+                 r"annotation id 1 points at image id 42", id="annotation-of-a-missing-image"),
+    pytest.param(lambda c: [a.update(segmentation=[]) for a in c["annotations"]],
+                 r"none of the 4 annotations has a segmentation.*COCO Segmentation",
+                 id="detection-only-export"),
+    pytest.param(lambda c: c["annotations"][0].update(
+                     segmentation={"size": [10, 10], "counts": [0, 100]}),
+                 r"annotation id 0 .*RLE mask of size \[10, 10\]", id="rle-of-the-wrong-size"),
+]  # fmt: skip
+
+
+def _expect_error(root, pattern):
+    """The loader's error: one line that names the JSON file and says what is wrong."""
     with pytest.raises(DentalError, match=pattern) as info:
-        _load(root, split)
+        _load(root)
     message = str(info.value)
-    assert "\n" not in message
-    return message
+    assert "\n" not in message and f"train/{ANNOTATION_FILE}" in message, message
 
 
-def test_missing_image(make_export):
+@pytest.mark.parametrize("damage, pattern", BROKEN_FILES)
+def test_a_broken_file_is_one_line_naming_it(make_export, damage, pattern):
     root = make_export()
-    (root / "train" / "img1.jpg").unlink()
-    message = _expect_error(root, r"image id 1: .*img1\.jpg not found")
-    assert ANNOTATION_FILE in message
+    damage(root / "train")
+    _expect_error(root, pattern)
 
 
-def test_corrupt_jpeg(make_export):
-    root = make_export()
-    (root / "train" / "img0.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
-    message = _expect_error(root, r"image id 0: .*img0\.jpg")
-    assert ANNOTATION_FILE in message
-
-
-def test_truncated_jpeg(make_export):
-    root = make_export()
-    path = root / "train" / "img2.jpg"
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) * 2 // 3])  # header intact, pixels cut
-    _expect_error(root, r"_annotations\.coco\.json: image id 2: .*img2\.jpg.*truncated")
-
-
-def test_size_mismatch(make_export):
-    root = make_export()
-    Image.fromarray(np.zeros((30, 64, 3), np.uint8)).save(root / "train" / "img1.jpg")
-    _expect_error(root, r"_annotations\.coco\.json: image id 1: .*30x64 .* JSON says 48x64")
-
-
-def test_truncated_json(make_export):
-    root = make_export()
-    json_file = root / "train" / ANNOTATION_FILE
-    json_file.write_text(json_file.read_text()[:100])
-    _expect_error(root, r"_annotations\.coco\.json: not valid JSON \(line 1 column")
-
-
-def test_empty_json_file(make_export):
-    root = make_export()
-    (root / "train" / ANNOTATION_FILE).write_text("  \n")
-    _expect_error(root, r"_annotations\.coco\.json: the file is empty")
-
-
-def test_json_without_images(make_export, coco):
-    coco["images"], coco["annotations"] = [], []
-    root = make_export(coco=coco)
-    _expect_error(root, r"_annotations\.coco\.json: lists no images")
-
-
-def test_json_that_is_not_coco(make_export):
-    root = make_export()
-    (root / "train" / ANNOTATION_FILE).write_text("[1, 2]")
-    _expect_error(root, r"_annotations\.coco\.json: top level is not a JSON object")
-
-
-def test_unknown_category_id(make_export, coco):
-    coco["annotations"][1]["category_id"] = 7
-    root = make_export(coco=coco)
-    _expect_error(root, r"_annotations\.coco\.json: annotation id 1 .*category_id 7")
-
-
-def test_odd_coordinate_count(make_export, coco):
-    coco["annotations"][0]["segmentation"] = [[1, 2, 30, 2, 30, 30, 5]]
-    root = make_export(coco=coco)
-    _expect_error(root, r"_annotations\.coco\.json: annotation id 0 .*odd number of coordinates")
-
-
-def test_non_number_coordinate(make_export, coco):
-    coco["annotations"][2]["segmentation"] = [[1, 2, "x", 2, 30, 30]]
-    root = make_export(coco=coco)
-    _expect_error(root, r"_annotations\.coco\.json: annotation id 2 .*non-numeric.*'x'")
-
-
-def test_duplicate_image_id(make_export, coco):
-    coco["images"][2]["id"] = 1
-    root = make_export(coco=coco)
-    _expect_error(root, r"_annotations\.coco\.json: image id 1 is listed twice")
-
-
-def test_duplicate_annotation_id(make_export, coco):
-    coco["annotations"][3]["id"] = 0
-    root = make_export(coco=coco)
-    _expect_error(root, r"_annotations\.coco\.json: annotation id 0 is listed twice")
-
-
-def test_annotation_pointing_at_a_missing_image(make_export, coco):
-    coco["annotations"][1]["image_id"] = 42
-    root = make_export(coco=coco)
-    _expect_error(root, r"_annotations\.coco\.json: annotation id 1 points at image id 42")
-
-
-def test_detection_only_export_is_rejected(make_export, coco):
-    for annotation in coco["annotations"]:
-        annotation["segmentation"] = []
-    root = make_export(coco=coco)
-    _expect_error(root, r"none of the 4 annotations has a segmentation.*COCO Segmentation")
+@pytest.mark.parametrize("damage, pattern", BROKEN_RECORDS)
+def test_a_broken_record_is_one_line_naming_it(make_export, coco, damage, pattern):
+    damage(coco)
+    _expect_error(make_export(coco=coco), pattern)
 
 
 def test_two_point_polygon_is_dropped_and_counted(make_export, coco, roboflow_log):
@@ -225,12 +190,6 @@ def test_rle_segmentations_pass_through(make_export, coco):
     assert first["iscrowd"] == 1
     assert mask_util.decode(first["segmentation"]).sum() == 200
     assert mask_util.decode(dicts[1]["annotations"][0]["segmentation"]).sum() == 20
-
-
-def test_rle_of_the_wrong_size_is_an_error(make_export, coco):
-    coco["annotations"][0]["segmentation"] = {"size": [10, 10], "counts": [0, 100]}
-    root = make_export(coco=coco)
-    _expect_error(root, r"annotation id 0 .*RLE mask of size \[10, 10\]")
 
 
 def test_check_images_false_skips_decoding(make_export):

@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pydicom
 import pytest
-from conftest import tiny_coco
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from dicom_support import (
@@ -26,6 +25,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from serve_support import CONFIG, OPTS, ROOT, build_predictor
+from support import tiny_coco
 
 from dental_d2 import DentalError, add_dental_config
 from dental_d2.data import DentalDatasetMapper, image_size, read_image

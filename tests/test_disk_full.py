@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import INSTANT_CONFIG as INSTANT
+from support import TRAIN_NET
 from torch import nn
 
 from dental_d2.checkpoint import CheckpointDiskFull, DentalCheckpointer
 from dental_d2.data.synthetic import generate_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_NET = str(ROOT / "tools" / "train_net.py")
-INSTANT = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 
 
 class FullDisk:

@@ -6,8 +6,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from conftest import CLASSES
 from detectron2.structures import Boxes, Instances
+from support import CLASSES
 
 from dental_d2.drawing import (
     CHIP_ALPHA,

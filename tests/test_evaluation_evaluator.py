@@ -9,7 +9,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from conftest import assert_confusion_matrix_plot, assert_pr_curves_plot
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
@@ -17,6 +16,7 @@ from detectron2.structures import Boxes, BoxMode, Instances
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from support import assert_confusion_matrix_plot, assert_pr_curves_plot
 
 from dental_d2 import add_dental_config
 from dental_d2.evaluation import DentalEvaluator

@@ -9,8 +9,8 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_confusion_matrix_plot, assert_pr_curves_plot
 from PIL import Image
+from support import assert_confusion_matrix_plot, assert_pr_curves_plot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, "tools", "evaluate.py")

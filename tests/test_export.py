@@ -7,9 +7,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES
-from conftest import DEMO_CONFIG as CONFIG
 from detectron2.modeling import build_model
+from support import CLASSES, assert_same_detections, demo_photos
+from support import DEMO_CONFIG as CONFIG
+from support import PARITY_SCORE as SCORE
+from support import PARITY_SIZE as SIZE
 
 from dental_d2 import DentalError
 from dental_d2.checkpoint import CLASS_NAMES_KEY
@@ -22,10 +24,6 @@ from dental_d2.runtime import ExportedBackend
 from dental_d2.weights import WeightsFile
 
 pytestmark = pytest.mark.usefixtures("restore_loggers")
-# The demo model at 160 px with random weights: seconds on a CPU. At a score threshold of 0.05
-# it keeps its 50 detections per image (scores near 1/5), each with a mask of its own.
-SIZE = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "160"]
-SCORE = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -58,21 +56,6 @@ def exported(weights, tmp_path_factory):
 @pytest.fixture(scope="module")
 def eager(weights):
     return Predictor(CONFIG, weights, opts=SIZE, confidence_threshold=SCORE, device="cpu")
-
-
-def assert_same_detections(expected, actual):
-    """The parity contract: same count and classes, boxes within 1 px, scores within 1e-3,
-    mask IoU >= 0.99 per instance."""
-    assert len(actual) == len(expected)
-    assert actual.pred_classes.tolist() == expected.pred_classes.tolist()
-    torch.testing.assert_close(actual.scores, expected.scores, atol=1e-3, rtol=0)
-    torch.testing.assert_close(
-        actual.pred_boxes.tensor, expected.pred_boxes.tensor, atol=1.0, rtol=0
-    )
-    intersection = (actual.pred_masks & expected.pred_masks).flatten(1).sum(1)
-    union = (actual.pred_masks | expected.pred_masks).flatten(1).sum(1).clamp(min=1)
-    iou = intersection / union
-    assert bool((iou >= 0.99).all()), iou.min()
 
 
 def _check_parity(eager, model_path, images):
@@ -110,8 +93,8 @@ def test_onnx_matches_pytorch_on_synthetic_photos(exported, eager, synthetic):
 
 
 @pytest.mark.slow
-def test_onnx_matches_pytorch_on_real_photos(exported, eager, calculus_root):
-    images = sorted(str(p) for p in (calculus_root / "test").glob("*.jpg"))[:4]
+def test_onnx_matches_pytorch_on_real_photos(exported, eager):
+    images = demo_photos(count=4)
     expected = _check_parity(eager, exported[0], images)
     assert sum(len(instances) for instances in expected) >= 4
 

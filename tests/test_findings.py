@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import torch
-from conftest import CLASSES
 from detectron2.structures import BitMasks, Boxes, Instances
+from support import CLASSES
 
 from dental_d2.findings import (
     TOOTH_NUMBERS,

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEMO_CONFIG as DEMO
-from conftest import NO_EVAL as FAST
 from detectron2.modeling import build_model
 from fastapi.testclient import TestClient
 from serve_support import CLASSES, OPTS
-from test_benchmark import TINY
-from test_export import SCORE, SIZE, assert_same_detections
+from support import DEMO_CONFIG as DEMO
+from support import INSTANT_CONFIG as INSTANT
+from support import NO_EVAL as FAST
+from support import PARITY_SCORE as SCORE
+from support import PARITY_SIZE as SIZE
+from support import TINY_INPUT as TINY
+from support import TRAIN_NET, assert_same_detections
 
 from dental_d2.checkpoint import CLASS_NAMES_KEY
 from dental_d2.config import build_config
@@ -32,8 +35,6 @@ from dental_d2.serving import PredictionService, create_app
 pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("restore_loggers")]
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_NET = str(ROOT / "tools" / "train_net.py")
-INSTANT = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 # The serving tests' options, on the GPU.
 CUDA_OPTS = [value if value != "cpu" else "cuda" for value in OPTS]
 

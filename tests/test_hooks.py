@@ -6,12 +6,12 @@ import types
 
 import pytest
 import torch
-from conftest import CLASSES, DEMO_CONFIG, RANDOM_DEMO_MODEL, REPO_ROOT
 from detectron2.checkpoint import Checkpointer
 from detectron2.data import MetadataCatalog
 from detectron2.engine import SimpleTrainer
 from detectron2.engine.train_loop import HookBase
 from detectron2.utils.events import EventStorage
+from support import CLASSES, DEMO_CONFIG, RANDOM_DEMO_MODEL, REPO_ROOT, TinyModel
 from torch import nn
 
 from dental_d2.data import read_image
@@ -28,15 +28,6 @@ from dental_d2.predictor import Predictor
 from dental_d2.runtime.base import PredictorInput
 
 PERIOD = 2
-
-
-class _TinyModel(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Linear(3, 1)
-
-    def forward(self, x):
-        return {"loss": self.layer(x).abs().mean()}
 
 
 def _data():
@@ -70,7 +61,7 @@ class _Record(HookBase):
 
 
 def _trainer(*hooks, lr=0.1, scheduler=False):
-    model = _TinyModel()
+    model = TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     trainer = SimpleTrainer(model, _data(), optimizer)
     if scheduler:
@@ -176,7 +167,7 @@ def test_plateau_cuts_lr_after_patience_and_resets_count():
 
 
 def test_plateau_respects_min_lr():
-    model = _TinyModel()
+    model = TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = WarmupPlateauLR(optimizer, min_lr=0.02)
     assert scheduler.reduce(0.1) == pytest.approx((0.1, 0.02))
@@ -185,7 +176,7 @@ def test_plateau_respects_min_lr():
 
 
 def test_warmup_then_constant():
-    model = _TinyModel()
+    model = TinyModel()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = WarmupPlateauLR(optimizer, warmup_iters=10, warmup_factor=0.1)
     seen = [optimizer.param_groups[0]["lr"]]
@@ -263,7 +254,7 @@ def test_scheduler_choice_follows_config():
     from dental_d2.config import build_config
     from dental_d2.engine.trainer import DentalTrainer
 
-    optimizer = torch.optim.SGD(_TinyModel().parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(TinyModel().parameters(), lr=0.1)
     plateau = build_config(None, ["SOLVER.LR_SCHEDULER_NAME", "ReduceLROnPlateau"])
     cosine = build_config(None, ["SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"])
     assert isinstance(DentalTrainer.build_lr_scheduler(plateau, optimizer), WarmupPlateauLR)

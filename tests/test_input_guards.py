@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_confusion_matrix_plot, assert_pr_curves_plot, write_split
 from matplotlib.text import Text
 from PIL import Image
+from support import assert_confusion_matrix_plot, assert_pr_curves_plot, write_split
 
 from dental_d2 import DentalError
 from dental_d2.data.image_io import MAX_IMAGE_PIXELS

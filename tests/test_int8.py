@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, NO_EVAL
 from detectron2.structures import pairwise_iou
+from support import CLASSES, NO_EVAL, TRAIN_NET
+from support import INSTANT_CONFIG as CONFIG
 
 from dental_d2 import DentalError
 from dental_d2.config import build_config
@@ -25,7 +26,6 @@ from dental_d2.runtime import Backend
 
 pytestmark = pytest.mark.usefixtures("restore_loggers")
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 # Detections compared from this score (the one a clinic predicts at): 4 to 7 per photo.
 SCORE = 0.5
 CALIBRATION_COUNT = 6
@@ -43,7 +43,7 @@ def trained(synthetic, tmp_path_factory):
     """The demo model at 128 px after 60 iterations on the synthetic photos: it finds teeth."""
     output = tmp_path_factory.mktemp("train")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", CONFIG,
+        [sys.executable, TRAIN_NET, "--config-file", CONFIG,
          "DENTAL.DATA_ROOT", str(synthetic), "OUTPUT_DIR", str(output), "SOLVER.MAX_ITER", "60",
          "SOLVER.CHECKPOINT_PERIOD", "1000", *NO_EVAL],
         capture_output=True, text=True, timeout=600, cwd=ROOT,

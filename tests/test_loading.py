@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, tool_error_lines
 from detectron2.modeling import build_model
 from PIL import Image
+from support import CLASSES, tool_error_lines
+from support import INSTANT_CONFIG as INSTANT
 
 from dental_d2 import DentalError
 from dental_d2.checkpoint import CLASS_NAMES_KEY, DentalCheckpointer
@@ -25,7 +26,6 @@ from dental_d2.predictor import Predictor
 pytestmark = pytest.mark.usefixtures("restore_loggers")
 
 ROOT = Path(__file__).resolve().parents[1]
-INSTANT = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 LITE0_DEMO = str(ROOT / "configs" / "quick_schedules" / "dental_lite0_demo_cpu.yaml")
 LITE0 = str(ROOT / "configs" / "dental_lite0.yaml")
 # What the trainer of the checkpoint below was given: the instant-test model with its classes,

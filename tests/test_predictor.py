@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, RANDOM_DEMO_MODEL
-from conftest import DEMO_CONFIG as CONFIG
 from detectron2.structures import Instances
+from support import CLASSES, RANDOM_DEMO_MODEL, demo_photos
+from support import DEMO_CONFIG as CONFIG
 
 from dental_d2 import DentalError
 from dental_d2.checkpoint import CLASS_NAMES_KEY
@@ -184,9 +184,7 @@ def test_draw_takes_the_findings_it_is_given(predictor, monkeypatch):
 
 
 @pytest.mark.parametrize("input_format", ["RGB", "BGR"])
-def test_model_input_is_detectron2s_resize_of_the_photo_in_the_models_channel_order(
-    input_format, calculus_root
-):
+def test_model_input_is_detectron2s_resize_of_the_photo_in_the_models_channel_order(input_format):
     """The runtime resizes first and reorders channels after: exactly the values of reordering
     the photo first and resizing it with ResizeShortestEdge, as DefaultPredictor does."""
     from detectron2.data import transforms as T
@@ -197,7 +195,7 @@ def test_model_input_is_detectron2s_resize_of_the_photo_in_the_models_channel_or
 
     sizes = ["INPUT.MIN_SIZE_TEST", "200", "INPUT.MAX_SIZE_TEST", "300"]
     backend = Backend(build_config(CONFIG, ["INPUT.FORMAT", input_format, *sizes]))
-    photo = read_image(sorted((calculus_root / "test").glob("*.jpg"))[0], format="BGR")
+    photo = read_image(demo_photos()[0], format="BGR")
     photo = np.ascontiguousarray(photo[:, 40:])  # not square: both sides change
     image = photo[:, :, ::-1] if input_format == "RGB" else photo
     resized = T.ResizeShortestEdge([200, 200], 300).get_transform(image).apply_image(image)

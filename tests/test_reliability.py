@@ -15,14 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_checkpoint import write_evil_pth, write_pkl
+from support import INSTANT_CONFIG as INSTANT
+from support import TRAIN_NET, write_evil_pth, write_pkl
 
 from dental_d2.data.synthetic import generate_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_NET = str(ROOT / "tools" / "train_net.py")
 VISUALIZE = str(ROOT / "tools" / "visualize.py")
-INSTANT = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 R50 = str(ROOT / "configs" / "dental_r50.yaml")
 # On top of the instant-test config: a log line per iteration, no pictures, no test split.
 FAST = [

@@ -14,7 +14,9 @@ from detectron2.structures import BitMasks, PolygonMasks
 from pycocotools import mask as mask_util
 
 # The tiny training set-up of tests/test_train_net.py: the demo model at 128 px, no workers.
-from test_train_net import CONFIG, ROOT, TRAIN_NET
+from support import INSTANT_CONFIG as CONFIG
+from support import REPO_ROOT as ROOT
+from support import TRAIN_NET
 
 from dental_d2 import add_dental_config
 from dental_d2.data import DentalDatasetMapper, load_roboflow_json

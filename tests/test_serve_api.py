@@ -23,9 +23,9 @@ from serve_support import (
     MIN_SCORE,
     OPTS,
     build_predictor,
-    calculus_photos,
     copy_predictor,
 )
+from support import demo_photos
 
 from dental_d2.data import read_image
 from dental_d2.inference import FINDINGS_FILE, PREDICTIONS_FILE, predict_images
@@ -45,8 +45,8 @@ def client(predictor):
 
 
 @pytest.fixture
-def photo(calculus_root):
-    return calculus_photos(calculus_root)[0]
+def photo():
+    return demo_photos()[0]
 
 
 OPTS_ARGS = ["--config-file", CONFIG, *OPTS]

@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import httpx
@@ -21,8 +20,17 @@ import torch
 import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_support import CONFIG, OPTS, ROOT, build_predictor
-from test_serve_browser import CHROMIUM, CHROMIUM_ARGS, _require
+from serve_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    CONFIG,
+    OPTS,
+    ROOT,
+    build_predictor,
+    free_port,
+    require,
+    serve_in_thread,
+)
 
 from dental_d2.serving import PredictionService, create_app, security
 from dental_d2.serving.answer_cache import AnswerCache
@@ -213,12 +221,6 @@ def test_serve_refuses_unsafe_settings_in_one_line(
     assert status == 1 and err.startswith(message) and "\n" not in err, err
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _start_server(tmp_path, *argv, env=None):
     # tools/serve.py refuses a model without weights: a checkpoint of the test model.
     weights = tmp_path / "model_final.pth"
@@ -254,7 +256,7 @@ def _stop(process):
 @pytest.mark.slow
 def test_serve_tool_over_tls_with_a_token_file(tmp_path):
     openssl = shutil.which("openssl")
-    _require(openssl is not None, "openssl not installed (it makes the test certificate)")
+    require(openssl is not None, "openssl not installed (it makes the test certificate)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
@@ -265,7 +267,7 @@ def test_serve_tool_over_tls_with_a_token_file(tmp_path):
     token = secrets.token_urlsafe(32)
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "DENTAL_D2_TOKEN"}
     process = _start_server(
         tmp_path, "--port", str(port), "--token-file", str(token_file),
@@ -294,7 +296,7 @@ def _multipart(data: bytes, boundary="dental-d2-test-boundary") -> tuple[bytes, 
 
 @pytest.mark.slow
 def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
-    port = _free_port()
+    port = free_port()
     process = _start_server(tmp_path, "--port", str(port))
     try:
         _wait_until_up(process, f"http://127.0.0.1:{port}", tmp_path)
@@ -330,25 +332,13 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path):
 @pytest.fixture
 def private_server_url(predictor):
     service = PredictionService(predictor, config_file=CONFIG, score_threshold=0.5)
-    port = _free_port()
-    config = uvicorn.Config(
-        create_app(service, token=TOKEN), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    with serve_in_thread(create_app(service, token=TOKEN)) as url:
+        yield url
 
 
 @pytest.mark.slow
 def test_page_asks_for_the_token_once_and_keeps_it_for_the_tab(private_server_url, tmp_path):
-    _require(shutil.which(CHROMIUM) is not None, f"{CHROMIUM} not installed")
+    require(shutil.which(CHROMIUM) is not None, f"{CHROMIUM} not installed")
     if not os.environ.get("CI"):
         pytest.importorskip("playwright.sync_api")
     from playwright.sync_api import sync_playwright

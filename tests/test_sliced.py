@@ -5,10 +5,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, RANDOM_DEMO_MODEL, write_split
-from conftest import DEMO_CONFIG as CONFIG
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from support import CLASSES, RANDOM_DEMO_MODEL, write_split
+from support import DEMO_CONFIG as CONFIG
 
 from dental_d2 import DentalError
 from dental_d2.checkpoint import CLASS_NAMES_KEY

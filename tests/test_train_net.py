@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CLASSES
+from support import CLASSES, TRAIN_NET
+from support import INSTANT_CONFIG as CONFIG
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dental_d2.checkpoint import CLASS_NAMES_KEY
@@ -23,8 +24,6 @@ from dental_d2.data.synthetic import generate_synthetic_dataset
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_NET = str(ROOT / "tools" / "train_net.py")
-CONFIG = str(ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml")
 
 
 def _train_net(*args, timeout=600, config=CONFIG):

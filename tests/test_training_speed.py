@@ -8,10 +8,10 @@ import itertools
 
 import numpy as np
 import torch
-from conftest import CLASSES, DEMO_CONFIG, RANDOM_DEMO_MODEL
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from support import CLASSES, DEMO_CONFIG, RANDOM_DEMO_MODEL
 
 from dental_d2.config import build_config
 from dental_d2.engine.accumulation import GradientAccumulationTrainer, build_step_trainer

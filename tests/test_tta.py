@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES
-from conftest import DEMO_CONFIG as CONFIG
 from detectron2.modeling import GeneralizedRCNNWithTTA
+from support import CLASSES
+from support import DEMO_CONFIG as CONFIG
 
 from dental_d2 import DentalError
 from dental_d2.data.synthetic import generate_synthetic_dataset

@@ -11,12 +11,12 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from conftest import CLASSES, RANDOM_DEMO_MODEL
-from conftest import DEMO_CONFIG as CONFIG
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 from PIL import Image
 from pycocotools.coco import COCO
+from support import CLASSES, RANDOM_DEMO_MODEL
+from support import DEMO_CONFIG as CONFIG
 
 from dental_d2 import DentalError
 from dental_d2.coco_format import coco_dataset, instances_to_coco_annotations, masks_to_rles

@@ -12,11 +12,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import yaml
-from conftest import REPO_ROOT, tool_error_lines
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_dict
 from PIL import Image
+from support import DENTALAI_DEMO, INSTANT_CONFIG, REPO_ROOT, TRAIN_NET, tool_error_lines
 
 from dental_d2 import DentalError, add_dental_config
 from dental_d2.cross_validation.splits import pool_images
@@ -63,19 +63,6 @@ def make_yolo(root, a_labels=f"{TOOTH}\n{CARIES}\n"):
 
 
 @pytest.fixture
-def name(request):
-    """A dataset-name prefix unique to the test, removed from the catalogs afterwards."""
-    prefix = f"y_{request.node.name}"[:60]
-    yield prefix
-    for split in ("train", "valid", "test"):
-        dataset = f"{prefix}_{split}"
-        if dataset in DatasetCatalog.list():
-            DatasetCatalog.remove(dataset)
-        if dataset in MetadataCatalog.list():
-            MetadataCatalog.remove(dataset)
-
-
-@pytest.fixture
 def check_tool(load_tool):
     return load_tool("check_dataset")
 
@@ -85,13 +72,16 @@ def convert_tool(load_tool):
     return load_tool("convert_dataset")
 
 
-def test_check_dataset_reads_a_yolo_export_and_draws_it(check_tool, name, tmp_path, capsys):
+def test_check_dataset_reads_a_yolo_export_and_draws_it(check_tool, dataset_name, tmp_path, capsys):
     root = make_yolo(tmp_path / "yolo")
     out = tmp_path / "render"
-    assert check_tool.main([str(root), "--name", name, "--render", str(out)]) == 0
+    assert check_tool.main([str(root), "--name", dataset_name, "--render", str(out)]) == 0
     stdout = capsys.readouterr().out
-    assert f"train ({name}_train, yolo/data.yaml): 4 images, 3 annotations, 2 images " in stdout
-    assert f"valid ({name}_valid, yolo/data.yaml): 1 images, 1 annotations" in stdout
+    assert (
+        f"train ({dataset_name}_train, yolo/data.yaml): 4 images, 3 annotations, 2 images "
+        in stdout
+    )
+    assert f"valid ({dataset_name}_valid, yolo/data.yaml): 1 images, 1 annotations" in stdout
     assert "image sizes (HxW): 48x64 (4)" in stdout
     for note in (
         "ignored 1 label files without an image (zz_orphan.txt)",
@@ -105,7 +95,7 @@ def test_check_dataset_reads_a_yolo_export_and_draws_it(check_tool, name, tmp_pa
     assert len(list(out.iterdir())) == 4  # 3 drawings of train (2 annotated first), 1 of valid
 
 
-def test_records_are_the_coco_loaders_in_pixels(name, tmp_path):
+def test_records_are_the_coco_loaders_in_pixels(dataset_name, tmp_path):
     root = make_yolo(tmp_path / "yolo")
     split = load_yolo_split(root / "data.yaml", "train")
     record = split.dataset_dicts[0]
@@ -129,10 +119,10 @@ def test_records_are_the_coco_loaders_in_pixels(name, tmp_path):
     ],
 )
 def test_broken_label_lines_are_one_line_naming_file_and_line(
-    check_tool, name, tmp_path, capsys, line, message
+    check_tool, dataset_name, tmp_path, capsys, line, message
 ):
     root = make_yolo(tmp_path / "yolo", a_labels=f"{TOOTH}\n{line}\n")
-    assert check_tool.main([str(root), "--name", name]) == 1
+    assert check_tool.main([str(root), "--name", dataset_name]) == 1
     errors = tool_error_lines(capsys.readouterr().err)
     assert len(errors) == 1
     assert re.search(message, errors[0]), errors[0]
@@ -160,7 +150,7 @@ def test_a_folder_of_neither_layout_is_one_line(check_tool, tmp_path, capsys):
     assert "nor a YOLO-seg export (data.yaml)" in error
 
 
-def test_registration_reads_no_image_and_sizes_come_from_headers(name, tmp_path):
+def test_registration_reads_no_image_and_sizes_come_from_headers(dataset_name, tmp_path):
     root = make_yolo(tmp_path / "yolo")
     # Registration reads data.yaml only; a load reads the images' headers and, by default,
     # decodes them.
@@ -169,13 +159,13 @@ def test_registration_reads_no_image_and_sizes_come_from_headers(name, tmp_path)
     cut.write_bytes(cut.read_bytes()[:-1500])  # the header survives, the pixels do not
     cfg = get_cfg()
     add_dental_config(cfg)
-    cfg.DENTAL.DATA_ROOT, cfg.DENTAL.DATASET_NAME = str(root), name
+    cfg.DENTAL.DATA_ROOT, cfg.DENTAL.DATASET_NAME = str(root), dataset_name
     assert register_from_config(cfg) == ["Caries", "Tooth"]
-    metadata = MetadataCatalog.get(f"{name}_train")
+    metadata = MetadataCatalog.get(f"{dataset_name}_train")
     assert metadata.thing_dataset_id_to_contiguous_id == {0: 0, 1: 1}
     assert metadata.evaluator_type == "coco" and not hasattr(metadata, "json_file")
     with pytest.raises(DentalError, match=r"c\.jpg: not a readable image"):
-        DatasetCatalog.get(f"{name}_train")
+        DatasetCatalog.get(f"{dataset_name}_train")
     write_image(root / "images" / "train" / "c.jpg")
     sizes = [
         (d["height"], d["width"])
@@ -183,37 +173,38 @@ def test_registration_reads_no_image_and_sizes_come_from_headers(name, tmp_path)
     ]
     assert sizes == [(48, 64)] * 4
     with pytest.raises(DentalError, match=r"d\.jpg: image is corrupt or truncated"):
-        DatasetCatalog.get(f"{name}_train")
+        DatasetCatalog.get(f"{dataset_name}_train")
     # What COCOEvaluator evaluates against: the records converted back to COCO.
     write_image(cut)
-    coco = convert_to_coco_dict(f"{name}_valid")
+    coco = convert_to_coco_dict(f"{dataset_name}_valid")
     assert [c["name"] for c in coco["categories"]] == ["Caries", "Tooth"]
     assert len(coco["annotations"]) == 1 and coco["annotations"][0]["category_id"] == 1
 
 
-def dentalai_subset(dentalai_root, folder, per_split=3):
-    """The first images of the real export's train and valid splits, as a COCO export."""
+def dentalai_subset(folder, per_split=3):
+    """The first images of the in-repository DentalAI demo's train and valid splits, as a COCO
+    export."""
     for split in ("train", "valid"):
-        coco = json.loads((dentalai_root / split / "_annotations.coco.json").read_text())
+        coco = json.loads((DENTALAI_DEMO / split / "_annotations.coco.json").read_text())
         coco["images"] = coco["images"][:per_split]
         kept = {image["id"] for image in coco["images"]}
         coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in kept]
         (folder / split).mkdir(parents=True)
         for image in coco["images"]:
-            shutil.copy(dentalai_root / split / image["file_name"], folder / split)
+            shutil.copy(DENTALAI_DEMO / split / image["file_name"], folder / split)
         (folder / split / "_annotations.coco.json").write_text(json.dumps(coco))
     return folder
 
 
 def test_dentalai_round_trip_keeps_every_polygon_within_half_a_pixel(
-    dentalai_root, check_tool, convert_tool, name, tmp_path, capsys
+    check_tool, convert_tool, dataset_name, tmp_path, capsys
 ):
-    source = dentalai_subset(dentalai_root, tmp_path / "coco")
+    source = dentalai_subset(tmp_path / "coco")
     yolo, back = tmp_path / "yolo", tmp_path / "back"
     assert convert_tool.main([str(source), "--to", "yolo", "--output", str(yolo)]) == 0
     data = yaml.safe_load((yolo / "data.yaml").read_text())
     assert data["names"] == ["Caries", "Cavity", "Crack", "Tooth"] and data["val"] == "images/val"
-    assert check_tool.main([str(yolo), "--name", name]) == 0
+    assert check_tool.main([str(yolo), "--name", dataset_name]) == 0
     assert convert_tool.main([str(yolo), "--to", "coco", "--output", str(back)]) == 0
     assert "usable (2 splits)" in capsys.readouterr().out
     compared = 0
@@ -237,13 +228,13 @@ def test_dentalai_round_trip_keeps_every_polygon_within_half_a_pixel(
     assert compared > 20
 
 
-def test_cross_validation_asks_for_a_coco_export(name, tmp_path):
+def test_cross_validation_asks_for_a_coco_export(dataset_name, tmp_path):
     root = make_yolo(tmp_path / "yolo")
     with pytest.raises(DentalError, match=r"convert this YOLO export first: .* --to coco"):
-        pool_images(str(root), name=name)
+        pool_images(str(root), name=dataset_name)
 
 
-def test_roboflow_yolo_layout_with_parent_relative_paths(name, tmp_path):
+def test_roboflow_yolo_layout_with_parent_relative_paths(dataset_name, tmp_path):
     # Roboflow's YOLO export: split folders holding images/ and labels/, and paths in
     # data.yaml written relative to a folder above the export.
     root = tmp_path / "roboflow"
@@ -253,11 +244,11 @@ def test_roboflow_yolo_layout_with_parent_relative_paths(name, tmp_path):
         (root / split / "labels").mkdir()
         (root / split / "labels" / "x.txt").write_text(TOOTH)
     (root / "data.yaml").write_text(yaml.safe_dump(data))
-    assert register_dental_splits(root, name) == {
-        "train": f"{name}_train",
-        "valid": f"{name}_valid",
+    assert register_dental_splits(root, dataset_name) == {
+        "train": f"{dataset_name}_train",
+        "valid": f"{dataset_name}_valid",
     }
-    (record,) = DatasetCatalog.get(f"{name}_valid")
+    (record,) = DatasetCatalog.get(f"{dataset_name}_valid")
     assert record["file_name"] == str(root / "valid" / "images" / "x.jpg")
     assert record["annotations"][0]["category_id"] == 1
 
@@ -269,8 +260,7 @@ def test_train_net_learns_from_a_yolo_export(convert_tool, tmp_path):
     yolo, output = tmp_path / "yolo", tmp_path / "train"
     assert convert_tool.main([str(coco), "--to", "yolo", "--output", str(yolo)]) == 0
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools" / "train_net.py"), "--config-file",
-         str(REPO_ROOT / "configs" / "quick_schedules" / "dental_instant_test.yaml"),
+        [sys.executable, TRAIN_NET, "--config-file", INSTANT_CONFIG,
          "DENTAL.DATA_ROOT", str(yolo), "OUTPUT_DIR", str(output), "SOLVER.MAX_ITER", "30",
          "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1000"],
         capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
