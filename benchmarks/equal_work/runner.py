@@ -194,13 +194,12 @@ def run_benchmark(config_file: str, opts, output_json: str, **options) -> dict:
         "train_batch": cfg.SOLVER.IMS_PER_BATCH,
     }
     # The ONNX files exported for the rows, by kind: `run_stages` times the same files.
-    report = {"machine": machine(), "settings": settings, "exports": {}}
+    report = {"machine": machine(), "settings": settings, "exports": {}, "rows": []}
     images = load_images(options["images"], max(1, cfg.TEST.IMS_PER_BATCH), cfg.INPUT.MIN_SIZE_TEST)
     # Every torch op runs in a child, so that the memory and caches of one are not another's.
     weights = run_isolated(
         write_equal_work_checkpoint, cfg, os.path.join(options["workdir"], "equal_work.pth")
     )
-    report["rows"] = []
     for name, function, spec in tqdm(_jobs(config_file, opts, cfg, options), desc="benchmark"):
         if function is measure_dental:
             spec = _dental_weights(spec, cfg, weights, options["workdir"], report["exports"])
