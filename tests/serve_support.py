@@ -61,10 +61,11 @@ CHROMIUM_ARGS = [
 
 
 def require(condition: bool, message: str):
-    """Skips on a developer machine without the browser; fails in CI, which installs it."""
+    """Skips on a developer machine that lacks a tool (chromium, openssl); fails in CI, where
+    each must be present (`make test` installs chromium)."""
     if not condition:
         if os.environ.get("CI"):
-            pytest.fail(f"{message} (.ci/run installs it)")
+            pytest.fail(f"{message} (CI needs it: `make browser` installs chromium)")
         pytest.skip(message)
 
 
