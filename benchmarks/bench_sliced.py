@@ -13,10 +13,13 @@ split's `_annotations.coco.json`. Seconds are wall time of prediction alone (rea
 scoring excluded), so run it on an idle machine and say its load.
 """
 
+import contextlib
+import io
 import os
 import sys
 import time
 
+from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from dental_d2.cli import add_config_overrides, run_tool, tool_parser
@@ -101,6 +104,22 @@ def passes_per_photo(cfg, coco_gt, image_ids: list[int]) -> float:
     return total / max(1, len(image_ids))
 
 
+def limited_ground_truth(coco_gt: COCO, image_ids: list[int]) -> COCO:
+    """`coco_gt` with only the photos scored: a photo left out by --limit must not count its
+    objects as missed. pycocotools' COCOeval takes `params.imgIds`, but
+    `dental_d2.evaluation.evaluate_task` matches every image of the ground truth."""
+    keep = set(image_ids)
+    limited = COCO()
+    limited.dataset = {
+        **coco_gt.dataset,
+        "images": [image for image in coco_gt.dataset["images"] if image["id"] in keep],
+        "annotations": [a for a in coco_gt.dataset["annotations"] if a["image_id"] in keep],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
+        limited.createIndex()
+    return limited
+
+
 def _score(coco_gt, results: list[dict]) -> dict:
     """task -> {"all": AP50, category id: AP50}, in percent."""
     scores = {}
@@ -132,6 +151,7 @@ def _run(args) -> None:
     image_ids = sorted(coco_gt.getImgIds())
     if args.limit > 0:
         image_ids = image_ids[: args.limit]
+        coco_gt = limited_ground_truth(coco_gt, image_ids)
     scores, seconds, passes = {}, {}, {}
     for mode in ("whole", "sliced"):
         predictor = Predictor(

@@ -232,3 +232,21 @@ def test_bench_sliced_scores_a_split_whole_and_sliced(tmp_path, load_tool, capsy
     ]
     # The whole photo and 3 x 3 tiles of 160 px.
     assert lines[-1] == "| passes per photo | 1.00 | 10.00 | 1.00 | 10.00 |"
+
+    # --limit scores the first photos against their own ground truth only: the photo left out
+    # must not count as missed.
+    bench = load_tool("bench_sliced", "benchmarks")
+    scored = []
+    real_evaluate = bench.evaluate_task
+
+    def recording_evaluate(coco_gt, results, iou_type):
+        scored.append((sorted(coco_gt.getImgIds()), len(coco_gt.getAnnIds())))
+        return real_evaluate(coco_gt, results, iou_type)
+
+    bench.evaluate_task = recording_evaluate
+    code = bench.main(
+        ["--config-file", CONFIG, "--split", str(split), "--score-threshold", "0.0", "--limit",
+         "1", *RANDOM_DEMO_MODEL[:2], *RANDOM_DEMO_MODEL[4:], "MODEL.WEIGHTS", str(weights)]
+    )  # fmt: skip
+    assert code == 0 and capsys.readouterr().out.startswith("1 photos;")
+    assert scored == [([0], 1)] * 4  # segm and bbox, whole and sliced
