@@ -10,6 +10,7 @@ from support import (
     CALCULUS_ROOT,
     REPO_ROOT,
     REQUIRE_CUDA_ENV,
+    chromium,
     shared_dataset,
     tiny_coco,
     write_split,
@@ -64,6 +65,13 @@ def coco() -> dict:
 def calculus_root():
     """The shared real Roboflow export with its quirks (see `support.shared_dataset`)."""
     return shared_dataset(CALCULUS_ROOT)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium for a test module's pages (see `support.chromium`)."""
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

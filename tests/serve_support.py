@@ -1,5 +1,5 @@
-"""What the serving tests share (imported by test_serve_*.py): the model, a uvicorn server in a
-thread, and the browser's settings."""
+"""What the serving tests share (imported by test_serve_*.py): the model and a uvicorn server in
+a thread."""
 
 import contextlib
 import os
@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 
-import pytest
 import torch
 import uvicorn
 from support import CLASSES, RANDOM_DEMO_MODEL
@@ -46,27 +45,6 @@ def copy_predictor(source: Predictor, confidence_threshold: float) -> Predictor:
     predictor = Predictor(CONFIG, opts=OPTS, confidence_threshold=confidence_threshold)
     predictor.model.load_state_dict(source.model.state_dict())
     return predictor
-
-
-# Debian's chromium (`apt-get install chromium`, done by `make browser`); Playwright's own browser
-# download is never used. Flags for a sandbox-less container without a GPU or network.
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def require(condition: bool, message: str):
-    """Skips on a developer machine that lacks a tool (chromium, openssl); fails in CI, where
-    each must be present (`make test` installs chromium)."""
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI needs it: `make browser` installs chromium)")
-        pytest.skip(message)
 
 
 def free_port() -> int:

@@ -2,9 +2,11 @@
 checks. Test modules import it (`from support import ...`); fixtures live in conftest.py, which
 pytest finds by itself and no test imports."""
 
+import contextlib
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +50,16 @@ TINY_INPUT = [
 # each with a mask of its own.
 PARITY_SIZE = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "160"]
 PARITY_SCORE = 0.05
+# Debian's chromium (`make browser` installs it), driven by Playwright; Playwright's own browser
+# download is never used. Flags for a sandbox-less container without a GPU or network.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 # Set on a GPU machine (benchmarks/gpu_check.sh does): `cuda` tests must run, never skip.
 REQUIRE_CUDA_ENV = "DENTAL_D2_REQUIRE_CUDA"
 
@@ -142,15 +154,35 @@ def assert_confusion_matrix_plot(png: Path, counts) -> None:
         assert colour_pixels(png, rgb) > 2000 * number, f"{png}: no cell of share {share:.2f}"
 
 
-def shared_dataset(root: Path) -> Path:
-    """A shared real export. CI always has ../shared, so there its absence fails; a checkout
-    without it elsewhere skips the test."""
-    if not root.is_dir():
-        message = f"shared dataset not found at {root} (needs ../shared beside the repo)"
+def require(condition: bool, message: str) -> None:
+    """Skips the test on a developer machine that lacks what it needs (../shared, chromium,
+    openssl); fails it in CI, where everything must be present."""
+    if not condition:
         if os.environ.get("CI"):
-            pytest.fail(message)
+            pytest.fail(f"{message} (CI must have it)")
         pytest.skip(message)
+
+
+def shared_dataset(root: Path) -> Path:
+    """A shared real export (see `require`)."""
+    require(root.is_dir(), f"shared dataset not found at {root} (needs ../shared beside the repo)")
     return root
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless `CHROMIUM` launched by Playwright (see `require`); yields the browser."""
+    require(shutil.which(CHROMIUM) is not None, f"{CHROMIUM} not installed (`make browser`)")
+    if not os.environ.get("CI"):
+        pytest.importorskip("playwright.sync_api")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def demo_photos(split: str = "test", count: int = 1) -> list[str]:

@@ -1,17 +1,12 @@
 """report.html as a reader meets it: dashes where a rate means nothing, and pictures that open at
-full size when clicked (in headless Chromium, as tests/test_serve_browser.py drives it)."""
+full size when clicked (in headless Chromium, `support.chromium`)."""
 
 import json
-import os
 import re
-import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 @pytest.fixture
@@ -61,36 +56,28 @@ def test_a_class_with_nothing_to_find_and_nothing_found_shows_dashes(report):
 
 
 @pytest.mark.slow
-def test_report_pictures_open_at_full_size_when_clicked(report):
-    if shutil.which(CHROMIUM) is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} not installed (.ci/run installs it)")
-        pytest.skip(f"{CHROMIUM} not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 700})
-            page.goto(report.as_uri())
-            full = page.locator("#full-size")
-            assert full.is_hidden()
-            plot = page.locator(".plots img").first
-            shown = plot.evaluate("img => [img.clientWidth, img.naturalWidth]")
-            assert shown[0] < shown[1], shown  # the page shows the plot smaller than it is
-            plot.click()
-            assert full.is_visible()
-            opened = full.locator("img").evaluate(
-                "img => [img.src === document.querySelector('.plots img').src, img.clientWidth,"
-                " img.naturalWidth]"
-            )
-            assert opened == [True, shown[1], shown[1]]
-            full.click()
-            assert full.is_hidden()
-            # the drawn photos open the same way
-            page.locator(".pair img").first.click()
-            assert full.is_visible()
-            page.keyboard.press("Escape")
-            assert full.is_hidden()
-        finally:
-            browser.close()
+def test_report_pictures_open_at_full_size_when_clicked(report, browser):
+    page = browser.new_page(viewport={"width": 900, "height": 700})
+    try:
+        page.goto(report.as_uri())
+        full = page.locator("#full-size")
+        assert full.is_hidden()
+        plot = page.locator(".plots img").first
+        shown = plot.evaluate("img => [img.clientWidth, img.naturalWidth]")
+        assert shown[0] < shown[1], shown  # the page shows the plot smaller than it is
+        plot.click()
+        assert full.is_visible()
+        opened = full.locator("img").evaluate(
+            "img => [img.src === document.querySelector('.plots img').src, img.clientWidth,"
+            " img.naturalWidth]"
+        )
+        assert opened == [True, shown[1], shown[1]]
+        full.click()
+        assert full.is_hidden()
+        # the drawn photos open the same way
+        page.locator(".pair img").first.click()
+        assert full.is_visible()
+        page.keyboard.press("Escape")
+        assert full.is_hidden()
+    finally:
+        page.close()

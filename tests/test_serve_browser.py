@@ -1,12 +1,11 @@
 """The web page in headless Chromium: upload a real photo, re-filter, download the COCO JSON.
 
-Chromium is Debian's (see serve_support.CHROMIUM). Set DENTAL_D2_SCREENSHOT=docs/serve.png to
+Chromium is Debian's (see support.chromium). Set DENTAL_D2_SCREENSHOT=docs/serve.png to
 keep the page's screenshot (that is how the README's picture is made).
 """
 
 import io
 import os
-import shutil
 
 import httpx
 import numpy as np
@@ -14,13 +13,10 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 from serve_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     CLASSES,
     CONFIG,
     ROOT,
     build_predictor,
-    require,
     serve_in_thread,
 )
 from support import demo_photos
@@ -38,19 +34,6 @@ def server_url():
     service = PredictionService(build_predictor(), config_file=SHOWN_CONFIG, score_threshold=0.5)
     with serve_in_thread(create_app(service)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    require(shutil.which(CHROMIUM) is not None, f"{CHROMIUM} not installed")
-    if not os.environ.get("CI"):
-        pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def table_text(page, selector: str) -> list[str]:

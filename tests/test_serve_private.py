@@ -21,16 +21,14 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 from serve_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     CONFIG,
     OPTS,
     ROOT,
     build_predictor,
     free_port,
-    require,
     serve_in_thread,
 )
+from support import require
 
 from dental_d2.serving import PredictionService, create_app, security
 from dental_d2.serving.answer_cache import AnswerCache
@@ -337,17 +335,13 @@ def private_server_url(predictor):
 
 
 @pytest.mark.slow
-def test_page_asks_for_the_token_once_and_keeps_it_for_the_tab(private_server_url, tmp_path):
-    require(shutil.which(CHROMIUM) is not None, f"{CHROMIUM} not installed")
-    if not os.environ.get("CI"):
-        pytest.importorskip("playwright.sync_api")
-    from playwright.sync_api import sync_playwright
-
+def test_page_asks_for_the_token_once_and_keeps_it_for_the_tab(
+    private_server_url, browser, tmp_path
+):
     photo = tmp_path / "photo.png"
     photo.write_bytes(png_bytes(size=(96, 128)))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context()
+    context = browser.new_context()
+    try:
         page = context.new_page()
         blocked = []
         page.on("console", lambda m: "Content Security Policy" in m.text and blocked.append(m))
@@ -373,4 +367,5 @@ def test_page_asks_for_the_token_once_and_keeps_it_for_the_tab(private_server_ur
         other.goto(private_server_url)
         other.wait_for_selector("#login:not([hidden])")
         assert not blocked, [m.text for m in blocked]
-        browser.close()
+    finally:
+        context.close()

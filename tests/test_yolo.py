@@ -1,5 +1,5 @@
 """YOLO-seg exports: registration, check_dataset's checks and messages, and convert_dataset's
-COCO <-> YOLO round trip on the shared DentalAI export."""
+COCO <-> YOLO round trip on the in-repository DentalAI demo."""
 
 import json
 import os
