@@ -51,14 +51,18 @@ browser:
 		&& apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
 		|| echo "note: Debian's chromium is not installed; the browser test will be skipped"
 
-# Everything (what CI runs).
+# Everything (what CI runs). One pytest worker per core, four at most; each test file runs in
+# one worker, so a module's fixtures (a model trained for its tests) are built once. Many tests
+# wait on a tool or a server they started, and the other worker uses the core meanwhile.
+PYTEST_WORKERS := -n auto --maxprocesses 4 --dist loadfile
+
 test: install browser
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests $(PYTEST_WORKERS)
 
 # The fast tier: everything but the end-to-end runs marked `slow` (trainings, tools run as
 # processes, servers), in about a minute.
 test-fast: install
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_WORKERS)
 
 # The GPU tier: tests marked `cuda` (AMP with accumulation, GradScaler resume, ONNX, Predictor,
 # the service and the benchmark on CUDA). Skipped, with the reason, on a machine without CUDA.

@@ -63,8 +63,16 @@ LITE_REQUIREMENTS = [
 ]
 
 # Tests and benchmarks. httpx drives the API in-process (TestClient) and in bench_serve.py;
-# playwright drives Debian's chromium in the browser test (its own browser download is not used).
-DEV_REQUIREMENTS = ["pytest>=7", "pytest-timeout", "ruff>=0.5", "httpx>=0.27", "playwright>=1.40"]
+# playwright drives Debian's chromium in the browser test (its own browser download is not used);
+# pytest-xdist runs the suite on every core (see the Makefile's `test`).
+DEV_REQUIREMENTS = [
+    "pytest>=7",
+    "pytest-timeout",
+    "pytest-xdist>=3",
+    "ruff>=0.5",
+    "httpx>=0.27",
+    "playwright>=1.40",
+]
 
 setup(
     name="dental_d2",

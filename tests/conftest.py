@@ -10,6 +10,7 @@ from support import (
     CALCULUS_ROOT,
     REPO_ROOT,
     REQUIRE_CUDA_ENV,
+    TEST_THREADS,
     chromium,
     shared_dataset,
     tiny_coco,
@@ -17,6 +18,12 @@ from support import (
 )
 
 from dental_d2 import cli
+
+
+def pytest_configure(config):
+    """This process and the tools its tests start get `TEST_THREADS` intra-op threads."""
+    os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
+    torch.set_num_threads(TEST_THREADS)
 
 
 def pytest_collection_modifyitems(config, items):

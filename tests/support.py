@@ -62,6 +62,13 @@ CHROMIUM_ARGS = [
 ]
 # Set on a GPU machine (benchmarks/gpu_check.sh does): `cuda` tests must run, never skip.
 REQUIRE_CUDA_ENV = "DENTAL_D2_REQUIRE_CUDA"
+# Intra-op threads for each test process. `make test` runs one pytest worker per core
+# (pytest-xdist, which sets PYTEST_XDIST_WORKER_COUNT): each worker, and every tool it starts
+# as a process (conftest.py sets OMP_NUM_THREADS), gets its share, so that two workers never
+# run four threads on two cores. A plain `pytest` gets every core.
+TEST_THREADS = max(
+    1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+)
 
 
 def tiny_coco(num_images: int = 3, height: int = 48, width: int = 64) -> dict:

@@ -47,7 +47,6 @@ def trained(synthetic, tmp_path_factory):
          "DENTAL.DATA_ROOT", str(synthetic), "OUTPUT_DIR", str(output), "SOLVER.MAX_ITER", "60",
          "SOLVER.CHECKPOINT_PERIOD", "1000", *NO_EVAL],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="2"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return str(output / "model_final.pth")

@@ -2,7 +2,6 @@
 time, reported by tools/check_dataset.py, and trained through tools/train_net.py."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -125,7 +124,6 @@ def test_rle_export_trains_and_evaluates(rle_export, tmp_path):
          "SOLVER.MAX_ITER", "12", "TEST.EVAL_PERIOD", "12", "SOLVER.CHECKPOINT_PERIOD", "1000",
          "DATASETS.TEST", "()"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="2"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     with open(output / "metrics.json") as f:

@@ -227,7 +227,7 @@ def _start_server(tmp_path, *argv, env=None):
     process = subprocess.Popen(
         [sys.executable, SERVE_TOOL, "--config-file", CONFIG, *argv, *OPTS,
          "MODEL.WEIGHTS", str(weights)],
-        cwd=ROOT, stdout=log, stderr=log, env=env or dict(os.environ, OMP_NUM_THREADS="2"),
+        cwd=ROOT, stdout=log, stderr=log, env=env,
     )  # fmt: skip
     log.close()
     return process

@@ -159,7 +159,6 @@ def test_lite0_config_trains_offline_and_its_loss_falls(tmp_path):
         [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file", LITE0,
          *TRAIN_OPTS, "DENTAL.DATA_ROOT", str(data), "OUTPUT_DIR", str(output)],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="2"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr

@@ -27,7 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train_net(*args, timeout=600, config=CONFIG):
-    env = dict(os.environ, OMP_NUM_THREADS="2")
     config_args = [] if config is None else ["--config-file", str(config)]
     return subprocess.run(
         [sys.executable, TRAIN_NET, *config_args, *args],
@@ -35,7 +34,6 @@ def _train_net(*args, timeout=600, config=CONFIG):
         text=True,
         timeout=timeout,
         cwd=ROOT,
-        env=env,
     )
 
 

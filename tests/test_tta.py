@@ -90,7 +90,6 @@ def test_eval_only_with_tta_scores_plain_and_augmented(tmp_path):
         text=True,
         timeout=600,
         cwd=ROOT,
-        env=dict(os.environ, OMP_NUM_THREADS="2"),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Evaluating with test-time augmentation" in result.stdout + result.stderr
