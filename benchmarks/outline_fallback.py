@@ -9,17 +9,17 @@ detections, how many had no pixel at probability 0.5, the score of those, and AP
 """
 
 import argparse
-import glob
-import json
-import os
 import statistics
 import sys
 
 import numpy as np
+from evaluation_folder import read_evaluation
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tabulate import tabulate
 
+from dental_d2.cli import run_tool
 from dental_d2.modeling.postprocessing import MASK_FROM_PEAK
 
 
@@ -43,37 +43,31 @@ def _emptied(result: dict) -> dict:
     return {**result, "segmentation": {"size": [height, width], "counts": empty["counts"].decode()}}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("eval_dir", help="an evaluation's output folder")
-    args = parser.parse_args(argv)
-    results_path = os.path.join(args.eval_dir, "coco_instances_results.json")
-    gt_paths = glob.glob(os.path.join(args.eval_dir, "*_coco_format.json"))
-    if not os.path.isfile(results_path) or not gt_paths:
-        print(
-            f"{args.eval_dir}: no coco_instances_results.json and *_coco_format.json",
-            file=sys.stderr,
-        )
-        return 2
-    coco_gt = COCO(gt_paths[0])
-    with open(results_path) as f:
-        results = json.load(f)
+    return parser.parse_args(argv)
+
+
+def _run(args: argparse.Namespace) -> None:
+    coco_gt, results = read_evaluation(args.eval_dir)
     with_outlines = _ap50(coco_gt, results)
     without = _ap50(coco_gt, [_emptied(r) if r.get(MASK_FROM_PEAK) else r for r in results])
-    print(f"{args.eval_dir}: {len(results)} detections")
-    print(
-        "| class | detections | no pixel at 0.5 | their median score | AP50 outlined | AP50 empty |"
-    )
-    print("|---|---|---|---|---|---|")
+    rows = []
     for cat in sorted(coco_gt.cats):
         mine = [r for r in results if r["category_id"] == cat]
         faint = [r["score"] for r in mine if r.get(MASK_FROM_PEAK)]
         median = f"{statistics.median(faint):.2f}" if faint else "–"
-        print(
-            f"| {coco_gt.cats[cat]['name']} | {len(mine)} | {len(faint)} | {median} | "
-            f"{with_outlines[cat]:.1f} | {without[cat]:.1f} |"
-        )
-    return 0
+        rows.append([coco_gt.cats[cat]["name"], len(mine), len(faint), median,
+                     with_outlines[cat], without[cat]])  # fmt: skip
+    header = ["class", "detections", "no pixel at 0.5", "their median score"]
+    print(f"{args.eval_dir}: {len(results)} detections")
+    print(tabulate(rows, headers=[*header, "AP50 outlined", "AP50 empty"], tablefmt="github",
+                   floatfmt=".1f"))  # fmt: skip
+
+
+def main(argv=None) -> int:
+    return run_tool(parse_args, _run, argv, with_detectron2=False)
 
 
 if __name__ == "__main__":
