@@ -16,25 +16,17 @@ import numpy as np
 from evaluation_folder import read_evaluation
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
 from dental_d2.cli import run_tool
+from dental_d2.evaluation import evaluate_task
 from dental_d2.modeling.postprocessing import MASK_FROM_PEAK
 
 
 def _ap50(coco_gt: COCO, results: list[dict]) -> dict[int, float]:
-    """Category id -> segm AP50 in percent (NaN without ground truth)."""
-    evaluation = COCOeval(coco_gt, coco_gt.loadRes(results), "segm")
-    evaluation.evaluate()
-    evaluation.accumulate()
-    precision = evaluation.eval["precision"][0, :, :, 0, -1]  # IoU 0.5, all areas, 100 dets
-    out = {}
-    for k, cat in enumerate(evaluation.params.catIds):
-        values = precision[:, k]
-        values = values[values > -1]
-        out[cat] = float(np.mean(values) * 100) if values.size else float("nan")
-    return out
+    """Category id -> segm AP50 in percent, as the project's evaluation scores it."""
+    evaluation = evaluate_task(coco_gt, results, "segm")
+    return {cat: ap["AP50"] for cat, ap in evaluation.class_ap.items()}
 
 
 def _emptied(result: dict) -> dict:
