@@ -53,8 +53,10 @@ browser:
 
 # Everything (what CI runs). One pytest worker per core, four at most; each test file runs in
 # one worker, so a module's fixtures (a model trained for its tests) are built once. Many tests
-# wait on a tool or a server they started, and the other worker uses the core meanwhile.
-PYTEST_WORKERS := -n auto --maxprocesses 4 --dist loadfile
+# wait on a tool or a server they started, and the other worker uses the core meanwhile. Files
+# are handed out in collection order, where conftest.py puts the longest first
+# (tests/support.py: LONGEST_FIRST), so that the workers finish together.
+PYTEST_WORKERS := -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 test: install browser
 	$(PY) -m pytest tests $(PYTEST_WORKERS)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from support import (
     CALCULUS_ROOT,
+    LONGEST_FIRST,
     REPO_ROOT,
     REQUIRE_CUDA_ENV,
     TEST_THREADS,
@@ -26,7 +27,16 @@ def pytest_configure(config):
     torch.set_num_threads(TEST_THREADS)
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
+    """Runs after pytest's own ordering of the items (which keeps each file's tests together)."""
+    _skip_cuda_tests(items)
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    # A stable sort: the order within each file is kept.
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def _skip_cuda_tests(items):
     """Skips the `cuda` tests, saying why, where CUDA is not available; where it is, they run.
 
     With DENTAL_D2_REQUIRE_CUDA=1 a missing CUDA stops the run instead: on a machine lent for

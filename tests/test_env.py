@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from support import LONGEST_FIRST
 
 from dental_d2.collect_env import collect_env_info, compiled_ops_status
 
@@ -125,3 +127,13 @@ def test_mask_rcnn_r50_fpn_trains_one_step_and_infers_on_cpu():
         output = model([{"image": image, "height": 128, "width": 160}])[0]["instances"]
     assert output.image_size == (128, 160)
     assert {"pred_boxes", "scores", "pred_classes", "pred_masks"} <= set(output.get_fields())
+
+
+def test_the_longest_test_files_run_first_and_exist(request):
+    """A renamed or removed file in `LONGEST_FIRST` would silently lose its early start."""
+    tests = Path(__file__).parent
+    assert [name for name in LONGEST_FIRST if not (tests / name).is_file()] == []
+    # conftest.py put them first in this session's collection, in that order.
+    files = list(dict.fromkeys(item.path.name for item in request.session.items))
+    named = [name for name in files if name in LONGEST_FIRST]
+    assert files[: len(named)] == named == [n for n in LONGEST_FIRST if n in files]
