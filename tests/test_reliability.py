@@ -21,7 +21,6 @@ from support import TRAIN_NET, write_evil_pth, write_pkl
 from dental_d2.data.synthetic import generate_synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-VISUALIZE = str(ROOT / "tools" / "visualize.py")
 R50 = str(ROOT / "configs" / "dental_r50.yaml")
 # On top of the instant-test config: a log line per iteration, no pictures, no test split.
 FAST = [
@@ -57,29 +56,33 @@ def _checkpoints_all_load(output):
         torch.load(path, map_location="cpu", weights_only=True)  # raises on a torn file
 
 
-def test_weight_files_with_code_run_nothing_in_any_tool(export, tmp_path):
+def test_weight_files_with_code_run_nothing_in_any_tool(
+    export, tmp_path, load_tool, capsys, restore_loggers
+):
+    # Each tool's main() in this process: an unpickled file's code would run here, and the
+    # marker would appear.
     marker = tmp_path / "pwned"
     evil_pth, evil_pkl = tmp_path / "model_final.pth", tmp_path / "model.pkl"
     write_evil_pth(evil_pth, marker)
     write_pkl(evil_pkl, {"weight": torch.zeros(1)}, marker)
-    images = export / "test"
     for weights in (evil_pth, evil_pkl):
-        evaluated = _run(_command(
-            INSTANT, "--eval-only", *FAST, "DATASETS.TEST", "('dental_test',)",
+        evaluate = [
+            "--config-file", INSTANT, "--eval-only", *FAST, "DATASETS.TEST", "('dental_test',)",
             "MODEL.WEIGHTS", str(weights), "DENTAL.DATA_ROOT", str(export),
             "OUTPUT_DIR", str(tmp_path / "eval"),
-        ))  # fmt: skip
-        drawn = _run([
-            sys.executable, VISUALIZE, "--config-file", INSTANT, "--input", str(images),
+        ]  # fmt: skip
+        draw = [
+            "--config-file", INSTANT, "--input", str(export / "test"),
             "--output", str(tmp_path / "vis"), "MODEL.WEIGHTS", str(weights),
             # class names from the config, so that the .pkl (which has none) gets to be loaded
             "DENTAL.CLASS_NAMES", "['Caries', 'Cavity', 'Crack', 'Tooth']",
-        ])  # fmt: skip
-        for result in (evaluated, drawn):
-            assert result.returncode == 1, result.stderr[-2000:]
-            assert "DENTAL.ALLOW_PICKLE True" in _last_line(result)
-            assert _last_line(result).startswith(f"error: {weights}")
-            assert "Traceback" not in result.stderr
+        ]  # fmt: skip
+        for tool, argv in (("train_net", evaluate), ("visualize", draw)):
+            assert load_tool(tool).main(argv) == 1, tool
+            err = capsys.readouterr().err
+            last = err.strip().splitlines()[-1]
+            assert last.startswith(f"error: {weights}") and "DENTAL.ALLOW_PICKLE True" in last
+            assert "Traceback" not in err
     assert not marker.exists()
 
 

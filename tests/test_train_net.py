@@ -20,7 +20,8 @@ from dental_d2.checkpoint import CLASS_NAMES_KEY
 from dental_d2.checkpoint_contents import CONFIG_KEY
 from dental_d2.data.synthetic import generate_synthetic_dataset
 
-# Every test here runs tools/train_net.py in a subprocess.
+# Every test here runs tools/train_net.py: in a subprocess, or in this process where it stops
+# at a one-line error.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,27 @@ def _train_net(*args, timeout=600, config=CONFIG):
         timeout=timeout,
         cwd=ROOT,
     )
+
+
+@pytest.fixture
+def train_net_main(load_tool, capsys, restore_loggers):
+    """tools/train_net.py's main() in this process, for runs that stop at a one-line error
+    before training or evaluating: a process of their own would only add its start-up."""
+    tool = load_tool("train_net")
+
+    def main(*args, config=CONFIG):
+        config_args = [] if config is None else ["--config-file", str(config)]
+        code = tool.main([*config_args, *args])
+        return code, capsys.readouterr().err
+
+    return main
+
+
+def _one_line_error(train_net_main, *args) -> str:
+    """Runs train_net_main(*args); asserts exit code 1, no traceback; returns stderr's last line."""
+    code, err = train_net_main(*args)
+    assert code == 1 and "Traceback" not in err, err[-3000:]
+    return err.strip().splitlines()[-1]
 
 
 def _metrics_rows(output_dir):
@@ -293,7 +315,7 @@ def test_eval_only_never_replaces_a_report(trained, export, tmp_path):
     assert f"reports in {output / 'eval' / 'model_best-2'}/<dataset>/" in result.stdout
 
 
-def test_eval_only_refuses_other_classes(trained, tmp_path):
+def test_eval_only_refuses_other_classes(trained, tmp_path, train_net_main):
     output, _ = trained
     other = tmp_path / "other"
     generate_synthetic_dataset(str(other), num_train=2, num_valid=2, num_test=2, size=64, seed=1)
@@ -307,24 +329,19 @@ def test_eval_only_refuses_other_classes(trained, tmp_path):
             json.loads((other / split / "_annotations.coco.json").read_text())
             | {"categories": data["categories"]}
         ))  # fmt: skip
-    result = _train_net(
-        "--eval-only", "MODEL.WEIGHTS", str(output / "model_final.pth"),
+    last = _one_line_error(
+        train_net_main, "--eval-only", "MODEL.WEIGHTS", str(output / "model_final.pth"),
         "DENTAL.DATA_ROOT", str(other), "OUTPUT_DIR", str(tmp_path / "out"),
     )  # fmt: skip
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: the model predicts") and "Plaque" in last, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    assert last.startswith("error: the model predicts") and "Plaque" in last, last
 
 
-def test_missing_weights_is_one_line_error(tmp_path, export):
-    result = _train_net(
-        "--eval-only", "MODEL.WEIGHTS", str(tmp_path / "nope.pth"),
+def test_missing_weights_is_one_line_error(tmp_path, export, train_net_main):
+    last = _one_line_error(
+        train_net_main, "--eval-only", "MODEL.WEIGHTS", str(tmp_path / "nope.pth"),
         "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(tmp_path / "out"),
     )  # fmt: skip
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: MODEL.WEIGHTS")
-    assert "Traceback" not in result.stderr
+    assert last.startswith("error: MODEL.WEIGHTS"), last
 
 
 def test_two_cpu_processes_over_gloo(export, tmp_path):
@@ -379,19 +396,17 @@ def test_reference_config_derives_schedule_from_epochs(export):
         assert cfg.MODEL.DEVICE == "cpu"
 
 
-def test_undownloadable_weights_is_one_line_error(tmp_path, export):
+def test_undownloadable_weights_is_one_line_error(tmp_path, export, train_net_main):
     # Nothing listens on port 9 of the loopback address: the download fails at once.
-    result = _train_net(
-        "MODEL.WEIGHTS", "http://127.0.0.1:9/model_final.pkl", "SOLVER.MAX_ITER", "1",
-        "DENTAL.DATA_ROOT", str(export), "OUTPUT_DIR", str(tmp_path / "out"),
+    last = _one_line_error(
+        train_net_main, "MODEL.WEIGHTS", "http://127.0.0.1:9/model_final.pkl",
+        "SOLVER.MAX_ITER", "1", "DENTAL.DATA_ROOT", str(export),
+        "OUTPUT_DIR", str(tmp_path / "out"),
     )  # fmt: skip
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: MODEL.WEIGHTS http://127.0.0.1:9/model_final.pkl: cannot be")
     # every step of the fix at once: the local .pkl is a pickle, and the config needing none
     assert "pass its local path with DENTAL.ALLOW_PICKLE True" in last, last
     assert "train with no internet from configs/dental_lite0.yaml" in last, last
-    assert "Traceback" not in result.stderr
 
 
 def test_test_split_is_scored_with_the_best_model(export, tmp_path):
