@@ -44,9 +44,8 @@ def train_net_main(load_tool, capsys, restore_loggers):
     before training or evaluating: a process of their own would only add its start-up."""
     tool = load_tool("train_net")
 
-    def main(*args, config=CONFIG):
-        config_args = [] if config is None else ["--config-file", str(config)]
-        code = tool.main([*config_args, *args])
+    def main(*args):
+        code = tool.main(["--config-file", CONFIG, *args])
         return code, capsys.readouterr().err
 
     return main
