@@ -69,12 +69,12 @@ REQUIRE_CUDA_ENV = "DENTAL_D2_REQUIRE_CUDA"
 TEST_THREADS = max(
     1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 )
-# The test files that take longest (over a minute on one worker of the 2-core box), longest
-# first. `make test` runs each file whole on one pytest worker, taking files in collection
-# order (`--no-loadscope-reorder`); starting the long files first lets the short ones fill in
-# behind them, so the workers finish together instead of one running a long file alone at
-# the end. conftest.py moves them to the front; a file not named here keeps its place after
-# them.
+# The test files that take longest (45 s to two minutes each on one worker of the idle 2-core
+# box), longest first. `make test` runs each file whole on one pytest worker, taking files in
+# collection order (`--no-loadscope-reorder`); starting the long files first lets the short
+# ones fill in behind them, so the workers finish together instead of one running a long file
+# alone at the end. conftest.py moves them to the front; a file not named here keeps its place
+# after them.
 LONGEST_FIRST = (
     "test_train_net.py",
     "test_reliability.py",
